@@ -1,0 +1,163 @@
+"""Heatmap time and peak RSS per slide vs one evaluation scan of the same slide.
+
+For N tiles (10k and 100k; 2k and 10k in quick mode) a patch store of 32 px JPEG tiles on a
+square grid of 256 level-0 px footprints at 0.5 um/px (a slide of sqrt(N) * 256 px a side,
+i.e. 25k px for 10k tiles, 81k px for 100k) and a tiny random model checkpoint are built once
+(cached under benchmarks/out/heatmap/). Then, each in a fresh process (peak RSS = that
+process's ru_maxrss; loader workers = 0 so every byte and second is in that process):
+
+* ``scan``: ``wsipipe predict`` on the store (IPS scan of all tiles + re-read of the M
+  selected + aggregation) -- the evaluation scan a heatmap is compared with;
+* ``heatmap``: ``wsipipe heatmap`` on the store, all outputs (overlay PNG at 8 um/px capped
+  at 4096 px, pyramidal TIFF at 2 um/px, GeoJSON, gallery, score CSV + HDF5).
+
+The slide file itself is absent (a 100k-tile slide is 6.5 gigapixels), so the overlay is
+drawn on a blank canvas of the slide's extent: the thumbnail read is not included (it is the
+slide reader's cost, see bench_read). Goals: heatmap <= 1.2x the scan, peak RSS <= 2 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import Row, format_table, run_in_subprocess
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out" / "heatmap"
+TILE0, TILE_PX, MPP = 256, 32, 0.5
+ENCODER = "test_resnet.r160_in1k"
+
+
+def _build(n: int) -> tuple[Path, Path]:
+    """(tile dir with stores/slide<n>.h5, checkpoint); built once and cached."""
+    import numpy as np
+
+    from wsipipe.store import StoreMeta, create_store, encode_tile
+
+    tile_dir = OUT / f"tiles_{n}"
+    store = tile_dir / "stores" / f"slide{n}.h5"
+    ckpt = OUT / "ckpt.pt"
+    if not ckpt.exists():
+        _checkpoint(ckpt)
+    if store.exists():
+        return tile_dir, ckpt
+    store.parent.mkdir(parents=True, exist_ok=True)
+    side = math.ceil(math.sqrt(n))
+    rng = np.random.default_rng(0)
+    templates = []
+    for i in range(64):  # tiles differ (so attention differs), encoded once each
+        base = np.array([225, 160, 190]) - (i % 8) * 12
+        img = base + rng.normal(0, 10, (TILE_PX, TILE_PX, 3))
+        templates.append(encode_tile(np.clip(img, 0, 255).astype(np.uint8), "jpeg"))
+    meta = StoreMeta(
+        slide_id=f"slide{n}", slide_path=str(OUT / "absent.svs"), slide_size=1,
+        slide_md5_1mb="0" * 32, reader="openslide", slide_mpp=(MPP, MPP), mpp_source="file",
+        target_mpp=TILE0 * MPP / TILE_PX, tile_px=TILE_PX, level=0, downsample=1.0,
+        read_px=TILE0, tile_size_level0=TILE0, overlap_px=0, pixels="jpeg", jpeg_quality=90,
+        wsipipe_version="bench", config={},
+    )  # fmt: skip
+    tmp = store.with_name(store.name + ".tmp")
+    with create_store(tmp, "h5", meta) as w:
+        for s in range(0, n, 4096):
+            idx = np.arange(s, min(n, s + 4096))
+            coords = np.stack([idx % side, idx // side], axis=1).astype(np.int64) * TILE0
+            pick = rng.integers(0, len(templates), len(idx))
+            w.append(coords, [templates[j] for j in pick], np.ones(len(idx), np.float32))
+    tmp.rename(store)
+    return tile_dir, ckpt
+
+
+def _checkpoint(path: Path) -> None:
+    import torch
+
+    from wsipipe.config import config_to_dict
+    from wsipipe.train.checkpoint import save_checkpoint
+    from wsipipe.train.config import TrainConfig
+    from wsipipe.train.model import build_model
+
+    cfg = TrainConfig(
+        encoder=ENCODER, pretrained=False, dim=64, heads=4, dim_head=16, dim_inner=128,
+        M=32, I=256, device="cpu", workers=0, channels_last=False, epochs=2, warmup_epochs=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {
+        "model": model.state_dict(), "epoch": 1, "step": 1, "config": config_to_dict(cfg),
+        "classes": ["normal", "tumor"], "feature_dim": 0, "wsipipe_version": "bench",
+    })  # fmt: skip
+
+
+def _child(kind: str, tile_dir: str, ckpt: str, out: str, threads: int) -> None:
+    """Runs in a fresh interpreter: one scan or one heatmap; prints a JSON line."""
+    import resource
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(threads)
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    info: dict[str, object] = {}
+    if kind == "scan":
+        from wsipipe.train.predict import predict
+
+        predict(ckpt, out, tile_dir, overrides={"workers": 0, "device": "cpu"})
+    else:
+        from wsipipe.heatmap.config import HeatmapConfig
+        from wsipipe.heatmap.run import run_heatmaps
+
+        cfg = HeatmapConfig(checkpoint=ckpt, stores=tile_dir, out=out, workers=0, device="cpu")
+        (o,) = run_heatmaps(cfg)
+        if o.state != "done":
+            raise SystemExit(f"heatmap failed: {o.reason}")
+        info = dict(o.info)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"seconds": seconds, "rss_mb": rss, **info}))
+
+
+def _measure(kind: str, tile_dir: Path, ckpt: Path, threads: int) -> dict:
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+        "from benchmarks.bench_heatmap import _child; "
+        f"_child({kind!r}, {str(tile_dir)!r}, {str(ckpt)!r}, "
+        f"{str(OUT / ('run_' + kind))!r}, {threads})"
+    )
+    return run_in_subprocess(code, timeout=3600)
+
+
+def run(quick: bool = False) -> list[Row]:
+    rows: list[Row] = []
+    sizes = (2_000, 10_000) if quick else (10_000, 100_000)
+    threads = 2
+    for n in sizes:
+        tile_dir, ckpt = _build(n)
+        scan = _measure("scan", tile_dir, ckpt, threads)
+        heat = _measure("heatmap", tile_dir, ckpt, threads)
+        case = f"{n // 1000}k tiles"
+        ratio = heat["seconds"] / scan["seconds"]
+        rows += [
+            Row("heatmap", case, "eval scan (wsipipe predict)", scan["seconds"], "s"),
+            Row(
+                "heatmap",
+                case,
+                "heatmap, all outputs",
+                heat["seconds"],
+                "s",
+                f"{ratio:.2f}x the scan (goal <= 1.2x)",
+            ),
+            Row("heatmap", case, "  of which scoring pass", float(heat["score_seconds"]), "s"),
+            Row("heatmap", case, "  of which outputs", float(heat["render_seconds"]), "s"),
+            Row("heatmap", case, "peak RSS scan", scan["rss_mb"], "MiB"),
+            Row("heatmap", case, "peak RSS heatmap", heat["rss_mb"], "MiB", "goal <= 2048 MiB"),
+        ]
+    return rows
+
+
+if __name__ == "__main__":
+    print(format_table(run(quick="--quick" in sys.argv)))

@@ -1,0 +1,55 @@
+"""Shared helpers for the benchmarks: one row type, one table printer, peak-RSS probes.
+
+Every benchmark module exposes ``run(quick: bool) -> list[Row]``; ``python -m benchmarks``
+runs them all and prints one table.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    benchmark: str  # e.g. "tile", "store", "scan"
+    case: str  # e.g. "h5 random read, 1 core"
+    metric: str  # e.g. "tiles/s"
+    value: float
+    unit: str = ""
+    note: str = ""  # e.g. "0.82x of decode ceiling (goal >= 0.7)"
+
+
+def format_table(rows: list[Row]) -> str:
+    """Render rows as a Markdown table (readable in a terminal and in RESULTS.md)."""
+    header = "| benchmark | case | metric | value | unit | note |"
+    lines = [header, "|---|---|---|---:|---|---|"]
+    for r in rows:
+        value = f"{r.value:,.3g}" if abs(r.value) < 100 else f"{r.value:,.0f}"
+        lines.append(f"| {r.benchmark} | {r.case} | {r.metric} | {value} | {r.unit} | {r.note} |")
+    return "\n".join(lines)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_in_subprocess(code: str, timeout: float = 600.0) -> dict:
+    """Run ``code`` in a fresh interpreter; it must print one JSON object on its last line.
+
+    Used to measure peak RSS of one workload without the parent's allocations mixed in.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def rows_to_json(rows: list[Row]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=1)

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from wsipipe.errors import ConfigError, SlideError
+from wsipipe.jobs import Job, JobRunner, check_slide_id, run_jobs, write_summary
+
+
+def good_work(job: Job, tmp: Path):
+    (tmp / "a.txt").write_text(job.inputs.get("text", "new"))
+    (tmp / "d").mkdir()
+    (tmp / "d" / "x.bin").write_bytes(b"123")
+    return {f"out/{job.slide_id}.txt": tmp / "a.txt", f"dirs/{job.slide_id}": tmp / "d"}, {
+        "n_tiles": 3
+    }
+
+
+def failing_work(job: Job, tmp: Path):
+    (tmp / "partial.txt").write_text("half")
+    raise SlideError(f"{job.slide_id}.svs: truncated file; re-copy the slide")
+
+
+def buggy_work(job: Job, tmp: Path):
+    raise ZeroDivisionError("oops")
+
+
+def test_done_then_skipped_and_status_written_last(tmp_path):
+    r = JobRunner(tmp_path, "tile", "h1")
+    o = r.run_one(Job("s1"), good_work)
+    assert o.state == "done"
+    assert (tmp_path / "out/s1.txt").read_text() == "new"
+    assert (tmp_path / "dirs/s1/x.bin").read_bytes() == b"123"
+    st = json.loads((tmp_path / "status/s1.json").read_text())
+    assert st["state"] == "done" and st["n_tiles"] == 3
+    assert sorted(st["outputs"]) == ["dirs/s1", "out/s1.txt"]
+    assert not any((tmp_path / ".tmp").iterdir())  # temp folder cleaned
+    assert not (tmp_path / "locks/s1.lock").exists()
+    assert r.run_one(Job("s1"), good_work).state == "skipped"
+
+
+def test_changed_config_or_missing_output_redoes(tmp_path):
+    JobRunner(tmp_path, "tile", "h1").run_one(Job("s1"), good_work)
+    assert JobRunner(tmp_path, "tile", "h2").run_one(Job("s1"), good_work).state == "done"
+    (tmp_path / "out/s1.txt").unlink()  # user deleted one output
+    assert JobRunner(tmp_path, "tile", "h2").run_one(Job("s1"), good_work).state == "done"
+
+
+def test_failure_recorded_nothing_left_behind(tmp_path):
+    r = JobRunner(tmp_path, "tile", "h1")
+    o = r.run_one(Job("bad"), failing_work)
+    assert o.state == "failed" and "truncated file" in o.reason and "\n" not in o.reason
+    assert json.loads((tmp_path / "status/bad.json").read_text())["state"] == "failed"
+    assert not (tmp_path / "out").exists()
+    assert not any((tmp_path / ".tmp").iterdir())
+    # A failed slide is not done: the next run tries it again.
+    assert r.run_one(Job("bad"), good_work).state == "done"
+
+
+def test_failed_overwrite_keeps_good_output(tmp_path):
+    JobRunner(tmp_path, "tile", "h1").run_one(Job("s1", {"text": "good"}), good_work)
+    o = JobRunner(tmp_path, "tile", "h1", overwrite=True).run_one(Job("s1"), failing_work)
+    assert o.state == "failed"
+    assert (tmp_path / "out/s1.txt").read_text() == "good"
+    assert json.loads((tmp_path / "status/s1.json").read_text())["state"] == "done"
+    assert "truncated" in (tmp_path / "status/s1.failed.json").read_text()
+
+
+def test_internal_error_recorded_with_traceback(tmp_path):
+    o = JobRunner(tmp_path, "tile", "h1").run_one(Job("s1"), buggy_work)
+    assert o.state == "failed" and o.reason.startswith("internal error ZeroDivisionError")
+    assert "Traceback" in json.loads((tmp_path / "status/s1.json").read_text())["traceback"]
+
+
+def test_killed_run_leftovers_are_not_done(tmp_path):
+    # What a SIGKILL mid-slide leaves: a temp folder and a lock of a dead process, no status.
+    (tmp_path / ".tmp/s1.12345").mkdir(parents=True)
+    (tmp_path / "locks").mkdir()
+    dead = {"pid": 2**22 + 7, "host": socket.gethostname(), "started": 0}
+    (tmp_path / "locks/s1.lock").write_text(json.dumps(dead))
+    r = JobRunner(tmp_path, "tile", "h1")
+    assert not r.is_done("s1")
+    assert r.run_one(Job("s1"), good_work).state == "done"  # stale lock taken over
+
+
+def test_live_lock_blocks_second_run(tmp_path):
+    (tmp_path / "locks").mkdir()
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "started": 0}
+    (tmp_path / "locks/s1.lock").write_text(json.dumps(live))
+    o = JobRunner(tmp_path, "tile", "h1").run_one(Job("s1"), good_work)
+    assert o.state == "failed" and "locked by pid" in o.reason and "delete" in o.reason
+    assert (tmp_path / "locks/s1.lock").exists()  # someone else's lock is left alone
+    assert not (tmp_path / "out").exists()
+
+
+def test_parallel_batch_continues_past_failures(tmp_path):
+    r = JobRunner(tmp_path, "tile", "h1")
+    jobs = [Job("a"), Job("b"), Job("c")]
+    outcomes = run_jobs(r, jobs, good_work, workers=2)
+    assert sorted(o.state for o in outcomes) == ["done"] * 3
+    outcomes = run_jobs(JobRunner(tmp_path, "tile", "h2"), [Job("x"), Job("a")], failing_work)
+    assert [o.state for o in outcomes] == ["failed", "failed"]
+    summary = write_summary(tmp_path, outcomes)
+    assert summary.read_text().splitlines()[0].startswith("slide_id,state,seconds,reason")
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/b", "", ".hidden", ".."])
+def test_slide_ids_cannot_escape(bad):
+    with pytest.raises(ConfigError, match="not a plain name"):
+        check_slide_id(bad)
+    assert check_slide_id("TCGA-AB-1234-01Z.DX1") == "TCGA-AB-1234-01Z.DX1"

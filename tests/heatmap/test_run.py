@@ -1,0 +1,183 @@
+"""End to end: `wsipipe heatmap` on a real (small, generated) SVS slide and its stores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.heatmap import synth
+from wsipipe.errors import ConfigError
+from wsipipe.heatmap.config import HeatmapConfig
+from wsipipe.heatmap.geojson import read_tiles_geojson
+from wsipipe.heatmap.render import colormap_lut
+from wsipipe.heatmap.run import run_heatmaps
+from wsipipe.heatmap.scores import read_scores, read_scores_csv
+from wsipipe.heatmap.scoring import load_model
+from wsipipe.models import ips_scan, stream_attention
+from wsipipe.store import open_store
+
+openslide = pytest.importorskip("openslide")
+
+
+def _cfg(root, **kw) -> HeatmapConfig:
+    base = {
+        "checkpoint": str(root / "ck.pt"), "stores": str(root / "tile"), "out": str(root / "out"),
+        "annotations": str(root / "annotations"), "workers": 0, "device": "cpu",
+        "overlay_mpp": 2.0, "pyramid_mpp": 2.0,
+    }  # fmt: skip
+    base.update(kw)
+    return HeatmapConfig(**base)  # type: ignore[arg-type]
+
+
+def _store_chunks(store, size):
+    n = len(store)
+    for s in range(0, n, size):
+        idx = np.arange(s, min(n, s + size))
+        tiles = torch.from_numpy(store.read_tiles(idx)).permute(0, 3, 1, 2).contiguous()
+        yield torch.from_numpy(idx), tiles
+
+
+def test_heatmap_end_to_end(tmp_path):
+    synth.make_slide_dir(tmp_path, ("a", "b"))
+    ck = synth.make_checkpoint(tmp_path / "ck.pt")
+    outcomes = run_heatmaps(_cfg(tmp_path))
+    assert sorted((o.slide_id, o.state) for o in outcomes) == [("a", "done"), ("b", "done")]
+    out = tmp_path / "out"
+    n = len(synth.tile_coords())
+
+    # scores: the exact softmax over ALL tiles, and the IPS selection, as computed separately
+    cols = read_scores_csv(out / "scores" / "a.csv")
+    lm = load_model(ck, "cpu")
+    with open_store(tmp_path / "tile" / "stores" / "a.h5") as store:
+        ref = stream_attention(lm.model.encoder, lm.model.aggregator, _store_chunks(store, 16))
+        scan = ips_scan(lm.model.encoder, lm.model.aggregator, _store_chunks(store, 16), 6)
+        coords = store.coords
+    assert len(cols["score"]) == n and cols["score"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(cols["score"], ref.scores().numpy(), rtol=1e-5, atol=1e-9)
+    assert set(np.flatnonzero(cols["selected"]).tolist()) == set(scan.indices.tolist())
+    assert cols["aux"].sum() == 0
+    assert cols["rank"][np.argmax(cols["score"])] == 1
+    assert np.array_equal(cols["x"], coords[:, 0]) and np.array_equal(cols["y"], coords[:, 1])
+    arrays, attrs = read_scores(out / "scores" / "a.h5")
+    assert np.array_equal(arrays["coords"], coords)
+    assert np.allclose(arrays["score"], cols["score"], rtol=1e-6)
+    assert attrs["slide_id"] == "a"
+
+    # the prediction equals `wsipipe predict` on the same store
+    from wsipipe.train.predict import predict
+
+    res = predict(ck, tmp_path / "pred", str(tmp_path / "tile"), overrides={"workers": 0})
+    pred = json.loads((out / "predictions" / "a.json").read_text())
+    want = res.probs[res.slide_ids.index("a")]
+    assert [pred["probs"]["normal"], pred["probs"]["tumor"]] == pytest.approx(want, abs=1e-5)
+    assert pred["n_selected"] == 6 and pred["n_tiles"] == n and pred["thumbnail"] == "slide"
+    assert (out / "predictions.csv").read_text().splitlines()[0].startswith("slide_id,pred")
+
+    # pyramidal TIFF: right size and mpp, each tile's colour at its place
+    lut = colormap_lut("jet")
+    with openslide.OpenSlide(str(out / "pyramid" / "a.tif")) as osl:
+        assert osl.dimensions == (synth.W // 4, synth.H // 4)
+        assert float(osl.properties["openslide.mpp-x"]) == pytest.approx(2.0)
+        px = np.asarray(osl.read_region((0, 0), 0, osl.dimensions))[..., :3]
+    for i in range(n):
+        x, y = coords[i] // 4 + synth.TILE0 // 8
+        assert px[y, x].tolist() == lut[round(cols["score_norm"][i] * 255)].tolist()
+    assert (px[:32, :] == 255).all()  # glass above the tissue: no tile
+
+    # GeoJSON: one square per tile with the score
+    polys, meas = read_tiles_geojson(out / "geojson" / "a.geojson")
+    assert len(polys) == n
+    assert all(
+        p.bounds == (x, y, x + 128, y + 128) for p, (x, y) in zip(polys, coords, strict=True)
+    )
+    assert np.allclose(meas["attention"], cols["score"], rtol=1e-6)
+
+    # overlay: thumbnail (2 um/px = 4 level-0 px per px) + colour bar; colour over tissue tiles
+    from wsipipe.slide import open_slide
+
+    with open_slide(
+        synth.make_slide_dir.__globals__["Path"](tmp_path / "slides" / "slide.svs")
+    ) as s:
+        thumb, ds = s.thumbnail(2.0)
+    assert ds == pytest.approx(4.0)
+    ov = np.asarray(Image.open(out / "overlay" / "a.png"))
+    assert ov.shape[1] > thumb.shape[1] and ov.shape[0] >= thumb.shape[0]
+    i = int(np.argmax(cols["rank"]))  # the least attended tile: not outlined
+    x, y = coords[i] // 4 + 16
+    blend = np.rint(0.5 * thumb[y, x] + 0.5 * lut[round(cols["score_norm"][i] * 255)])
+    assert ov[y, x, :3].tolist() == blend.astype(int).tolist()
+    assert ov[10, 10, :3].tolist() == thumb[10, 10].tolist()  # glass untouched
+    gal = np.asarray(Image.open(out / "gallery" / "a.png"))
+    assert gal.shape[:2] == (2 * (192 + 16 + 4), 5 * (192 + 4))
+
+    # evaluation against the annotated tumour square (4 tiles)
+    ev = json.loads((out / "evaluation" / "a.json").read_text())
+    assert ev["n_tumour_tiles"] == 4 and cols["tumour_fraction"].sum() == 4
+    tum = cols["tumour_fraction"] >= 0.5
+    top10 = np.argsort(-cols["score"], kind="stable")[:10]
+    assert ev["topk_in_tumour"] == pytest.approx(tum[top10].mean())
+    assert ev["tumour_selected"] == pytest.approx((tum & (cols["selected"] > 0)).sum() / 4)
+    table = (out / "evaluation.csv").read_text().splitlines()
+    assert table[0].startswith("slide_id,n_tiles") and table[-1].startswith("overall,")
+
+    # a second run skips both slides; a changed rendering option redoes them
+    again = run_heatmaps(_cfg(tmp_path))
+    assert {o.state for o in again} == {"skipped"}
+    redo = run_heatmaps(_cfg(tmp_path, colormap="viridis", pyramid=False, geojson=False))
+    assert {o.state for o in redo} == {"done"}
+
+
+def test_dbps_coords_only_zarr_and_failures(tmp_path):
+    synth.make_slide_dir(tmp_path, ("c",), pixels="none", fmt="zarr")
+    synth.make_slide_dir(tmp_path, ("d",))
+    synth.make_checkpoint(tmp_path / "ck.pt", method="dbps", M=5, I=16, S=7)
+    (tmp_path / "tile" / "stores" / "e.h5").write_bytes(b"not a store at all")
+    outcomes = run_heatmaps(_cfg(tmp_path, annotations=""))
+    states = {o.slide_id: o.state for o in outcomes}
+    assert states == {"c": "done", "d": "done", "e": "failed"}
+    failed = next(o for o in outcomes if o.slide_id == "e")
+    assert "e.h5" in failed.reason and "\n" not in failed.reason
+    out = tmp_path / "out"
+    cols = read_scores_csv(out / "scores" / "c.csv")
+    assert cols["selected"].sum() == 5 and cols["aux"].sum() == 7
+    assert not (cols["selected"].astype(bool) & cols["aux"].astype(bool)).any()
+    arrays, _ = read_scores(out / "scores" / "c.zarr")
+    assert arrays["aux"].sum() == 7
+    assert (out / "gallery" / "c.png").exists()  # tiles read from the slide
+    assert not (out / "evaluation").exists()
+    status = json.loads((out / "status" / "e.json").read_text())
+    assert status["state"] == "failed"
+
+
+def test_blank_canvas_when_the_slide_is_gone(tmp_path):
+    synth.make_slide_dir(tmp_path, ("f",))
+    synth.make_checkpoint(tmp_path / "ck.pt")
+    (tmp_path / "slides" / "slide.svs").unlink()
+    outcomes = run_heatmaps(_cfg(tmp_path, annotations=""))
+    assert [o.state for o in outcomes] == ["done"]
+    pred = json.loads((tmp_path / "out" / "predictions" / "f.json").read_text())
+    assert pred["thumbnail"].startswith("blank")
+    with openslide.OpenSlide(str(tmp_path / "out" / "pyramid" / "f.tif")) as osl:
+        # extent from the tiles: tissue ends at (1408, 896) -> 352 x 224 at 4 px per px
+        assert osl.dimensions == (352, 224)
+
+
+def test_bad_inputs_are_one_line_config_errors(tmp_path):
+    synth.make_slide_dir(tmp_path, ("g",))
+    with pytest.raises(ConfigError, match="checkpoint"):
+        run_heatmaps(_cfg(tmp_path))
+    synth.make_checkpoint(tmp_path / "ck.pt")
+    with pytest.raises(ConfigError, match="no store for zz"):
+        run_heatmaps(_cfg(tmp_path, slides=("g", "zz")))
+    with pytest.raises(ConfigError, match="not a plain name"):
+        run_heatmaps(_cfg(tmp_path, slides=("../g",)))
+    with pytest.raises(ConfigError, match="annotations"):
+        run_heatmaps(_cfg(tmp_path, annotations=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="alpha"):
+        _cfg(tmp_path, alpha=2.0)
+    assert math.isfinite(_cfg(tmp_path).alpha)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsipipe.errors import ConfigError
+from wsipipe.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+
+def test_roundtrip_weights_only(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+             "config": {"M": 5, "classes": ["a", "b"], "fold": None}, "rng": capture_rng()}  # fmt: skip
+    path = tmp_path / "ck" / "last.pt"
+    save_checkpoint(path, state)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+    ck = load_checkpoint(path)
+    assert ck["epoch"] == 3 and ck["config"]["classes"] == ["a", "b"]
+    assert torch.equal(ck["model"]["weight"], model.weight.detach())
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    opt2.load_state_dict(ck["optimizer"])
+    torch.load(path, weights_only=True)  # loads with the safe unpickler
+
+
+def test_rng_states_restore_exactly() -> None:
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    st = capture_rng()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(st)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_bad_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="junk.pt"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"model": {}}, other)
+    with pytest.raises(ConfigError, match="not a wsipipe"):
+        load_checkpoint(other)

@@ -1,0 +1,3 @@
+from wsipipe.cli import main
+
+main()

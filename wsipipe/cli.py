@@ -1,0 +1,212 @@
+"""The ``wsipipe`` command line: info, synth, tile, train, predict.
+
+Each command fills its stage's config dataclass from defaults, an optional ``--config`` YAML
+and the options given (CLI wins). Heavy imports happen inside the commands so that
+``wsipipe --help`` stays fast. Errors raised on purpose (:class:`WsipipeError`) are printed as
+one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wsipipe import __version__
+from wsipipe.errors import WsipipeError
+
+app = typer.Typer(
+    name="wsipipe",
+    help="Whole-slide-image pipeline: tile -> train (IPS/DBPS) -> heatmap.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"wsipipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """wsipipe: tile slides, train end to end on gigapixel slides, map attention back."""
+
+
+# ---- info ---------------------------------------------------------------------------------
+
+
+@app.command()
+def info(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files to describe.")],
+    reader: Annotated[str, typer.Option(help="auto | openslide | tiffslide")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Print dimensions, levels, downsamples, mpp, objective power and vendor of slides."""
+    from wsipipe.slide import open_slide
+
+    failed = 0
+    for path in slides:
+        try:
+            with open_slide(path, reader=reader) as slide:
+                data = slide.info.to_dict()
+        except WsipipeError as exc:
+            console.print(f"[red]error[/red] {exc}")
+            failed += 1
+            continue
+        if as_json:
+            out.print_json(json.dumps(data))
+            continue
+        table = Table(title=str(path), show_header=False)
+        for key, value in data.items():
+            table.add_row(key, "[yellow]missing: pass --mpp[/yellow]" if value is None and
+                          key.startswith("mpp") else str(value))  # fmt: skip
+        out.print(table)
+    if failed:
+        raise typer.Exit(2)
+
+
+# ---- synth --------------------------------------------------------------------------------
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for slides/, annotations/, labels.csv.")
+    ],
+    n_slides: Annotated[int, typer.Option(help="Number of slides.")] = 12,
+    width: Annotated[int, typer.Option(help="Level-0 width in px.")] = 6144,
+    height: Annotated[int, typer.Option(help="Level-0 height in px.")] = 4608,
+    mpp: Annotated[float, typer.Option(help="Microns per pixel written into the slides.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Generate a small CAMELYON-like cohort of pyramidal SVS slides with tumour annotations."""
+    from wsipipe.synth import CohortConfig, generate_cohort
+
+    cfg = CohortConfig(n_slides=n_slides, width=width, height=height, mpp=mpp, seed=seed)
+    cohort = generate_cohort(out_dir, cfg)
+    out.print(f"slides:      {cohort.root / 'slides'} ({len(cohort.slides)} slides)")
+    out.print(f"labels:      {cohort.labels_csv}")
+    out.print(f"annotations: {cohort.annotations_dir}")
+
+
+# ---- tile ---------------------------------------------------------------------------------
+
+
+@app.command()
+def tile(
+    slides: Annotated[
+        list[str],
+        typer.Argument(help="Slide files, directories, globs, or a CSV (path[,slide_id][,mpp])."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    config: Annotated[Path | None, typer.Option(help="YAML with TileConfig fields.")] = None,
+    target_mpp: Annotated[float | None, typer.Option(help="Tile resolution, um/px [0.5].")] = None,
+    tile_px: Annotated[int | None, typer.Option(help="Tile size in px [256].")] = None,
+    overlap_px: Annotated[int | None, typer.Option(help="Overlap in px [0].")] = None,
+    min_tissue: Annotated[float | None, typer.Option(help="Min tissue fraction [0.5].")] = None,
+    store_format: Annotated[str | None, typer.Option("--format", help="h5 | zarr [h5].")] = None,
+    pixels: Annotated[str | None, typer.Option(help="jpeg | png | none [jpeg].")] = None,
+    coords_only: Annotated[
+        bool, typer.Option("--coords-only", help="Store coordinates only (= --pixels none).")
+    ] = False,
+    jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality [90].")] = None,
+    reader: Annotated[str | None, typer.Option(help="auto | openslide | tiffslide [auto].")] = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Level-0 mpp for slides that record none (all slides).")
+    ] = None,
+    tissue_geojson_dir: Annotated[
+        Path | None, typer.Option(help="Folder of <slide_id>.geojson tissue polygons to use.")
+    ] = None,
+    thumb_mpp: Annotated[float | None, typer.Option(help="Segmentation um/px [8].")] = None,
+    workers: Annotated[int, typer.Option(help="Slides processed in parallel.")] = 1,
+    threads: Annotated[int, typer.Option(help="Threads per slide for decode/encode.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Redo slides that are already done.")] = False,
+) -> None:
+    """Segment tissue and tile slides into one patch store per slide."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wsipipe.config import build_config, load_yaml
+    from wsipipe.tile import TileConfig, resolve_slides
+    from wsipipe.tile.run import tile_slides
+
+    overrides: dict[str, Any] = {
+        "target_mpp": target_mpp, "tile_px": tile_px, "overlap_px": overlap_px,
+        "min_tissue": min_tissue, "format": store_format,
+        "pixels": "none" if coords_only else pixels, "jpeg_quality": jpeg_quality,
+        "reader": reader, "mpp": mpp,
+        "tissue_geojson_dir": str(tissue_geojson_dir) if tissue_geojson_dir else None,
+        "tissue.thumb_mpp": thumb_mpp,
+    }  # fmt: skip
+    yaml_data = load_yaml(config) if config else None
+    cfg = build_config(TileConfig, yaml_data, overrides, source=str(config or "options"))
+    specs = resolve_slides(slides)
+    with Progress(
+        TextColumn("[bold]tile"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("", total=len(specs))
+
+        def advance(o: Any) -> None:
+            progress.update(task, advance=1, description=f"{o.slide_id}: {o.state}")
+
+        outcomes = tile_slides(specs, cfg, out_dir, workers, threads, overwrite, advance)
+    _print_outcomes(outcomes, out_dir)
+    if any(o.state == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
+    table = Table(title=f"wsipipe tile -> {out_dir}")
+    for col in ("slide", "state", "tiles", "seconds", "reason"):
+        table.add_column(col)
+    colours = {"done": "green", "skipped": "cyan", "failed": "red"}
+    for o in sorted(outcomes, key=lambda o: o.slide_id):
+        table.add_row(
+            o.slide_id, f"[{colours[o.state]}]{o.state}[/]", str(o.info.get("n_tiles", "")),
+            f"{o.seconds:.1f}", o.reason,
+        )  # fmt: skip
+    out.print(table)
+    counts = {s: sum(o.state == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    out.print(
+        f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+        f"summary: {out_dir / 'summary.csv'}"
+    )
+
+
+# ---- train / predict (registered when the training stage is installed) --------------------
+
+
+def _register_optional() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wsipipe.train.cli") is None:  # stage not built yet
+        return
+    from wsipipe.train.cli import predict_command, train_command
+
+    app.command("train")(train_command)
+    app.command("predict")(predict_command)
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except WsipipeError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(2)

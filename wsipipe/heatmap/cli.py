@@ -1,0 +1,145 @@
+"""``wsipipe heatmap``: the command (registered by the lead as ``app.command("heatmap")``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+Opt = typer.Option
+
+
+def heatmap_command(
+    checkpoint: Annotated[
+        str | None, Opt(help="Trained checkpoint (a `wsipipe train` run's checkpoints/best.pt).")
+    ] = None,
+    stores: Annotated[
+        str | None, Opt(help="`wsipipe tile --out` directory (or its stores/ folder).")
+    ] = None,
+    out: Annotated[str | None, Opt("--out", help="Output folder [heatmaps].")] = None,
+    slides: Annotated[
+        list[str] | None,
+        Opt("--slides", help="Slide id(s) to map, repeatable or comma-separated [all stores]."),
+    ] = None,
+    annotations: Annotated[
+        str | None,
+        Opt(
+            help="Folder of <slide_id>.xml (ASAP) / .geojson (QuPath) tumour annotations: "
+            "evaluate attention against them."
+        ),
+    ] = None,
+    tissue_dir: Annotated[
+        str | None, Opt(help="Folder of <slide_id>.geojson tissue polygons [<tile out>/tissue].")
+    ] = None,
+    config: Annotated[Path | None, Opt(help="YAML file with HeatmapConfig fields.")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N [auto].")] = None,
+    precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32 [auto].")] = None,
+    workers: Annotated[int | None, Opt(help="Tile-decoding loader processes [2].")] = None,
+    chunk: Annotated[
+        int | None, Opt(help="Tiles encoded per step [0 = the checkpoint's I].")
+    ] = None,
+    normalise: Annotated[
+        str | None, Opt(help="Score -> colour: rank | percentile | minmax [rank].")
+    ] = None,
+    colormap: Annotated[str | None, Opt(help="jet | viridis | inferno | gray [jet].")] = None,
+    alpha: Annotated[float | None, Opt(help="Overlay opacity over tissue [0.5].")] = None,
+    smooth_um: Annotated[
+        float | None, Opt(help="Gaussian smoothing sigma in um [0 = tile squares].")
+    ] = None,
+    overlay_mpp: Annotated[float | None, Opt(help="Overlay PNG resolution, um/px [8].")] = None,
+    top_k: Annotated[
+        int | None, Opt(help="Top tiles outlined, in the gallery and evaluated [10].")
+    ] = None,
+    pyramid: Annotated[
+        bool | None, Opt("--pyramid/--no-pyramid", help="Write the pyramidal TIFF [yes].")
+    ] = None,
+    pyramid_mpp: Annotated[float | None, Opt(help="Pyramidal TIFF resolution, um/px [2].")] = None,
+    pyramid_compression: Annotated[str | None, Opt(help="deflate | jpeg | none [deflate].")] = None,
+    geojson: Annotated[
+        bool | None, Opt("--geojson/--no-geojson", help="Write the tile GeoJSON [yes].")
+    ] = None,
+    tumour_threshold: Annotated[
+        float | None, Opt(help="Annotated fraction that makes a tile tumour [0.5].")
+    ] = None,
+    overwrite: Annotated[bool, Opt(help="Redo slides that are already done.")] = False,
+) -> None:
+    """Map a trained model's attention back onto the slides: overlay PNG, pyramidal TIFF,
+    QuPath GeoJSON, top-tile gallery, score tables, predictions (and evaluation)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wsipipe.config import build_config, load_yaml
+    from wsipipe.heatmap.config import HeatmapConfig
+    from wsipipe.heatmap.run import run_heatmaps
+
+    ids = [s.strip() for item in (slides or []) for s in item.split(",") if s.strip()]
+    overrides: dict[str, Any] = {
+        "checkpoint": checkpoint, "stores": stores, "out": out,
+        "slides": ids or None, "annotations": annotations, "tissue_dir": tissue_dir,
+        "device": device, "precision": precision, "workers": workers, "chunk": chunk,
+        "normalise": normalise, "colormap": colormap, "alpha": alpha, "smooth_um": smooth_um,
+        "overlay_mpp": overlay_mpp, "top_k": top_k, "pyramid": pyramid,
+        "pyramid_mpp": pyramid_mpp, "pyramid_compression": pyramid_compression,
+        "geojson": geojson, "tumour_threshold": tumour_threshold,
+    }  # fmt: skip
+    yaml_data = load_yaml(config) if config else None
+    cfg = build_config(HeatmapConfig, yaml_data, overrides, source=str(config or "options"))
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]heatmap"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("", total=None)
+
+        def advance(o: Any) -> None:
+            progress.update(task, advance=1, description=f"{o.slide_id}: {o.state}")
+
+        outcomes = run_heatmaps(cfg, overwrite, advance)
+    print_outcomes(outcomes, Path(cfg.out))
+    if any(o.state == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
+    """Summary table, then where the overlays and tables are."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    table = Table(title=f"wsipipe heatmap -> {out_dir}")
+    for col in ("slide", "state", "tiles", "pred", "prob", "auc", "top-k in tumour", "s"):
+        table.add_column(col)
+    table.add_column("reason", overflow="fold")
+    colours = {"done": "green", "skipped": "cyan", "failed": "red"}
+    for o in sorted(outcomes, key=lambda o: o.slide_id):
+        i = o.info
+        table.add_row(
+            o.slide_id, f"[{colours[o.state]}]{o.state}[/]", str(i.get("n_tiles", "")),
+            str(i.get("pred", "")), str(i.get("prob", "")), str(i.get("auc", "")),
+            str(i.get("topk_in_tumour", "")), f"{o.seconds:.1f}", o.reason,
+        )  # fmt: skip
+    con.print(table)
+    overlays = sorted((out_dir / "overlay").glob("*.png")) if (out_dir / "overlay").is_dir() else []
+    for p in overlays:
+        con.print(f"overlay: {p}")
+    summary = out_dir / "evaluation_summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+
+        def f(v: Any) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+
+        con.print(
+            f"evaluation ({s['n_slides']} slides): tile AUC {f(s['auc'])} "
+            f"(n={s['n_auc']}), top-k in tumour {f(s['topk_in_tumour'])} "
+            f"(n={s['n_topk_in_tumour']}), tumour tiles in M {f(s['tumour_selected'])}; "
+            f"{out_dir / 'evaluation.csv'}"
+        )
+    counts = {s: sum(o.state == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    con.print(
+        f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+        f"predictions: {out_dir / 'predictions.csv'}; summary: {out_dir / 'summary.csv'}"
+    )

@@ -1,0 +1,145 @@
+"""Attention vs annotated tumour: annotations rasterised to tile level, and the metrics.
+
+Per slide (N tiles with attention scores, the IPS/DBPS selection flags, and tumour /
+exclusion polygons in level-0 px):
+
+* ``tumour_fraction`` of each tile = area of (tile square ∩ (tumour \\ exclusion)) / tile area
+  -- CAMELYON16 semantics: exclusion (group ``_2``) regions inside a tumour outline are not
+  tumour; a tile is a *tumour tile* when its fraction >= ``threshold`` (default 0.5);
+* ``auc``: tile-level ROC AUC of the attention score vs tumour tile (NaN when the slide has
+  only one class);
+* ``topk_in_tumour``: fraction of the k most attended tiles that are tumour tiles;
+* ``tumour_selected``: fraction of the tumour tiles that are in the selected M (and
+  ``tumour_selected_aux`` for M ∪ S with DBPS);
+* ``selected_in_tumour``: fraction of the selected M that are tumour tiles.
+
+Overall figures are the means over the slides where a metric is defined (macro average).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+
+from wsipipe.errors import ConfigError
+from wsipipe.heatmap.render import average_ranks
+
+
+def tumour_fraction(
+    coords: np.ndarray,
+    size_level0: float,
+    tumour: Sequence[Polygon],
+    exclusion: Sequence[Polygon] = (),
+) -> np.ndarray:
+    """(N,) float32 fraction of each tile's area inside tumour minus exclusion.
+
+    coords (N, 2) level-0 (x, y) top-left; tiles are squares of ``size_level0`` px. Only
+    tiles whose square intersects the tumour are measured exactly (an STR-tree query).
+    """
+    xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros(len(xy), np.float32)
+    if len(xy) == 0 or not tumour:
+        return out
+    region = shapely.union_all(list(tumour))
+    if exclusion:
+        region = shapely.difference(region, shapely.union_all(list(exclusion)))
+    if region.is_empty:
+        return out
+    s = float(size_level0)
+    boxes = shapely.box(xy[:, 0], xy[:, 1], xy[:, 0] + s, xy[:, 1] + s)
+    tree = shapely.STRtree(boxes)
+    hits = tree.query(region, predicate="intersects")
+    if len(hits):
+        shapely.prepare(region)
+        inter = shapely.intersection(boxes[hits], region)
+        out[hits] = np.clip(shapely.area(inter) / (s * s), 0.0, 1.0)
+    return out
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for binary ``labels`` (ties count 1/2); NaN with one class."""
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = average_ranks(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def topk_fraction(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of the k highest-scoring tiles (stable for ties) whose label is True."""
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    if len(y) == 0 or k < 1:
+        return math.nan
+    top = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k]
+    return float(y[top].mean())
+
+
+def _frac(num: int, den: int) -> float:
+    return float(num) / den if den else math.nan
+
+
+@dataclass(frozen=True)
+class SlideEvaluation:
+    """Evaluation of one slide's attention against its annotations (see the module doc)."""
+
+    slide_id: str
+    n_tiles: int
+    n_tumour_tiles: int
+    k: int
+    auc: float
+    topk_in_tumour: float
+    tumour_selected: float
+    tumour_selected_aux: float
+    selected_in_tumour: float
+
+    def to_row(self) -> dict[str, object]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def evaluate_slide(
+    slide_id: str,
+    scores: np.ndarray,
+    tumour_tiles: np.ndarray,
+    selected: np.ndarray,
+    aux: np.ndarray | None = None,
+    k: int = 10,
+) -> SlideEvaluation:
+    """Metrics of one slide. scores (N,), tumour_tiles (N,) bool, selected / aux (N,) bool."""
+    if k < 1:
+        raise ConfigError(f"heatmap: top_k = {k} must be >= 1")
+    y = np.asarray(tumour_tiles, dtype=bool).reshape(-1)
+    sel = np.asarray(selected, dtype=bool).reshape(-1)
+    both = sel if aux is None else sel | np.asarray(aux, dtype=bool).reshape(-1)
+    n_t = int(y.sum())
+    return SlideEvaluation(
+        slide_id=slide_id,
+        n_tiles=len(y),
+        n_tumour_tiles=n_t,
+        k=min(k, len(y)),
+        auc=roc_auc(scores, y),
+        topk_in_tumour=topk_fraction(scores, y, k) if n_t else math.nan,
+        tumour_selected=_frac(int((y & sel).sum()), n_t),
+        tumour_selected_aux=_frac(int((y & both).sum()), n_t),
+        selected_in_tumour=_frac(int((y & sel).sum()), int(sel.sum())) if n_t else math.nan,
+    )
+
+
+METRICS = ("auc", "topk_in_tumour", "tumour_selected", "tumour_selected_aux", "selected_in_tumour")
+
+
+def summarise(evals: Sequence[SlideEvaluation]) -> dict[str, float | int]:
+    """Macro means over the slides where each metric is defined, with their counts."""
+    out: dict[str, float | int] = {"n_slides": len(evals)}
+    for name in METRICS:
+        vals = [getattr(e, name) for e in evals if not math.isnan(getattr(e, name))]
+        out[name] = float(np.mean(vals)) if vals else math.nan
+        out[f"n_{name}"] = len(vals)
+    return out

@@ -1,0 +1,241 @@
+"""Writing one slide's heatmap outputs from its O(N) per-tile results (files in a folder).
+
+Inputs are the per-tile arrays (coords, scores, flags), the store metadata and the slide
+(for the thumbnail, its size and mpp); outputs are built in a temporary folder and returned
+as {relative output path: file} for :mod:`wsipipe.jobs` to publish atomically:
+
+    overlay/<id>.png        thumbnail + colour map over tissue, colour bar, top-k outlined
+    gallery/<id>.png        the top-k tiles with rank and score
+    pyramid/<id>.tif        tiled pyramidal heatmap TIFF with mpp (OpenSlide, QuPath, ASAP)
+    geojson/<id>.geojson    tile squares with the scores as QuPath measurements
+    scores/<id>.csv         the per-tile table; scores/<id>.h5|.zarr the same arrays
+    predictions/<id>.json   slide prediction, buffer sizes, checkpoint
+    evaluation/<id>.json    attention vs annotated tumour (with --annotations)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsipipe.heatmap.config import HeatmapConfig
+from wsipipe.heatmap.geojson import write_tiles_geojson
+from wsipipe.heatmap.pyramid import PyramidGeometry, write_heatmap_tiff
+from wsipipe.heatmap.render import (
+    blend_overlay,
+    colormap_lut,
+    colour_bar,
+    draw_outlines,
+    gallery,
+    tile_spans,
+    top_k,
+    with_colour_bar,
+)
+from wsipipe.heatmap.scores import ScoreTable, write_scores, write_scores_csv
+
+
+@dataclass(frozen=True)
+class SlideCanvas:
+    """What the renderers need from the slide: size, mpp and a thumbnail.
+
+    thumb (h, w, 3) uint8 at ``thumb_ds`` level-0 px per px; tissue (h, w) bool or None;
+    ``source`` says where the thumbnail came from ("slide" or "blank: <why>").
+    """
+
+    width: int
+    height: int
+    mpp: float
+    thumb: np.ndarray
+    thumb_ds: float
+    tissue: np.ndarray | None
+    source: str
+
+
+def overlay_mpp(cfg: HeatmapConfig, width: int, height: int, mpp: float) -> float:
+    """The overlay resolution: ``overlay_mpp``, coarsened to at most ``overlay_max_px``."""
+    return max(cfg.overlay_mpp, max(width, height) * mpp / cfg.overlay_max_px, mpp)
+
+
+def load_canvas(
+    slide_path: str,
+    reader: str,
+    mpp: float,
+    coords: np.ndarray,
+    size_level0: int,
+    cfg: HeatmapConfig,
+    tissue_geojson: Path | None,
+) -> SlideCanvas:
+    """Thumbnail of the slide at the overlay resolution (white canvas if the slide is gone)."""
+    from wsipipe.errors import SlideError
+    from wsipipe.slide import open_slide
+
+    try:
+        with open_slide(slide_path, reader=reader, mpp=mpp) as slide:
+            w, h = slide.info.width, slide.info.height
+            thumb, ds = slide.thumbnail(overlay_mpp(cfg, w, h, mpp))
+        source = "slide"
+    except (SlideError, FileNotFoundError) as exc:
+        # the store still has everything the heatmap needs; only the backdrop is missing
+        w = int(coords[:, 0].max()) + size_level0 if len(coords) else size_level0
+        h = int(coords[:, 1].max()) + size_level0 if len(coords) else size_level0
+        ds = overlay_mpp(cfg, w, h, mpp) / mpp
+        thumb = np.full((max(1, math.ceil(h / ds)), max(1, math.ceil(w / ds)), 3), 255, np.uint8)
+        source = f"blank: {' '.join(str(exc).split())[:160]}"
+    tissue = None
+    if tissue_geojson is not None and tissue_geojson.exists():
+        from wsipipe.tile.geometry import polygons_to_mask, read_polygons_geojson
+
+        polys = read_polygons_geojson(tissue_geojson)
+        tissue = polygons_to_mask(polys, thumb.shape[:2], ds)
+    return SlideCanvas(w, h, mpp, thumb, float(ds), tissue, source)
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(img)).save(path, optimize=False, compress_level=6)
+
+
+def _ticks(table: ScoreTable, cfg: HeatmapConfig) -> list[tuple[float, str]]:
+    n = len(table)
+    if cfg.normalise == "rank":
+        return [(1.0, "rank 1"), (0.5, f"rank {max(1, n // 2)}"), (0.0, f"rank {n}")]
+    s = table.score
+    if cfg.normalise == "percentile":
+        lo, hi = np.percentile(s, [cfg.percentile_low, cfg.percentile_high])
+        return [
+            (1.0, f"p{cfg.percentile_high:g} {hi:.2e}"),
+            (0.0, f"p{cfg.percentile_low:g} {lo:.2e}"),
+        ]
+    return [(1.0, f"max {s.max():.2e}"), (0.0, f"min {s.min():.2e}")]
+
+
+def render_overlay(
+    canvas: SlideCanvas, table: ScoreTable, size_level0: int, cfg: HeatmapConfig
+) -> np.ndarray:
+    """The overlay image (thumbnail + colour map + top-k outlines + colour bar)."""
+    lut = colormap_lut(cfg.colormap)
+    ds = canvas.thumb_ds
+    spans = tile_spans(table.coords, size_level0, ds)
+    sigma = cfg.smooth_um / (canvas.mpp * ds) if cfg.smooth_um > 0 else 0.0
+    img = blend_overlay(canvas.thumb, spans, table.score_norm, lut, cfg.alpha, sigma, canvas.tissue)
+    top = top_k(table.score, cfg.top_k)
+    tile_px = size_level0 / ds
+    width = max(1, round(tile_px / 10))
+    labels = [str(r + 1) for r in range(len(top))] if tile_px >= 14 else None
+    img = draw_outlines(img, spans[top], (0, 0, 0), width, labels)
+    bar = colour_bar(min(max(img.shape[0], 120), 400), lut, _ticks(table, cfg))
+    return with_colour_bar(img, bar)
+
+
+def read_top_tiles(
+    store: Any, slide_path: str, reader: str, mpp: float, idx: np.ndarray
+) -> np.ndarray:
+    """(k, px, px, 3) uint8 pixels of store tiles ``idx`` (from the slide if coords-only)."""
+    meta = store.meta
+    if meta.pixels != "none":
+        order = np.argsort(idx)
+        tiles = store.read_tiles(idx[order])
+        out = np.empty_like(tiles)
+        out[order] = tiles
+        return out
+    from wsipipe.slide import open_slide
+
+    coords = store.coords
+    with open_slide(slide_path, reader=reader, mpp=mpp) as slide:
+        tr = slide.tile_reader(meta.target_mpp, meta.tile_px)
+        return np.stack([tr.read(int(coords[i, 0]), int(coords[i, 1])) for i in idx])
+
+
+def write_slide_outputs(
+    tmp: Path,
+    slide_id: str,
+    table: ScoreTable,
+    canvas: SlideCanvas,
+    store: Any,
+    store_suffix: str,
+    prediction: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    cfg: HeatmapConfig,
+) -> dict[str, Path]:
+    """Write every output of one slide into ``tmp``; return {relative path: file}."""
+    meta = store.meta
+    size = int(meta.tile_size_level0)
+    mpp = canvas.mpp
+    outputs: dict[str, Path] = {}
+
+    def out(rel: str) -> Path:
+        path = tmp / rel.replace("/", "__")
+        outputs[rel] = path
+        return path
+
+    _save_png(out(f"overlay/{slide_id}.png"), render_overlay(canvas, table, size, cfg))
+
+    top = top_k(table.score, cfg.top_k)
+    try:
+        tiles = read_top_tiles(store, meta.slide_path, meta.reader, mpp, top)
+    except Exception as exc:  # the gallery is a convenience: never fail a slide for it
+        prediction = {**prediction, "gallery_error": " ".join(str(exc).split())[:200]}
+        tiles = np.zeros((0, 8, 8, 3), np.uint8)
+    captions = [
+        f"#{r + 1} {table.score[i]:.2e}{' M' if table.selected[i] else ''}"
+        for r, i in enumerate(top[: len(tiles)])
+    ]
+    _save_png(out(f"gallery/{slide_id}.png"), gallery(tiles, captions, 5, cfg.gallery_px))
+
+    lut = colormap_lut(cfg.colormap)
+    if cfg.pyramid:
+        geo = PyramidGeometry.for_mpp(canvas.width, canvas.height, mpp, cfg.pyramid_mpp)
+        write_heatmap_tiff(
+            out(f"pyramid/{slide_id}.tif"), geo, table.coords, size, table.score_norm, lut,
+            cfg.smooth_um, cfg.pyramid_compression,
+        )  # fmt: skip
+        prediction = {**prediction, "pyramid_mpp": geo.mpp, "pyramid_downsample": geo.downsample}
+
+    if cfg.geojson:
+        meas: dict[str, np.ndarray] = {
+            "attention": table.score,
+            "attention_norm": table.score_norm,
+            "rank": table.rank,
+            "selected": table.selected.astype(np.int64),
+            "aux": table.aux.astype(np.int64),
+            **table.extra,
+        }
+        colours = lut[np.clip(np.rint(table.score_norm * 255), 0, 255).astype(np.intp)]
+        write_tiles_geojson(out(f"geojson/{slide_id}.geojson"), table.coords, size, meas, colours)
+
+    write_scores_csv(out(f"scores/{slide_id}.csv"), table)
+    attrs = {
+        "slide_id": slide_id,
+        "slide_path": meta.slide_path,
+        "patch_size": int(meta.read_px),
+        "patch_level": int(meta.level),
+        "tile_px": int(meta.tile_px),
+        "target_mpp": float(meta.target_mpp),
+        "prediction": prediction,
+    }
+    write_scores(out(f"scores/{slide_id}{store_suffix}"), table, size, attrs)
+
+    text = json.dumps(_clean(prediction), indent=1)
+    out(f"predictions/{slide_id}.json").write_text(text + "\n")
+    if evaluation is not None:
+        out(f"evaluation/{slide_id}.json").write_text(json.dumps(_clean(evaluation), indent=1))
+    return outputs
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,276 @@
+"""A tiled pyramidal TIFF of a heatmap that slide viewers open and overlay on the slide.
+
+The file is Aperio-like so that OpenSlide (vendor ``aperio``), tiffslide/tifffile (SVS
+series) and QuPath/ASAP read its dimensions and microns-per-pixel:
+
+* page 0: level 0, tiled RGB (256 px tiles, deflate by default), ImageDescription
+  ``Aperio Image Library ... |AppMag = ..|MPP = ..`` plus TIFF resolution tags (px/cm);
+* page 1: a small stripped thumbnail (tifffile's SVS reader expects it there);
+* pages 2..: lower levels, each 1/4 of the previous (as Aperio writes them).
+
+Geometry: the heatmap's level 0 has ``downsample`` (an integer) slide level-0 px per pixel,
+so it covers the slide's full physical extent at ``mpp = slide_mpp * downsample``; its pixel
+(i, j) shows the (mean) colour of the tile(s) containing the slide point
+((i + 0.5) * downsample, (j + 0.5) * downsample). A viewer that scales images by their mpp
+overlays it exactly on the slide.
+
+Memory: every TIFF tile is rendered on its own from the O(N) tile scores (the tiles touching
+it are found through a bucket index), so no level is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from wsipipe.errors import ConfigError
+from wsipipe.heatmap.render import colorize, render_values, smoothing_margin, tile_spans
+
+COMPRESSIONS = ("deflate", "jpeg", "none")
+_LEVEL_FACTOR = 4
+_THUMB_MAX = 512  # longest side of the thumbnail page
+
+
+@dataclass(frozen=True)
+class PyramidGeometry:
+    """Size and resolution of a heatmap pyramid for one slide.
+
+    slide_width, slide_height: slide level-0 size (px); slide_mpp: um per slide level-0 px;
+    downsample: slide level-0 px per heatmap level-0 px (integer >= 1); tile: TIFF tile edge
+    (px, multiple of 16); min_level_size: add coarser levels while the last one's longest side
+    exceeds this.
+    """
+
+    slide_width: int
+    slide_height: int
+    slide_mpp: float
+    downsample: int
+    tile: int = 256
+    min_level_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.slide_width < 1 or self.slide_height < 1:
+            raise ConfigError(
+                f"heatmap pyramid: slide size {self.slide_width}x{self.slide_height} must be "
+                "positive"
+            )
+        if not (math.isfinite(self.slide_mpp) and self.slide_mpp > 0):
+            raise ConfigError(f"heatmap pyramid: slide mpp {self.slide_mpp!r} must be > 0")
+        if self.downsample < 1:
+            raise ConfigError(f"heatmap pyramid: downsample {self.downsample} must be >= 1")
+        if self.tile < 16 or self.tile % 16:
+            raise ConfigError(f"heatmap pyramid: tile {self.tile} must be a multiple of 16")
+        if self.min_level_size < 1:
+            raise ConfigError(f"heatmap pyramid: min_level_size {self.min_level_size} must be >= 1")
+
+    @classmethod
+    def for_mpp(
+        cls, slide_width: int, slide_height: int, slide_mpp: float, target_mpp: float, **kw: int
+    ) -> PyramidGeometry:
+        """Geometry whose level-0 resolution is the integer downsample closest to target_mpp."""
+        if not target_mpp > 0:
+            raise ConfigError(f"heatmap: pyramid_mpp = {target_mpp} must be > 0")
+        ds = max(1, round(target_mpp / slide_mpp))
+        return cls(slide_width, slide_height, slide_mpp, ds, **kw)
+
+    @property
+    def width(self) -> int:
+        return -(-self.slide_width // self.downsample)
+
+    @property
+    def height(self) -> int:
+        return -(-self.slide_height // self.downsample)
+
+    @property
+    def mpp(self) -> float:
+        """um per heatmap level-0 px."""
+        return self.slide_mpp * self.downsample
+
+    def levels(self) -> list[tuple[int, int, int]]:
+        """(width, height, slide level-0 px per px) of each level, level 0 first."""
+        out = [(self.width, self.height, self.downsample)]
+        while max(out[-1][:2]) > self.min_level_size:
+            w, h, d = out[-1]
+            nw, nh = w // _LEVEL_FACTOR, h // _LEVEL_FACTOR
+            if nw < 1 or nh < 1:
+                break
+            out.append((nw, nh, d * _LEVEL_FACTOR))
+        return out
+
+
+def _bucket_index(
+    spans: np.ndarray, tile: int, grid_w: int, grid_h: int, margin: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each TIFF tile (row-major id), the tiles (rows of ``spans``) that may touch it.
+
+    Returns (order, starts): ``order[starts[c]:starts[c + 1]]`` are the span indices of
+    cell c. Spans are widened by ``margin`` px (smoothing halo).
+    """
+    n_cells = grid_w * grid_h
+    if len(spans) == 0:
+        return np.zeros(0, np.int64), np.zeros(n_cells + 1, np.int64)
+    cx0 = np.clip((spans[:, 0] - margin) // tile, 0, grid_w - 1)
+    cx1 = np.clip((spans[:, 2] - 1 + margin) // tile, 0, grid_w - 1)
+    cy0 = np.clip((spans[:, 1] - margin) // tile, 0, grid_h - 1)
+    cy1 = np.clip((spans[:, 3] - 1 + margin) // tile, 0, grid_h - 1)
+    nonempty = (spans[:, 2] > spans[:, 0]) & (spans[:, 3] > spans[:, 1])
+    nx = np.where(nonempty, cx1 - cx0 + 1, 0)
+    ny = np.where(nonempty, cy1 - cy0 + 1, 0)
+    counts = nx * ny
+    owner = np.repeat(np.arange(len(spans)), counts)
+    # position of each (span, cell) pair within its span's nx * ny block
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    local = np.arange(int(counts.sum())) - first
+    cells = (cy0[owner] + local // nx[owner]) * grid_w + (cx0[owner] + local % nx[owner])
+    order = np.argsort(cells, kind="stable")
+    starts = np.searchsorted(cells[order], np.arange(n_cells + 1))
+    return owner[order], starts
+
+
+def _level_tiles(
+    spans: np.ndarray,
+    values: np.ndarray,
+    width: int,
+    height: int,
+    tile: int,
+    sigma_px: float,
+    lut: np.ndarray,
+    background: Sequence[int],
+) -> Iterator[np.ndarray]:
+    """Yield the (tile, tile, 3) uint8 tiles of one level in row-major order."""
+    gw, gh = -(-width // tile), -(-height // tile)
+    order, starts = _bucket_index(spans, tile, gw, gh, smoothing_margin(sigma_px))
+    blank = np.empty((tile, tile, 3), np.uint8)
+    blank[:] = np.asarray(background, np.uint8)
+    for cell in range(gw * gh):
+        members = order[starts[cell] : starts[cell + 1]]
+        if len(members) == 0:
+            yield blank
+            continue
+        ty, tx = divmod(cell, gw)
+        region = (tx * tile, ty * tile, tile, tile)
+        vals = render_values(spans[members], values[members], region, sigma_px)
+        # pixels beyond the level's edge stay background (padding of edge tiles)
+        vals[max(0, height - ty * tile) :, :] = np.nan
+        vals[:, max(0, width - tx * tile) :] = np.nan
+        yield colorize(vals, lut, background)
+
+
+def _description(geo: PyramidGeometry, w: int, h: int, level: int, compression: str) -> str:
+    w0, h0, t = geo.width, geo.height, geo.tile
+    head = f"Aperio Image Library v12.0.15 \r\n{w0}x{h0} [0,0 {w0}x{h0}] ({t}x{t})"
+    if level > 0:
+        head += f" -> {w}x{h}"
+    mag = 10.0 / geo.mpp
+    return (
+        f"{head} {compression.upper()}/RGB|AppMag = {mag:.6g}|MPP = {geo.mpp:.8g}"
+        f"|wsipipe = heatmap|SlideWidth = {geo.slide_width}|SlideHeight = {geo.slide_height}"
+        f"|Downsample = {geo.downsample}"
+    )
+
+
+def write_heatmap_tiff(
+    path: str | Path,
+    geo: PyramidGeometry,
+    coords: np.ndarray,
+    size_level0: float,
+    values: np.ndarray,
+    lut: np.ndarray,
+    smooth_um: float = 0.0,
+    compression: str = "deflate",
+    background: Sequence[int] = (255, 255, 255),
+    jpeg_quality: int = 90,
+) -> None:
+    """Write the heatmap pyramid of one slide (see the module docstring).
+
+    coords (N, 2) slide level-0 (x, y) tile top-lefts; size_level0: tile footprint in slide
+    level-0 px; values (N,) in [0, 1] (normalised scores); lut (256, 3) uint8 colour map;
+    smooth_um: Gaussian sigma in um (0 = exact tile squares); pixels with no tile get
+    ``background``. ``path`` is written as given (the caller publishes it atomically).
+    """
+    if compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"heatmap: pyramid_compression = {compression!r} is not one of "
+            f"{', '.join(COMPRESSIONS)}"
+        )
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if len(coords) != len(values):
+        raise ValueError(f"{len(coords)} coords but {len(values)} values")
+    res = 1e4 / geo.mpp  # px per cm
+    comp: dict[str, object] = {"compression": None}
+    if compression == "deflate":
+        comp = {"compression": "zlib", "compressionargs": {"level": 6}, "predictor": True}
+    elif compression == "jpeg":
+        comp = {"compression": "jpeg", "compressionargs": {"level": jpeg_quality}}
+    common: dict[str, object] = {
+        "photometric": "rgb",
+        "resolution": (res, res),
+        "resolutionunit": "CENTIMETER",
+        "metadata": None,
+        "software": False,
+        **comp,
+    }
+    levels = geo.levels()
+    big = geo.width * geo.height * 3 > 2**31
+    out = Path(path)
+    with tifffile.TiffWriter(out, bigtiff=big) as tif:
+        for index, (w, h, ds) in enumerate(levels):
+            spans = tile_spans(coords, size_level0, ds)
+            sigma = smooth_um / (geo.slide_mpp * ds) if smooth_um > 0 else 0.0
+            tif.write(
+                _level_tiles(spans, values, w, h, geo.tile, sigma, lut, background),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(geo.tile, geo.tile),
+                description=_description(geo, w, h, index, compression),
+                **common,  # type: ignore[arg-type]
+            )
+            if index == 0:
+                _write_thumbnail(tif, geo, coords, size_level0, values, lut, smooth_um, background)
+
+
+def _write_thumbnail(
+    tif: tifffile.TiffWriter,
+    geo: PyramidGeometry,
+    coords: np.ndarray,
+    size_level0: float,
+    values: np.ndarray,
+    lut: np.ndarray,
+    smooth_um: float,
+    background: Sequence[int],
+) -> None:
+    factor = max(1, math.ceil(max(geo.width, geo.height) / _THUMB_MAX))
+    w, h = max(1, geo.width // factor), max(1, geo.height // factor)
+    ds = geo.downsample * factor
+    sigma = smooth_um / (geo.slide_mpp * ds) if smooth_um > 0 else 0.0
+    vals = render_values(tile_spans(coords, size_level0, ds), values, (0, 0, w, h), sigma)
+    tif.write(
+        colorize(vals, lut, background),
+        photometric="rgb",
+        rowsperstrip=16,
+        compression="zlib",
+        description=(
+            f"Aperio Image Library v12.0.15 \r\n{geo.width}x{geo.height} -> {w}x{h} - "
+            f"|AppMag = {10.0 / geo.mpp:.6g}|MPP = {geo.mpp:.8g}"
+        ),
+        metadata=None,
+        software=False,
+    )
+
+
+def write_heatmap_tiff_atomic(path: str | Path, *args: object, **kwargs: object) -> None:
+    """:func:`write_heatmap_tiff` to a temp name in the same folder, then ``os.replace``."""
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        write_heatmap_tiff(tmp, *args, **kwargs)  # type: ignore[arg-type]
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

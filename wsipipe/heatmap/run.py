@@ -1,0 +1,414 @@
+"""``wsipipe heatmap``: a trained checkpoint's attention mapped back onto every slide.
+
+For each slide (a patch store written by ``wsipipe tile``): one eval-mode streaming pass over
+all its tiles (:mod:`wsipipe.heatmap.scoring`) gives each tile's attention (softmax of the
+learned query over ALL tiles, per head and averaged), the IPS/DBPS selection flags and the
+slide prediction; then the outputs of :mod:`wsipipe.heatmap.outputs` are written, and with
+``--annotations`` the attention is evaluated against the annotated tumour.
+
+Runs through :mod:`wsipipe.jobs` (skip done slides, lock, atomic publish, failure records).
+The model is loaded once; one DataLoader (the training stage's chunk loader) streams the
+tiles of all slides to do, decoding in worker processes. Output layout under ``--out``::
+
+    config.yaml             resolved HeatmapConfig + checkpoint + its training config
+    overlay/ gallery/ pyramid/ geojson/ scores/ predictions/ evaluation/   (per slide)
+    predictions.csv         slide_id, pred, prob_<class>... for every slide of the run
+    evaluation.csv          per-slide metrics + an ``overall`` row (with --annotations)
+    summary.csv, status/    per-slide job records
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsipipe import __version__
+from wsipipe.config import atomic_write_text, config_to_dict, save_config
+from wsipipe.errors import ConfigError
+from wsipipe.heatmap.config import RUNTIME_FIELDS, HeatmapConfig
+from wsipipe.heatmap.evaluate import METRICS, evaluate_slide, summarise, tumour_fraction
+from wsipipe.heatmap.outputs import load_canvas, write_slide_outputs
+from wsipipe.heatmap.render import normalise_scores, score_ranks
+from wsipipe.heatmap.scores import ScoreTable
+from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
+
+_ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """md5 of the checkpoint file (a changed model must redo every heatmap)."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def heatmap_hash(cfg: HeatmapConfig, fingerprint: str) -> str:
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_FIELDS}
+    data["checkpoint"] = fingerprint
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _SlideChunks:
+    """One slide's chunks at a time from the run's ordered chunk stream.
+
+    Chunks of earlier slides still in the stream (a failed or skipped slide) are discarded.
+    """
+
+    def __init__(self, loader: Any, sampler: Any, plan: Iterator[Any]) -> None:
+        sampler.plan = plan
+        self._it = iter(loader)
+        self._peek: Any = None
+
+    def _next(self) -> Any:
+        item, self._peek = self._peek, None
+        return item if item is not None else next(self._it)
+
+    def slide(self, pos: int) -> Iterator[Any]:
+        item = self._next()
+        while item.slide < pos:
+            item = self._next()
+        if item.slide != pos or item.chunk != 0:
+            raise RuntimeError(f"chunk stream out of order: slide {item.slide}, wanted {pos}")
+        yield item.indices, item.tiles
+        for c in range(1, item.n_chunks):
+            nxt = self._next()
+            if nxt.slide != pos or nxt.chunk != c:
+                self._peek = nxt
+                raise RuntimeError(f"chunk stream out of order within slide {pos}")
+            yield nxt.indices, nxt.tiles
+
+
+@dataclass
+class _Run:
+    """Everything one run shares between its slides (model, loaders, folders)."""
+
+    cfg: HeatmapConfig
+    lm: Any  # LoadedModel
+    specs: list[Any]  # train SlideSpecs of the slides to do (pixels or features)
+    store_paths: dict[str, Path]
+    chunks: _SlideChunks
+    fetcher: Any  # TileFetcher
+    tissue_dir: Path | None
+    annotations: Path | None
+
+    def work(self, job: Job, tmp: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        return heatmap_slide(self, job, tmp)
+
+
+def _annotation_file(directory: Path, slide_id: str) -> Path | None:
+    for suffix in _ANNOTATION_SUFFIXES:
+        p = directory / f"{slide_id}{suffix}"
+        if p.exists():
+            return p
+    return None
+
+
+def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Score one slide and write its outputs into ``tmp``."""
+    from wsipipe.heatmap.scoring import predict_from_scan, score_pass
+    from wsipipe.store import open_store
+
+    t0 = time.perf_counter()
+    cfg, lm = run.cfg, run.lm
+    pos: int = job.inputs["pos"]
+    spec = run.specs[pos]
+    sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings)
+    sel_idx = sp.scan.indices.cpu().numpy()
+    tiles = run.fetcher.submit(spec, sel_idx).result()
+    probs = predict_from_scan(lm, tiles, sp.scan).numpy().astype(np.float64)
+    t_score = time.perf_counter() - t0
+
+    store_path = run.store_paths[job.slide_id]
+    with open_store(store_path) as store:
+        meta = store.meta
+        coords = np.asarray(store.coords, dtype=np.int64)
+        n = len(coords)
+        order = sp.attention.indices.numpy()
+        if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
+            raise RuntimeError(f"{store_path}: the pass scored {len(order)} of {n} tiles")
+        score = np.empty(n, np.float64)
+        score[order] = sp.attention.scores().double().numpy()
+        per_head = np.empty((n, sp.attention.logits.shape[2]), np.float64)
+        per_head[order] = sp.attention.per_head().double().numpy()
+        selected = np.zeros(n, bool)
+        selected[sel_idx] = True
+        aux = np.zeros(n, bool)
+        if sp.scan.aux_indices is not None:
+            aux[sp.scan.aux_indices.cpu().numpy()] = True
+
+        extra: dict[str, np.ndarray] = {}
+        evaluation: dict[str, Any] | None = None
+        size = int(meta.tile_size_level0)
+        ann = _annotation_file(run.annotations, job.slide_id) if run.annotations else None
+        if run.annotations is not None:
+            from wsipipe.annotations import read_annotations
+
+            tumour, exclusion = read_annotations(ann) if ann else ([], [])
+            frac = tumour_fraction(coords, size, tumour, exclusion)
+            extra["tumour_fraction"] = frac
+            ev = evaluate_slide(
+                job.slide_id, score, frac >= cfg.tumour_threshold, selected, aux, cfg.top_k
+            )
+            evaluation = {**ev.to_row(), "annotations": str(ann) if ann else None}
+
+        table = ScoreTable(
+            tile_index=np.arange(n, dtype=np.int64),
+            coords=coords,
+            score=score,
+            score_norm=normalise_scores(
+                score, cfg.normalise, cfg.percentile_low, cfg.percentile_high
+            ),
+            rank=score_ranks(score),
+            selected=selected,
+            aux=aux,
+            per_head=per_head,
+            extra=extra,
+        )
+        mpp = float(np.mean(meta.slide_mpp))
+        tissue = run.tissue_dir / f"{job.slide_id}.geojson" if run.tissue_dir else None
+        canvas = load_canvas(meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue)
+        classes = lm.classes
+        prediction = {
+            "slide_id": job.slide_id,
+            "pred": classes[int(np.argmax(probs))],
+            "probs": dict(zip(classes, probs.tolist(), strict=True)),
+            "n_tiles": n,
+            "n_selected": int(selected.sum()),
+            "n_aux": int(aux.sum()),
+            "method": lm.train_cfg.method,
+            "M": lm.train_cfg.M,
+            "I": lm.settings.I,
+            "S": lm.train_cfg.n_aux,
+            "checkpoint": str(lm.checkpoint),
+            "epoch": lm.epoch,
+            "thumbnail": canvas.source,
+            "wsipipe_version": __version__,
+        }
+        outputs = write_slide_outputs(
+            tmp, job.slide_id, table, canvas, store, store_path.suffix, prediction, evaluation,
+            cfg,
+        )  # fmt: skip
+    info: dict[str, Any] = {
+        "n_tiles": n,
+        "pred": prediction["pred"],
+        "prob": round(float(probs.max()), 4),
+        "score_seconds": round(t_score, 3),
+        "render_seconds": round(time.perf_counter() - t0 - t_score, 3),
+    }
+    if evaluation is not None:
+        for key in ("auc", "topk_in_tumour", "tumour_selected"):
+            value = float(evaluation[key])
+            info[key] = "" if math.isnan(value) else round(value, 4)
+    return outputs, info
+
+
+# ---- the batch ------------------------------------------------------------------------------
+
+
+def _slide_ids(cfg: HeatmapConfig, stores_dir: Path) -> dict[str, Path]:
+    from wsipipe.jobs import check_slide_id
+    from wsipipe.train.data import find_store, list_stores
+
+    if not cfg.slides:
+        found = dict(list_stores(stores_dir))
+        if not found:
+            raise ConfigError(f"--stores {stores_dir}: no .h5 / .zarr stores; run `wsipipe tile`")
+        return found
+    out: dict[str, Path] = {}
+    missing = []
+    for sid in cfg.slides:
+        check_slide_id(sid, "--slides")
+        try:
+            out[sid] = find_store(stores_dir, sid)
+        except Exception:
+            missing.append(sid)
+    if missing:
+        raise ConfigError(
+            f"--slides: no store for {', '.join(missing)} in {stores_dir}; check the ids or "
+            "run `wsipipe tile` for them"
+        )
+    return out
+
+
+def run_heatmaps(
+    cfg: HeatmapConfig,
+    overwrite: bool = False,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Heatmaps for every slide of ``cfg``; failures are recorded, never stop the batch."""
+    from wsipipe.train.data import resolve_stores_dir
+
+    ckpt = Path(cfg.checkpoint)
+    if not cfg.checkpoint or not ckpt.is_file():
+        raise ConfigError(
+            f"--checkpoint {cfg.checkpoint!r}: no such file; pass a run's checkpoints/best.pt"
+        )
+    stores_dir = resolve_stores_dir(cfg.stores)
+    root = stores_dir.parent if stores_dir.name == "stores" else stores_dir
+    tissue_dir = Path(cfg.tissue_dir) if cfg.tissue_dir else root / "tissue"
+    annotations = Path(cfg.annotations) if cfg.annotations else None
+    if annotations is not None and not annotations.is_dir():
+        raise ConfigError(f"--annotations {annotations}: not a directory of <slide_id>.xml")
+    stores = _slide_ids(cfg, stores_dir)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = checkpoint_fingerprint(ckpt)
+    runner = JobRunner(out, "heatmap", heatmap_hash(cfg, fingerprint), overwrite)
+    todo = [sid for sid in stores if overwrite or not runner.is_done(sid)]
+    outcomes = [Outcome(sid, "skipped", "already done") for sid in stores if sid not in todo]
+    if on_outcome:
+        for o in outcomes:
+            on_outcome(o)
+    specs, unusable = _describe(stores, todo)
+    for o in unusable:  # a broken store fails its slide only, before any model work
+        runner.write_status(o)
+        if on_outcome:
+            on_outcome(o)
+    outcomes += unusable
+    todo = [sid for sid in todo if sid in specs]
+    lm = None
+    if todo:
+        lm, run = _prepare(
+            cfg, stores, [specs[s] for s in todo], stores_dir, tissue_dir, annotations
+        )
+        jobs = [Job(sid, {"pos": i}) for i, sid in enumerate(todo)]
+        try:
+            outcomes += run_jobs(runner, jobs, run.work, workers=1, on_outcome=on_outcome)
+        finally:
+            run.fetcher.close()
+            del run
+    _write_config(out, cfg, ckpt, fingerprint, lm)
+    write_summary(out, outcomes)
+    write_tables(out, list(stores))
+    return outcomes
+
+
+def _describe(stores: dict[str, Path], todo: list[str]) -> tuple[dict[str, Any], list[Outcome]]:
+    """Training-stage SlideSpecs of the usable stores; a failed Outcome for each broken one."""
+    from wsipipe.errors import WsipipeError
+    from wsipipe.train.data import describe_store
+
+    specs: dict[str, Any] = {}
+    failed: list[Outcome] = []
+    for sid in todo:
+        try:
+            specs[sid] = describe_store(sid, stores[sid])
+        except WsipipeError as exc:
+            failed.append(Outcome(sid, "failed", " ".join(str(exc).split())))
+    return specs, failed
+
+
+def _prepare(
+    cfg: HeatmapConfig,
+    stores: dict[str, Path],
+    specs: list[Any],
+    stores_dir: Path,
+    tissue_dir: Path,
+    annotations: Path | None,
+) -> tuple[Any, _Run]:
+    from wsipipe.heatmap.scoring import load_model
+    from wsipipe.train.cohort import check_tile_sizes
+    from wsipipe.train.data import (
+        ChunkDataset,
+        PlanSampler,
+        TileFetcher,
+        make_loader,
+        plan_chunks,
+    )
+    from wsipipe.train.distributed import DistInfo
+    from wsipipe.train.loop import prepare_specs
+
+    lm = load_model(cfg.checkpoint, cfg.device, cfg.precision, cfg.chunk)
+    tcfg = replace(lm.train_cfg, workers=cfg.workers)
+    check_tile_sizes(specs, tcfg.input_px, str(stores_dir))
+    dev, amp = lm.settings.device, lm.settings.amp_dtype
+    specs, fdim = prepare_specs(specs, stores_dir, tcfg, dev, amp, DistInfo())
+    if tcfg.mode == "features" and fdim != lm.feature_dim:
+        raise ConfigError(
+            f"{cfg.checkpoint}: trained on {lm.feature_dim}-d features but the cache has "
+            f"{fdim}-d; use the training run's encoder / features_dir"
+        )
+    pin = dev.type == "cuda"
+    sampler = PlanSampler()
+    loader = make_loader(
+        ChunkDataset(specs, tcfg.input_px), sampler, cfg.workers, tcfg.prefetch, pin, tcfg.seed
+    )
+    chunks = _SlideChunks(loader, sampler, plan_chunks(range(len(specs)), specs, lm.settings.I))
+    fetcher = TileFetcher(tcfg.input_px, pin)
+    ann = annotations
+    tdir = tissue_dir if tissue_dir.is_dir() else None
+    return lm, _Run(cfg, lm, specs, stores, chunks, fetcher, tdir, ann)
+
+
+def _write_config(
+    out: Path, cfg: HeatmapConfig, ckpt: Path, fingerprint: str, lm: Any | None
+) -> None:
+    extra: dict[str, Any] = {
+        "wsipipe_version": __version__,
+        "checkpoint_md5": fingerprint,
+    }
+    if lm is not None:
+        extra["train_config"] = config_to_dict(lm.train_cfg)
+        extra["classes"] = list(lm.classes)
+    save_config(cfg, out / "config.yaml", extra=extra)
+
+
+def write_tables(out: Path, slide_ids: list[str]) -> None:
+    """``predictions.csv`` and (when evaluated) ``evaluation.csv`` from the per-slide JSONs."""
+    preds = []
+    for sid in slide_ids:
+        p = out / "predictions" / f"{sid}.json"
+        if p.exists():
+            preds.append(json.loads(p.read_text()))
+    if preds:
+        classes = list(preds[0]["probs"])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["slide_id", "pred", *[f"prob_{c}" for c in classes], "n_tiles"])
+        for rec in preds:
+            probs = [f"{rec['probs'].get(c, float('nan')):.6f}" for c in classes]
+            w.writerow([rec["slide_id"], rec["pred"], *probs, rec["n_tiles"]])
+        atomic_write_text(out / "predictions.csv", buf.getvalue())
+    evals = []
+    for sid in slide_ids:
+        p = out / "evaluation" / f"{sid}.json"
+        if p.exists():
+            evals.append(json.loads(p.read_text()))
+    if not evals:
+        return
+    from wsipipe.heatmap.evaluate import SlideEvaluation
+
+    fields = [f for f in SlideEvaluation.__dataclass_fields__]
+    objs = [
+        SlideEvaluation(**{k: (math.nan if e.get(k) is None else e[k]) for k in fields})  # type: ignore[arg-type]
+        for e in evals
+    ]
+    overall = summarise(objs)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(fields)
+    for e in objs:
+        w.writerow([_fmt(getattr(e, f)) for f in fields])
+    w.writerow(["overall", sum(e.n_tiles for e in objs), sum(e.n_tumour_tiles for e in objs),
+                objs[0].k, *[_fmt(overall[m]) for m in METRICS]])  # fmt: skip
+    atomic_write_text(out / "evaluation.csv", buf.getvalue())
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in overall.items()}
+    atomic_write_text(out / "evaluation_summary.json", json.dumps(clean, indent=1) + "\n")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6f}"
+    return str(v)

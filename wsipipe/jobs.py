@@ -1,0 +1,311 @@
+"""Per-slide batch jobs: skip what is done, lock what is running, publish atomically.
+
+Every stage that writes per-slide outputs (tile, heatmap) runs through :func:`run_jobs`, so the
+rules live in one place:
+
+* A slide is *done* when ``status/<slide_id>.json`` says ``done`` for the same config hash and
+  every output it lists exists. The status record is written last, after the outputs were
+  moved into place with ``os.replace``; a killed run therefore never looks done.
+* Outputs are built under ``<out>/.tmp/<slide_id>.<pid>/`` and only published on success, so a
+  failure never overwrites good outputs of an earlier run.
+* ``locks/<slide_id>.lock`` is created with ``O_CREAT | O_EXCL`` and records owner pid, host
+  and start time. A lock whose process is gone (same host) is stale and is taken over; a live
+  one makes that slide fail with :class:`LockedError` for this run.
+* A failed slide is recorded with its one-line reason; the batch continues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from wsipipe import __version__
+from wsipipe.config import atomic_write_text
+from wsipipe.errors import ConfigError, LockedError, WsipipeError
+
+SAFE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
+
+
+def check_slide_id(slide_id: str, source: str = "slide id") -> str:
+    """Slide ids are file-name-safe names, never paths (``../x`` must not escape ``--out``)."""
+    if (
+        not slide_id
+        or slide_id in (".", "..")
+        or slide_id.startswith(".")
+        or not set(slide_id) <= SAFE_ID_CHARS
+    ):
+        raise ConfigError(
+            f"{source}: slide id {slide_id!r} is not a plain name; use letters, digits, "
+            "'.', '_', '-', '+' only (no '/', no leading '.')"
+        )
+    return slide_id
+
+
+@dataclass(frozen=True)
+class Job:
+    """One slide's unit of work for a stage."""
+
+    slide_id: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    slide_id: str
+    state: str  # "done" | "skipped" | "failed"
+    reason: str = ""
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# A stage's work function: builds every output in `tmp_dir` and returns
+# ({output name relative to the out dir: file or directory inside tmp_dir}, info dict).
+WorkFn = Callable[[Job, Path], tuple[dict[str, Path], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class JobRunner:
+    out_dir: Path
+    stage: str
+    config_hash: str
+    overwrite: bool = False
+
+    # ---- paths -------------------------------------------------------------------------
+    def status_path(self, slide_id: str) -> Path:
+        return self.out_dir / "status" / f"{slide_id}.json"
+
+    def lock_path(self, slide_id: str) -> Path:
+        return self.out_dir / "locks" / f"{slide_id}.lock"
+
+    # ---- completion records ----------------------------------------------------------
+    def read_status(self, slide_id: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.status_path(slide_id).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def is_done(self, slide_id: str) -> bool:
+        st = self.read_status(slide_id)
+        if not st or st.get("state") != "done" or st.get("stage") != self.stage:
+            return False
+        if st.get("config_hash") != self.config_hash:
+            return False
+        return all((self.out_dir / rel).exists() for rel in st.get("outputs", []))
+
+    def write_status(self, outcome: Outcome, outputs: Sequence[str] = ()) -> None:
+        record = {
+            "slide_id": outcome.slide_id,
+            "stage": self.stage,
+            "state": outcome.state,
+            "reason": outcome.reason,
+            "config_hash": self.config_hash,
+            "outputs": list(outputs),
+            "seconds": round(outcome.seconds, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wsipipe_version": __version__,
+            **{k: v for k, v in outcome.info.items() if k not in ("outputs",)},
+        }
+        atomic_write_text(self.status_path(outcome.slide_id), json.dumps(record, indent=1))
+
+    # ---- locking -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, slide_id: str) -> Iterator[None]:
+        path = self.lock_path(slide_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _attempt in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._break_if_stale(path, slide_id)  # raises LockedError if held by a live run
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(owner, fh)
+            break
+        else:
+            raise LockedError(self._lock_message(path, slide_id))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _break_if_stale(self, path: Path, slide_id: str) -> None:
+        """Remove a lock whose owner process is gone; LockedError if the owner is alive."""
+        try:
+            info = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            info = {}
+        if not info:
+            # Being written right now, or unreadable: treat as held unless very old.
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                return
+            if age < 60:
+                raise LockedError(self._lock_message(path, slide_id))
+        elif info.get("host") != socket.gethostname() or _pid_alive(int(info.get("pid", -1))):
+            raise LockedError(self._lock_message(path, slide_id, info))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    @staticmethod
+    def _lock_message(path: Path, slide_id: str, info: dict[str, Any] | None = None) -> str:
+        who = ""
+        if info:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+            who = f" by pid {info.get('pid')} on {info.get('host')} since {started}"
+        return (
+            f"{slide_id}: locked{who} ({path}); another run is processing it. If no such "
+            f"process is running, delete {path} and re-run"
+        )
+
+    # ---- one job -----------------------------------------------------------------------
+    def run_one(self, job: Job, work: WorkFn) -> Outcome:
+        start = time.perf_counter()
+        if not self.overwrite and self.is_done(job.slide_id):
+            return Outcome(job.slide_id, "skipped", "already done")
+        tmp_dir = self.out_dir / ".tmp" / f"{job.slide_id}.{os.getpid()}"
+        try:
+            with self.lock(job.slide_id):
+                # Re-check under the lock: a concurrent run may have finished it meanwhile.
+                if not self.overwrite and self.is_done(job.slide_id):
+                    return Outcome(job.slide_id, "skipped", "already done")
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                tmp_dir.mkdir(parents=True)
+                outputs, info = work(job, tmp_dir)
+                published = [publish(src, self.out_dir / rel) for rel, src in outputs.items()]
+                outcome = Outcome(
+                    job.slide_id, "done", seconds=time.perf_counter() - start, info=info
+                )
+                rels = [str(p.relative_to(self.out_dir)) for p in published]
+                self.write_status(outcome, rels)
+                return outcome
+        except WsipipeError as exc:
+            outcome = Outcome(
+                job.slide_id, "failed", _one_line(str(exc)), time.perf_counter() - start
+            )
+        except Exception as exc:  # a bug or an unexpected library error: record, continue
+            reason = f"internal error {type(exc).__name__}: {_one_line(str(exc))}"
+            outcome = Outcome(
+                job.slide_id,
+                "failed",
+                reason,
+                time.perf_counter() - start,
+                info={"traceback": traceback.format_exc()},
+            )
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        self._record_failure(outcome)
+        return outcome
+
+    def _record_failure(self, outcome: Outcome) -> None:
+        # A failure must not erase the record of an earlier good run of the same slide:
+        # keep its "done" status (its outputs are still in place) and note the failure beside.
+        previous = self.read_status(outcome.slide_id)
+        if previous and previous.get("state") == "done":
+            path = self.status_path(outcome.slide_id).with_suffix(".failed.json")
+            atomic_write_text(path, json.dumps({**outcome.info, "reason": outcome.reason}))
+            return
+        self.write_status(outcome)
+
+
+def publish(src: Path, dst: Path) -> Path:
+    """Move a finished file or directory into place atomically, replacing an old one.
+
+    A directory cannot be swapped in one rename: the old one is first renamed aside, the new
+    one renamed in, then the old one deleted, so a crash leaves either version intact.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        aside = dst.with_name(f".{dst.name}.old.{os.getpid()}")
+        if dst.exists():
+            os.replace(dst, aside)
+        os.replace(src, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    return dst
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_jobs(
+    runner: JobRunner,
+    jobs: Sequence[Job],
+    work: WorkFn,
+    workers: int = 1,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Run ``work`` for every job (``workers`` processes), never stopping at a failure."""
+    outcomes: list[Outcome] = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            outcome = runner.run_one(job, work)
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+        return outcomes
+    # spawn: slide backends (OpenSlide, HDF5) are not fork-safe once opened in a parent.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(runner.run_one, job, work): job for job in jobs}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # the worker process itself died
+                outcome = Outcome(job.slide_id, "failed", f"worker crashed: {_one_line(str(exc))}")
+                runner._record_failure(outcome)
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+    return outcomes
+
+
+def write_summary(out_dir: Path, outcomes: Sequence[Outcome], name: str = "summary.csv") -> Path:
+    """Run summary CSV (slide_id,state,seconds,reason + info columns), written atomically."""
+    import csv
+    import io
+
+    info_keys = sorted({k for o in outcomes for k, v in o.info.items() if _scalar(v)})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["slide_id", "state", "seconds", "reason", *info_keys])
+    for o in sorted(outcomes, key=lambda o: o.slide_id):
+        extra = [o.info.get(k, "") if _scalar(o.info.get(k, "")) else "" for k in info_keys]
+        writer.writerow([o.slide_id, o.state, f"{o.seconds:.2f}", o.reason, *extra])
+    path = out_dir / name
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool)) and not (isinstance(v, str) and "\n" in v)

@@ -1,0 +1,199 @@
+"""Streaming patch selection: the IPS scan and the DBPS scan (plus training-time helpers).
+
+Notation: a slide gives N tiles as an iterator of chunks of I tiles; M is the memory buffer
+(the tiles that will receive gradients), S the DBPS auxiliary buffer of sub-salient
+embeddings, D the embedding width, T query tokens, H heads.
+
+The scan runs without gradients, encoder and aggregator in eval mode (their previous
+train/eval state restored afterwards), and holds at most M + I (+ S) embeddings and their
+attention logits at any time, never the slide. Because the weights are constant during a
+scan, a tile's raw attention logits (T, H) are computed once, when it is encoded, and cached;
+every ranking re-normalises cached logits over the current candidate set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from wsipipe.models._scan import (
+    Chunk,
+    candidate_scores,
+    check_sizes,
+    chunk_logits,
+    device_chunks,
+    encode,
+    eval_no_grad,
+    resolve_device,
+    scan_keys,
+)
+from wsipipe.models.aggregator import CrossAttentionAggregator
+from wsipipe.models.batch import (
+    ScanBatch,
+    collate_scan_results,
+    gradient_pass,
+    pad_batch,
+    random_patch_drop,
+)
+
+__all__ = [
+    "Chunk",
+    "ScanBatch",
+    "ScanResult",
+    "collate_scan_results",
+    "dbps_scan",
+    "gradient_pass",
+    "ips_scan",
+    "pad_batch",
+    "random_patch_drop",
+]
+
+
+@dataclass
+class ScanResult:
+    """Outcome of one slide's scan; all tensors on the scan device.
+
+    indices: (M',) int64 selected tile indices, M' = min(M, N), sorted by score descending.
+    scores: (M',) float32 attention score of each selected tile, softmax over the M' selected
+        tiles (the set the aggregator will attend over), mean over heads and tokens.
+    aux_emb: (S', D) float32 DBPS sub-salient embeddings (detached), S' = min(S, N - M'),
+        sorted by aux_scores descending; None for IPS. Never zero placeholders.
+    aux_indices: (S',) int64 their tile indices; None for IPS.
+    aux_logits: (S', T, H) float32 their raw attention logits, cached when they were scored.
+    aux_scores: (S',) float32 scores, softmax over the S' auxiliary entries.
+    logits: (M', T, H) float32 raw attention logits of the selected tiles.
+    n_tiles: N, the number of tiles the scan consumed.
+    """
+
+    indices: Tensor
+    scores: Tensor
+    aux_emb: Tensor | None = None
+    aux_indices: Tensor | None = None
+    aux_logits: Tensor | None = None
+    aux_scores: Tensor | None = None
+    logits: Tensor | None = None
+    n_tiles: int = 0
+
+    @property
+    def n_selected(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def n_aux(self) -> int:
+        return 0 if self.aux_indices is None else int(self.aux_indices.shape[0])
+
+
+def _rank(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """logits (c, T, H) -> (order (c,) by score desc, stable; scores (c,) in that order)."""
+    sc = candidate_scores(logits)
+    sc, order = torch.sort(sc, descending=True, stable=True)
+    return order, sc
+
+
+# A buffer is a tuple of row-aligned tensors: (tile indices (m,), logits (m, T, H)) and, when
+# its embeddings are needed later (DBPS with S > 0), embeddings (m, D) as a third member.
+Buffer = tuple[Tensor, ...]
+
+
+def _cat(a: Buffer | None, b: Buffer) -> Buffer:
+    return b if a is None else tuple(torch.cat([x, y]) for x, y in zip(a, b, strict=True))
+
+
+def _take(buf: Buffer, rows: Tensor) -> Buffer:
+    return tuple(x[rows] for x in buf)
+
+
+def _scan(
+    encoder: nn.Module,
+    aggregator: CrossAttentionAggregator,
+    chunks: Iterable[Chunk],
+    M: int,
+    S: int | None,
+    device: torch.device | str | None,
+    amp_dtype: torch.dtype | None,
+) -> ScanResult:
+    """IPS scan (``S is None``) or DBPS scan (``S >= 0``); see the module docstring.
+
+    IPS keeps only tile indices and cached logits (M + I rows of T x H scalars): tiles are
+    re-read for the gradient pass, so no embedding is ever copied. DBPS also keeps the
+    (M + I + S, D) embeddings, since evicted salient tiles may become sub-salient ones.
+    """
+    check_sizes(M, S or 0)
+    dev = resolve_device(aggregator, device)
+    dbps = S is not None
+    keep_emb = bool(S)
+    mem: Buffer | None = None  # memory buffer, m <= M rows (m <= M + k while ranking)
+    aux: Buffer | None = None  # auxiliary buffer (DBPS), s <= S rows
+    n_tiles = 0
+    with eval_no_grad(encoder, aggregator):
+        keys = scan_keys(aggregator, dev)  # (D, T, H), weights are constant during the scan
+        for idx, tiles in device_chunks(chunks, dev):
+            emb = encode(encoder, tiles, dev, amp_dtype)  # (k, D)
+            lg = chunk_logits(keys, emb)  # (k, T, H)
+            n_tiles += int(idx.shape[0])
+            mem = _cat(mem, (idx, lg, emb) if keep_emb else (idx, lg))  # M + k candidates
+            if mem[0].shape[0] <= M:  # still filling the buffer
+                continue
+            order, _ = _rank(mem[1])  # softmax over the M + k candidates
+            if keep_emb:
+                # not kept (incl. evicted) merged with the aux buffer; top S of them by their
+                # cached logits re-normalised over the merged set
+                cand = _cat(aux, _take(mem, order[M:]))
+                aux = _take(cand, _rank(cand[1])[0][:S])
+            mem = _take(mem, order[:M])
+
+    if mem is None:  # no tiles at all
+        empty = torch.empty(0, dtype=torch.int64, device=dev)
+        t, h, d = aggregator.cfg.n_token, aggregator.cfg.heads, aggregator.cfg.dim
+        mem = (empty, torch.empty(0, t, h, device=dev), torch.empty(0, d, device=dev))
+    # final order and scores: softmax over the selected set itself
+    order, scores = _rank(mem[1])
+    result = ScanResult(indices=mem[0][order], scores=scores, logits=mem[1][order], n_tiles=n_tiles)
+    if dbps:
+        if aux is None:  # N <= M or S == 0: no sub-salient entry at all
+            d = aggregator.cfg.dim
+            aux = (mem[0][:0], mem[1][:0], torch.empty(0, d, device=dev))
+        a_order, a_scores = _rank(aux[1])
+        result.aux_indices, result.aux_logits, result.aux_emb = _take(aux, a_order)
+        result.aux_scores = a_scores
+    return result
+
+
+def ips_scan(
+    encoder: nn.Module,
+    aggregator: CrossAttentionAggregator,
+    chunks: Iterable[Chunk],
+    M: int,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> ScanResult:
+    """Iterative Patch Selection over one slide's chunks -> the M' = min(M, N) selected tiles.
+
+    ``chunks`` yields (tile indices (k,) int64, tiles (k, 3, H, W) uint8 | (k, F) float) on
+    the CPU (pinned memory lets the copy overlap compute); the chunk size I is whatever the
+    iterator yields. The first chunk(s) fill the buffer; every chunk that makes it exceed M
+    triggers a ranking of the M + k candidates (softmax over them, averaged over heads and
+    tokens) and keeps the top M. ``device`` defaults to the aggregator's; ``amp_dtype``
+    (e.g. torch.bfloat16) runs the encoder under autocast (logits stay float32).
+    """
+    return _scan(encoder, aggregator, chunks, M, None, device, amp_dtype)
+
+
+def dbps_scan(
+    encoder: nn.Module,
+    aggregator: CrossAttentionAggregator,
+    chunks: Iterable[Chunk],
+    M: int,
+    S: int,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> ScanResult:
+    """Dual-Buffer Patch Selection: the IPS scan plus an auxiliary buffer of the S best
+    sub-salient embeddings (candidates not kept in the top M, evicted ones included, merged
+    with the previous auxiliary buffer and ranked by their cached logits re-normalised over
+    the merged set). Small slides give S' = min(S, N - M') < S entries, never placeholders.
+    """
+    return _scan(encoder, aggregator, chunks, M, S, device, amp_dtype)

@@ -1,0 +1,180 @@
+"""The two slide backends behind one small interface: read an RGB region, close.
+
+Both return (height, width, 3) uint8 RGB with everything outside the image or transparent
+composited onto white, and turn backend exceptions into one-line `SlideError`s.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from wsipipe.errors import SlideError
+from wsipipe.slide.info import SlideInfo, info_from_properties
+
+
+class Backend(Protocol):
+    name: str
+    path: Path
+    info: SlideInfo
+    closed: bool
+
+    def read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray: ...
+
+    def tile_height(self, level: int) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a single line (type name when it has no message), at most 300 chars."""
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:300]
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(h, w, 4) uint8 straight-alpha RGBA -> (h, w, 3) uint8 RGB over a white background."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.uint16)[..., None]
+    rgb = rgba[..., :3].astype(np.uint16)
+    out = (rgb * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Normalise a (h, w[, c]) uint8 array to (h, w, 3) RGB (gray replicated, alpha on white)."""
+    if arr.dtype != np.uint8:
+        raise SlideError(
+            f"{path}: pixel type {arr.dtype} is not 8-bit; wsipipe reads 8-bit brightfield "
+            "RGB slides -- convert the slide to 8-bit RGB first"
+        )
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    channels = arr.shape[2]
+    if channels == 3:
+        return np.ascontiguousarray(arr)
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(arr, 3, axis=2))
+    if channels == 4:
+        return composite_on_white(arr)
+    raise SlideError(
+        f"{path}: {channels} channels per pixel; wsipipe reads RGB or gray slides -- "
+        "export an RGB rendering of this slide first"
+    )
+
+
+def _read_error(path: Path, reader: str, where: str, exc: BaseException) -> SlideError:
+    return SlideError(
+        f"{path}: {reader} failed reading {where}: {one_line(exc)}; the file may be truncated "
+        "or corrupt -- re-copy it or exclude it from the slides list"
+    )
+
+
+class OpenSlideBackend:
+    name = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self.path = path
+        self._slide = openslide.OpenSlide(str(path))
+        self.closed = False
+        props = dict(self._slide.properties)
+        self._props = props
+        self.info = info_from_properties(
+            path,
+            self.name,
+            props,
+            tuple(self._slide.level_dimensions),
+            tuple(self._slide.level_downsamples),
+        )
+
+    def tile_height(self, level: int) -> int | None:
+        value = self._props.get(f"openslide.level[{level}].tile-height")
+        return int(value) if value and str(value).isdigit() else None
+
+    def read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        try:
+            image = self._slide.read_region((x, y), level, (width, height))
+            rgba = np.asarray(image)
+        except Exception as exc:
+            raise _read_error(self.path, self.name, f"{width}x{height} at ({x}, {y})", exc) from exc
+        return composite_on_white(rgba)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._slide.close()
+            self.closed = True
+
+
+class TiffSlideBackend:
+    name = "tiffslide"
+
+    def __init__(self, path: Path) -> None:
+        import tiffslide
+
+        self.path = path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "hamamatsu metadata partially implemented"
+            self._slide = tiffslide.TiffSlide(str(path))
+            props: dict[str, Any] = dict(self._slide.properties)
+        self.closed = False
+        self._props = props
+        self.info = info_from_properties(
+            path,
+            self.name,
+            props,
+            tuple(self._slide.level_dimensions),
+            tuple(self._slide.level_downsamples),
+        )
+
+    def tile_height(self, level: int) -> int | None:
+        value = self._props.get(f"tiffslide.level[{level}].tile-height")
+        try:
+            return int(value) if value else None
+        except (TypeError, ValueError):
+            return None
+
+    def read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        # tiffslide maps level-0 (x, y) to level coordinates with int(x / downsample); clip
+        # to the level ourselves and fill the rest with white (tiffslide pads with black).
+        ds = self.info.level_downsamples[level]
+        lw, lh = self.info.level_dimensions[level]
+        lx, ly = int(x / ds), int(y / ds)
+        x0, y0 = max(lx, 0), max(ly, 0)
+        x1, y1 = min(lx + width, lw), min(ly + height, lh)
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        try:
+            # unpadded: tiffslide returns just the in-bounds part [y0:y1, x0:x1]
+            arr = self._slide.read_region(
+                (x, y), level, (width, height), as_array=True, padding=False
+            )
+        except Exception as exc:
+            raise _read_error(self.path, self.name, f"{width}x{height} at ({x}, {y})", exc) from exc
+        rgb = to_rgb(np.asarray(arr), self.path)
+        h, w = min(rgb.shape[0], y1 - y0), min(rgb.shape[1], x1 - x0)
+        out[y0 - ly : y0 - ly + h, x0 - lx : x0 - lx + w] = rgb[:h, :w]
+        return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self._slide.close()
+            self.closed = True
+
+
+BACKENDS: dict[str, type[OpenSlideBackend] | type[TiffSlideBackend]] = {
+    "openslide": OpenSlideBackend,
+    "tiffslide": TiffSlideBackend,
+}
+
+
+def open_backend(path: Path, reader: str) -> Backend:
+    """Open ``path`` with the named backend; exceptions propagate (callers classify them)."""
+    return BACKENDS[reader](path)

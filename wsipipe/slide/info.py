@@ -1,0 +1,125 @@
+"""Slide metadata (`SlideInfo`), property parsing and the cheap file fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsipipe.errors import SlideOpenError
+
+READERS = ("openslide", "tiffslide")
+
+FINGERPRINT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What a slide file records about itself, as read by one backend.
+
+    Dimensions are in pixels, (width, height) per pyramid level, level 0 first; downsamples
+    are level-0 pixels per level pixel. ``mpp_x`` / ``mpp_y`` are microns per level-0 pixel as
+    recorded by the file (None when absent) -- an override given to `open_slide` is not
+    reflected here but in ``Slide.mpp``.
+    """
+
+    path: str
+    reader: str
+    vendor: str | None
+    width: int
+    height: int
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp_x: float | None
+    mpp_y: float | None
+    objective_power: float | None
+
+    def __post_init__(self) -> None:
+        if self.reader not in READERS:
+            raise ValueError(f"{self.path}: unknown reader {self.reader!r}; use one of {READERS}")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"{self.path}: empty slide ({self.width}x{self.height})")
+        if not self.level_dimensions or len(self.level_dimensions) != len(self.level_downsamples):
+            raise ValueError(f"{self.path}: level dimensions and downsamples disagree")
+        if self.level_dimensions[0] != (self.width, self.height):
+            raise ValueError(f"{self.path}: level 0 is not {self.width}x{self.height}")
+        for name in ("mpp_x", "mpp_y", "objective_power"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{self.path}: {name}={value!r} must be positive or None")
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serialisable dict (tuples become lists)."""
+        return {
+            "path": self.path,
+            "reader": self.reader,
+            "vendor": self.vendor,
+            "width": self.width,
+            "height": self.height,
+            "level_dimensions": [[w, h] for w, h in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp_x": self.mpp_x,
+            "mpp_y": self.mpp_y,
+            "objective_power": self.objective_power,
+        }
+
+
+def positive_float(value: object) -> float | None:
+    """Parse a metadata value as a finite positive float; None when absent or unusable."""
+    if value is None:
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number <= 0:
+        return None
+    return number
+
+
+def info_from_properties(
+    path: Path,
+    reader: str,
+    properties: Mapping[str, str],
+    level_dimensions: tuple[tuple[int, int], ...],
+    level_downsamples: tuple[float, ...],
+) -> SlideInfo:
+    """Build a SlideInfo from a backend's property map (keys prefixed ``openslide.`` or
+    ``tiffslide.`` as the reader names them)."""
+    prefix = f"{reader}."
+    vendor = properties.get(prefix + "vendor")
+    width, height = level_dimensions[0]
+    return SlideInfo(
+        path=str(path),
+        reader=reader,
+        vendor=str(vendor) if vendor else None,
+        width=int(width),
+        height=int(height),
+        level_dimensions=tuple((int(w), int(h)) for w, h in level_dimensions),
+        level_downsamples=tuple(float(d) for d in level_downsamples),
+        mpp_x=positive_float(properties.get(prefix + "mpp-x")),
+        mpp_y=positive_float(properties.get(prefix + "mpp-y")),
+        objective_power=positive_float(properties.get(prefix + "objective-power")),
+    )
+
+
+def slide_fingerprint(path: str | Path) -> dict[str, object]:
+    """Cheap identity check of a slide file: ``{"size": bytes, "md5_first_mb": hex}`` where
+    the md5 covers the first MiB (or the whole file if smaller)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            head = fh.read(FINGERPRINT_BYTES)
+    except OSError as exc:
+        raise SlideOpenError(
+            f"{p}: cannot read the file for its fingerprint ({exc.strerror or exc}); "
+            "check the path and permissions"
+        ) from exc
+    return {"size": size, "md5_first_mb": hashlib.md5(head, usedforsecurity=False).hexdigest()}

@@ -1,0 +1,107 @@
+"""Turn the command line's files, directories, globs and CSVs into a list of slides."""
+
+from __future__ import annotations
+
+import csv
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsipipe.errors import ConfigError
+from wsipipe.jobs import check_slide_id
+
+# File name endings of whole-slide images that OpenSlide or tiffslide can open.
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide",
+    ".dcm", ".qptiff",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SlideSpec:
+    slide_id: str
+    path: Path
+    mpp: float | None = None  # per-slide override (CSV `mpp` column)
+
+
+def slide_id_for(path: Path) -> str:
+    """``TCGA-XX.svs`` -> ``TCGA-XX``; ``x.ome.tif`` -> ``x``."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def is_slide_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES)
+
+
+def resolve_slides(items: list[str]) -> list[SlideSpec]:
+    """Expand files, directories (recursively), globs and CSV lists into unique slides.
+
+    A CSV needs a ``path`` (or ``slide``) column and may have ``slide_id`` and ``mpp``;
+    relative paths in it are relative to the CSV's folder.
+    """
+    specs: list[SlideSpec] = []
+    for item in items:
+        p = Path(item)
+        if p.suffix.lower() == ".csv" and p.is_file():
+            specs.extend(_from_csv(p))
+        elif p.is_dir():
+            found = sorted(q for q in p.rglob("*") if is_slide_file(q))
+            if not found:
+                raise ConfigError(
+                    f"{p}: no slide files found (looked for {', '.join(SLIDE_SUFFIXES)})"
+                )
+            specs.extend(SlideSpec(slide_id_for(q), q) for q in found)
+        elif p.exists():
+            specs.append(SlideSpec(slide_id_for(p), p))
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise ConfigError(f"{item}: no such file, directory or glob match")
+            specs.extend(SlideSpec(slide_id_for(m), m) for m in matches if m.is_file())
+    seen: dict[str, Path] = {}
+    for spec in specs:
+        check_slide_id(spec.slide_id, source=str(spec.path))
+        if spec.slide_id in seen and seen[spec.slide_id].resolve() != spec.path.resolve():
+            raise ConfigError(
+                f"slide id {spec.slide_id!r} is used by both {seen[spec.slide_id]} and "
+                f"{spec.path}; give unique ids with a CSV (columns path,slide_id)"
+            )
+        seen[spec.slide_id] = spec.path
+    unique = {s.slide_id: s for s in specs}
+    return list(unique.values())
+
+
+def _from_csv(path: Path) -> list[SlideSpec]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        path_col = "path" if "path" in cols else ("slide" if "slide" in cols else None)
+        if path_col is None:
+            raise ConfigError(
+                f"{path}: a slides CSV needs a `path` column (optional: slide_id, mpp); "
+                f"found columns {cols}"
+            )
+        specs = []
+        for lineno, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            raw = row.get(path_col, "")
+            if not raw:
+                raise ConfigError(f"{path}:{lineno}: empty `{path_col}`")
+            slide_path = Path(raw) if Path(raw).is_absolute() else path.parent / raw
+            mpp = None
+            if row.get("mpp"):
+                try:
+                    mpp = float(row["mpp"])
+                except ValueError:
+                    raise ConfigError(
+                        f"{path}:{lineno}: mpp {row['mpp']!r} is not a number (e.g. 0.25)"
+                    ) from None
+                if not 0.01 <= mpp <= 100:
+                    raise ConfigError(f"{path}:{lineno}: mpp {mpp} is not plausible (0.01..100)")
+            slide_id = row.get("slide_id") or slide_id_for(slide_path)
+            specs.append(SlideSpec(slide_id, slide_path, mpp))
+    return specs

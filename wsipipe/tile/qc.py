@@ -1,0 +1,162 @@
+"""The QC thumbnail: tissue contours, rejected pen areas and kept tiles drawn on the slide.
+
+Pure numpy drawing (no PIL draw calls), so every pixel's colour is predictable:
+
+- pen areas: tinted ``PEN_TINT`` of ``PEN_COLOR`` and outlined 1 px in ``PEN_COLOR``;
+- kept tiles: 1 px ``TILE_COLOR`` outline of each tile square (tiles under
+  ``MIN_OUTLINED_TILE_PX`` thumbnail px are tinted instead, outlines would fill them);
+- tissue: 2 px ``TISSUE_COLOR`` contour, the last mask pixel inside the boundary and the
+  first one outside it (4-neighbourhood), drawn last so it is never hidden.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wsipipe.tile.geometry import atomic_write_bytes
+from wsipipe.tile.tissue import to_rgb
+
+TISSUE_COLOR = (0, 220, 0)
+PEN_COLOR = (255, 0, 255)
+TILE_COLOR = (0, 120, 255)
+PEN_TINT = 0.35  # opacity of the pen tint
+TILE_TINT = 0.3  # opacity of the tile tint, used when tiles are too small to outline
+MIN_OUTLINED_TILE_PX = 4.0  # tiles smaller than this (thumbnail px) are tinted, not outlined
+
+
+def inner_boundary(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask. The image border is not a boundary
+    (the mask is extended by edge replication)."""
+    p = np.pad(mask, 1, mode="edge")
+    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~interior
+
+
+def outer_boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels outside the mask with a 4-neighbour inside it."""
+    return inner_boundary(~mask)
+
+
+def draw_qc(
+    thumb: np.ndarray,
+    tissue: np.ndarray,
+    pen: np.ndarray | None = None,
+    tiles: np.ndarray | None = None,
+    tile_size: float | None = None,
+) -> np.ndarray:
+    """RGB uint8 (H, W, 3) image: the thumbnail with tissue contours drawn (green, 2 px),
+    rejected pen areas tinted and outlined in magenta, and optionally kept tiles outlined
+    (blue; tinted instead when smaller than ``MIN_OUTLINED_TILE_PX``).
+
+    thumb: (H, W, 3|4) uint8 (RGBA composited on white); tissue, pen: bool (H, W);
+    tiles: (N, 2) top-left (x, y) in THUMBNAIL px (may be fractional; rounded);
+    tile_size: tile side in thumbnail px (required with ``tiles``). Pure: inputs unchanged.
+    """
+    rgb = to_rgb(thumb)
+    h, w = rgb.shape[:2]
+    tissue = _check_mask(tissue, (h, w), "tissue")
+    out = rgb.copy()
+
+    if pen is not None:
+        pen = _check_mask(pen, (h, w), "pen")
+        if pen.any():
+            _tint(out, pen, PEN_COLOR, PEN_TINT)
+            out[inner_boundary(pen)] = PEN_COLOR
+
+    if tiles is not None and len(tiles):
+        if tile_size is None or not tile_size > 0:
+            raise ValueError(f"tile_size must be > 0 when tiles are given, got {tile_size}")
+        tiles = np.asarray(tiles, dtype=np.float64)
+        if tiles.ndim != 2 or tiles.shape[1] != 2:
+            raise ValueError(f"tiles must be (N, 2) top-left (x, y), got shape {tiles.shape}")
+        if tile_size >= MIN_OUTLINED_TILE_PX:
+            out[_tile_outlines(tiles, float(tile_size), h, w)] = TILE_COLOR
+        else:  # outlines would fill the tiles: tint their footprints instead
+            area = _tile_areas(tiles, float(tile_size), h, w)
+            _tint(out, area, TILE_COLOR, TILE_TINT)
+
+    out[inner_boundary(tissue) | outer_boundary(tissue)] = TISSUE_COLOR
+    return out
+
+
+def _tint(img: np.ndarray, where: np.ndarray, color: tuple[int, int, int], alpha: float) -> None:
+    """Blend ``color`` with opacity ``alpha`` into ``img`` (in place) where ``where``."""
+    if where.any():
+        blended = img[where].astype(np.float32) * (1 - alpha) + np.float32(alpha) * np.asarray(
+            color, dtype=np.float32
+        )
+        img[where] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def _tile_bounds(
+    tiles: np.ndarray, size: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inclusive pixel bounds (x0, y0, x1, y1) of each tile square, rounded."""
+    x0 = np.round(tiles[:, 0]).astype(np.int64)
+    y0 = np.round(tiles[:, 1]).astype(np.int64)
+    x1 = np.maximum(np.round(tiles[:, 0] + size).astype(np.int64) - 1, x0)
+    y1 = np.maximum(np.round(tiles[:, 1] + size).astype(np.int64) - 1, y0)
+    return x0, y0, x1, y1
+
+
+def _tile_areas(tiles: np.ndarray, size: float, h: int, w: int) -> np.ndarray:
+    """Bool (H, W): union of the tile squares (2-D difference array + two cumsums)."""
+    x0, y0, x1, y1 = _tile_bounds(tiles, size)
+    xa, xb = np.clip(x0, 0, w), np.clip(x1 + 1, 0, w)
+    ya, yb = np.clip(y0, 0, h), np.clip(y1 + 1, 0, h)
+    ok = (xb > xa) & (yb > ya)
+    xa, xb, ya, yb = xa[ok], xb[ok], ya[ok], yb[ok]
+    d = np.zeros((h + 1, w + 1), dtype=np.int32)
+    np.add.at(d, (ya, xa), 1)
+    np.add.at(d, (ya, xb), -1)
+    np.add.at(d, (yb, xa), -1)
+    np.add.at(d, (yb, xb), 1)
+    return d.cumsum(0).cumsum(1)[:h, :w] > 0
+
+
+def _check_mask(mask: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise ValueError(f"{name} mask shape {m.shape} does not match the thumbnail {shape}")
+    return m.astype(bool, copy=False)
+
+
+def _tile_outlines(tiles: np.ndarray, size: float, h: int, w: int) -> np.ndarray:
+    """Bool (H, W): 1 px outline of each square [x, x + size) x [y, y + size), rounded to
+    whole pixels and clipped to the image."""
+    x0, y0, x1, y1 = _tile_bounds(tiles, size)
+    lines = np.zeros((h + 1, w + 1), dtype=np.int32)  # difference arrays, one per direction
+    cols = np.zeros((h + 1, w + 1), dtype=np.int32)
+    out = np.zeros((h, w), dtype=bool)
+
+    # Horizontal edges (rows y0 and y1, columns x0..x1): +1/-1 along each row, cumsum on x.
+    for y in (y0, y1):
+        ok = (y >= 0) & (y < h) & (x1 >= 0) & (x0 < w)
+        ys, xa, xb = y[ok], np.clip(x0[ok], 0, w), np.clip(x1[ok] + 1, 0, w)
+        np.add.at(lines, (ys, xa), 1)
+        np.add.at(lines, (ys, xb), -1)
+    out |= np.cumsum(lines, axis=1)[:h, :w] > 0
+
+    # Vertical edges (columns x0 and x1, rows y0..y1): cumsum on y.
+    for x in (x0, x1):
+        ok = (x >= 0) & (x < w) & (y1 >= 0) & (y0 < h)
+        xs, ya, yb = x[ok], np.clip(y0[ok], 0, h), np.clip(y1[ok] + 1, 0, h)
+        np.add.at(cols, (ya, xs), 1)
+        np.add.at(cols, (yb, xs), -1)
+    out |= np.cumsum(cols, axis=0)[:h, :w] > 0
+    return out
+
+
+def save_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3|4) or (H, W) uint8 image as PNG, atomically (temporary file in the
+    same folder, then ``os.replace``). Creates the parent folder."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(f"expected a uint8 image, got shape {arr.shape} dtype {arr.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
+    atomic_write_bytes(Path(path), buf.getvalue())

@@ -1,0 +1,211 @@
+"""``wsipipe tile``: one slide -> tissue -> grid -> patch store, QC image and tissue GeoJSON.
+
+:func:`tile_slide` does one slide's work into a temporary folder; :func:`tile_slides` runs it
+for a batch through :mod:`wsipipe.jobs` (skip done, lock, publish atomically, record failures).
+
+Output layout under ``--out``::
+
+    config.yaml              resolved TileConfig (+ version)
+    stores/<id>.h5|.zarr     patch store (coords, tiles, metadata incl. the config)
+    qc/<id>.png              thumbnail with tissue contours, pen areas and kept tiles
+    tissue/<id>.geojson      tissue polygons, level-0 px (QuPath imports it)
+    status/<id>.json         per-slide completion record (written last)
+    summary.csv              one row per slide of this run
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsipipe import __version__
+from wsipipe.config import config_hash, config_to_dict, save_config
+from wsipipe.errors import ConfigError, NoTissueError
+from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
+from wsipipe.slide import Slide, open_slide, slide_fingerprint
+from wsipipe.store import STORE_SUFFIX, StoreMeta, create_store, encode_tile
+from wsipipe.tile.config import TileConfig
+from wsipipe.tile.geometry import (
+    mask_to_polygons,
+    polygons_to_mask,
+    read_polygons_geojson,
+    tissue_geojson,
+    write_geojson,
+)
+from wsipipe.tile.grid import tile_grid, tissue_fractions
+from wsipipe.tile.inputs import SlideSpec
+from wsipipe.tile.qc import draw_qc, save_png
+from wsipipe.tile.tissue import segment_tissue
+
+CHUNK = 256  # tiles read/encoded/appended per step: bounds memory to CHUNK encoded tiles
+
+
+def tile_slide(spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1):
+    """Tile one slide into ``tmp_dir``; return ({relative output: tmp path}, info)."""
+    mpp_override = spec.mpp if spec.mpp is not None else cfg.mpp
+    with open_slide(spec.path, reader=cfg.reader, mpp=mpp_override) as slide:
+        mpp = slide.mpp  # raises MissingMppError with the fix when unknown
+        thumb, thumb_ds = slide.thumbnail(cfg.tissue.thumb_mpp)
+        um_per_thumb_px = mpp * thumb_ds
+
+        pen = None
+        if cfg.tissue_geojson_dir:
+            polys = read_polygons_geojson(_tissue_geojson_path(cfg.tissue_geojson_dir, spec))
+            mask = polygons_to_mask(polys, thumb.shape[:2], thumb_ds)
+        else:
+            seg = segment_tissue(thumb, um_per_thumb_px, cfg.tissue)
+            mask, pen = seg.tissue, seg.pen
+            polys = mask_to_polygons(mask, thumb_ds)
+
+        info = slide.info
+        grid = tile_grid(info.width, info.height, mpp, cfg.target_mpp, cfg.tile_px,
+                         cfg.overlap_px, source=str(spec.path))  # fmt: skip
+        frac = tissue_fractions(grid.coords, grid.tile_size_level0, mask, thumb_ds)
+        keep = frac >= max(cfg.min_tissue, 1e-6)
+        coords, frac = grid.coords[keep], frac[keep]
+        if len(coords) == 0:
+            raise NoTissueError(
+                f"{spec.path}: no tile has >= {cfg.min_tissue:.0%} tissue "
+                f"({int(mask.sum())} tissue px on the {thumb.shape[1]}x{thumb.shape[0]} "
+                "thumbnail); check qc, lower --min-tissue or give --tissue-geojson"
+            )
+
+        reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px)
+        meta = _store_meta(spec, cfg, slide, reader)
+        store_rel = f"stores/{spec.slide_id}{STORE_SUFFIX[cfg.format]}"
+        store_tmp = tmp_dir / Path(store_rel).name
+        n_reused = 0
+        with create_store(store_tmp, cfg.format, meta) as writer:
+            for chunk_coords, chunk_frac, tiles, reused in _encoded_chunks(
+                reader, coords, frac, cfg, threads
+            ):
+                writer.append(chunk_coords, tiles, chunk_frac)
+                n_reused += reused
+
+    qc_tmp = tmp_dir / f"{spec.slide_id}.png"
+    save_png(qc_tmp, draw_qc(thumb, mask, pen, coords / thumb_ds, grid.tile_size_level0 / thumb_ds))
+    geo_tmp = tmp_dir / f"{spec.slide_id}.geojson"
+    write_geojson(geo_tmp, tissue_geojson(polys))
+
+    outputs = {
+        store_rel: store_tmp,
+        f"qc/{spec.slide_id}.png": qc_tmp,
+        f"tissue/{spec.slide_id}.geojson": geo_tmp,
+    }
+    stats: dict[str, Any] = {
+        "n_tiles": len(coords),
+        "n_grid": grid.n_tiles,
+        "mpp": round(mpp, 5),
+        "mpp_source": slide.mpp_source,
+        "reader": slide.reader,
+        "level": reader.level,
+        "fast_path": bool(reader.fast),
+        "jpeg_reused": n_reused,
+    }
+    return outputs, stats
+
+
+def _tissue_geojson_path(directory: str, spec: SlideSpec) -> Path:
+    for suffix in (".geojson", ".json"):
+        p = Path(directory) / f"{spec.slide_id}{suffix}"
+        if p.exists():
+            return p
+    raise ConfigError(
+        f"{spec.path}: --tissue-geojson-dir given but {Path(directory) / spec.slide_id}.geojson "
+        "does not exist; add it or drop the option to segment tissue automatically"
+    )
+
+
+def _store_meta(spec: SlideSpec, cfg: TileConfig, slide: Slide, reader: Any) -> StoreMeta:
+    fp = slide_fingerprint(spec.path)
+    mpp = slide.mpp
+    return StoreMeta(
+        slide_id=spec.slide_id,
+        slide_path=str(Path(spec.path).resolve()),
+        slide_size=int(fp["size"]),  # type: ignore[call-overload]
+        slide_md5_1mb=str(fp["md5_first_mb"]),
+        reader=slide.reader,
+        slide_mpp=(mpp, mpp),
+        mpp_source=slide.mpp_source,
+        target_mpp=cfg.target_mpp,
+        tile_px=cfg.tile_px,
+        level=reader.level,
+        downsample=float(reader.downsample),
+        read_px=int(reader.read_px),
+        tile_size_level0=int(reader.tile_size_level0),
+        overlap_px=cfg.overlap_px,
+        level_dim=tuple(slide.info.level_dimensions[reader.level]),
+        pixels=cfg.pixels,
+        jpeg_quality=cfg.jpeg_quality if cfg.pixels == "jpeg" else None,
+        wsipipe_version=__version__,
+        config=config_to_dict(cfg),
+    )
+
+
+def _encoded_chunks(
+    reader: Any, coords: np.ndarray, frac: np.ndarray, cfg: TileConfig, threads: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[bytes] | None, int]]:
+    """Yield (coords, fractions, encoded tiles or None, n reused) in chunks of CHUNK tiles.
+
+    JPEG decode/resize/encode release the GIL, so ``threads`` > 1 overlaps them.
+    """
+
+    def one(xy: np.ndarray) -> tuple[bytes, bool]:
+        x, y = int(xy[0]), int(xy[1])
+        if cfg.pixels == "jpeg" and cfg.reuse_jpeg:
+            raw = reader.read_encoded(x, y)
+            if raw is not None:
+                return raw, True
+        return encode_tile(reader.read(x, y), cfg.pixels, cfg.jpeg_quality), False
+
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+    mapper: Callable[..., Any] = pool.map if pool else map
+    try:
+        for start in range(0, len(coords), CHUNK):
+            c, f = coords[start : start + CHUNK], frac[start : start + CHUNK]
+            if cfg.pixels == "none":
+                yield c, f, None, 0
+                continue
+            results = list(mapper(one, c))
+            yield c, f, [r[0] for r in results], sum(r[1] for r in results)
+    finally:
+        if pool:
+            pool.shutdown()
+
+
+# ---- batch ------------------------------------------------------------------------------
+
+
+def _work(job: Job, tmp_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Module-level (picklable) work function for :func:`wsipipe.jobs.run_jobs`."""
+    return tile_slide(job.inputs["spec"], job.inputs["cfg"], tmp_dir, job.inputs["threads"])
+
+
+def tile_slides(
+    specs: list[SlideSpec],
+    cfg: TileConfig,
+    out_dir: Path,
+    workers: int = 1,
+    threads: int = 1,
+    overwrite: bool = False,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Tile every slide; failures are recorded and never stop the batch."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml", extra={"wsipipe_version": __version__})
+    runner = JobRunner(out_dir, "tile", _tile_hash(cfg), overwrite)
+    jobs = [Job(s.slide_id, {"spec": s, "cfg": cfg, "threads": threads}) for s in specs]
+    outcomes = run_jobs(runner, jobs, _work, workers=workers, on_outcome=on_outcome)
+    write_summary(out_dir, outcomes)
+    return outcomes
+
+
+def _tile_hash(cfg: TileConfig) -> str:
+    # The global mpp override is per-run input, recorded per store; it does not change which
+    # settings a store was made with in a way that should force re-tiling of other slides.
+    return config_hash(replace(cfg, mpp=None))

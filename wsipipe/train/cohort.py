@@ -1,0 +1,128 @@
+"""From a labels CSV and a store directory to the validated list of slides of a run.
+
+All checks run before any training starts and every problem is listed in one ConfigError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsipipe.errors import ConfigError
+from wsipipe.train.config import TrainConfig
+from wsipipe.train.data import SlideSpec, describe_store, find_store, list_stores
+from wsipipe.train.labels import (
+    LabelTable,
+    SlideRecord,
+    check_cohort,
+    read_labels_csv,
+    training_splits,
+)
+
+
+@dataclass
+class Cohort:
+    """Slides of a run: ``specs`` (train slides first, then validation slides)."""
+
+    classes: tuple[str, ...]
+    specs: list[SlideSpec]
+    labels: np.ndarray  # (len(specs),) class index per spec, -1 = unlabeled
+    train: list[int]  # positions into specs
+    val: list[int]
+    stores_dir: Path
+
+
+def check_tile_sizes(specs: Sequence[SlideSpec], input_px: int, source: str) -> None:
+    """Slides batched together must share a tile size unless ``input_px`` resizes them."""
+    sizes = sorted({s.tile_px for s in specs if s.kind != "features"})
+    if len(sizes) > 1 and not input_px:
+        raise ConfigError(
+            f"{source}: stores have different tile sizes {sizes} px; pass --input-px "
+            f"{sizes[0]} to resize them to one size"
+        )
+
+
+def _specs_for(
+    table: LabelTable, records: Sequence[SlideRecord], stores_dir: Path
+) -> list[SlideSpec]:
+    found = check_cohort(
+        table, records, lambda sid: describe_store(sid, find_store(stores_dir, sid))
+    )
+    return [found[r.slide_id] for r in records]  # type: ignore[misc]
+
+
+def load_cohort(cfg: TrainConfig) -> Cohort:
+    """Validate the labels CSV and the stores of its training and validation slides."""
+    from wsipipe.train.data import resolve_stores_dir
+
+    if not cfg.labels:
+        raise ConfigError("--labels is not set; pass the labels CSV (slide_id,label,split)")
+    table = read_labels_csv(
+        cfg.labels, cfg.label_column, cfg.split_column, cfg.fold_column, cfg.classes
+    )
+    train, val = training_splits(
+        table, cfg.train_split, cfg.val_split, cfg.fold, cfg.split_column, cfg.fold_column
+    )
+    stores_dir = resolve_stores_dir(cfg.stores)
+    records = [*train, *val]
+    specs = _specs_for(table, records, stores_dir)
+    check_tile_sizes(specs, cfg.input_px, str(stores_dir))
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    return Cohort(
+        classes=table.classes,
+        specs=specs,
+        labels=labels,
+        train=list(range(len(train))),
+        val=list(range(len(train), len(records))),
+        stores_dir=stores_dir,
+    )
+
+
+def load_eval_slides(
+    stores: str,
+    labels_csv: str | None,
+    split: str | None,
+    classes: Sequence[str],
+    cfg: TrainConfig,
+    store_paths: Sequence[str] = (),
+) -> tuple[list[SlideSpec], np.ndarray, Path | None]:
+    """Slides for ``wsipipe predict``: explicit store paths, or the rows of ``split`` in a
+    labels CSV, or (no CSV) every store of the directory. Returns (specs, labels, stores_dir);
+    labels are -1 where unknown."""
+    from wsipipe.train.data import resolve_stores_dir
+
+    if store_paths:
+        specs = []
+        problems = []
+        for p in store_paths:
+            path = Path(p)
+            try:
+                specs.append(describe_store(path.stem, path))
+            except Exception as exc:  # StoreError or an id problem
+                problems.append(f"{path}: {' '.join(str(exc).split())}")
+        if problems:
+            raise ConfigError(f"{len(problems)} unusable store(s): " + "; ".join(problems))
+        check_tile_sizes(specs, cfg.input_px, "--store")
+        return specs, np.full(len(specs), -1, dtype=np.int64), None
+    stores_dir = resolve_stores_dir(stores)
+    if labels_csv:
+        table = read_labels_csv(
+            labels_csv, cfg.label_column, cfg.split_column, cfg.fold_column, classes
+        )
+        records = list(table.records)
+        if split:
+            records = table.by_split(split)
+            if not records:
+                raise ConfigError(f"{labels_csv}: no rows with {cfg.split_column} == {split!r}")
+        specs = _specs_for(table, records, stores_dir)
+        check_tile_sizes(specs, cfg.input_px, str(stores_dir))
+        return specs, np.array([r.label for r in records], dtype=np.int64), stores_dir
+    listed = list_stores(stores_dir)
+    if not listed:
+        raise ConfigError(f"--stores {stores_dir}: no .h5 / .zarr stores; run `wsipipe tile`")
+    specs = [describe_store(sid, p) for sid, p in listed]
+    check_tile_sizes(specs, cfg.input_px, str(stores_dir))
+    return specs, np.full(len(specs), -1, dtype=np.int64), stores_dir

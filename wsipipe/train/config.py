@@ -1,0 +1,184 @@
+"""TrainConfig: every field is a YAML key and a CLI option (``wsipipe train --M 100``).
+
+Precedence is dataclass default <- preset / YAML file (``--config``) <- CLI options. The
+defaults follow the IPS / DBPS papers (AdamW lr 3e-4, wd 0.1, batch 16 slides, 50 epochs with
+10 warm-up, cosine decay to 0.001 x lr, aggregator H=8, D=512, D_k=64, D_inner=2048,
+dropout 0.1). Presets live in ``wsipipe/train/presets/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from wsipipe.config import build_config, load_yaml
+from wsipipe.errors import ConfigError
+
+Method = Literal["ips", "dbps"]
+Mode = Literal["pixels", "features"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved settings of one training run (units in the comments)."""
+
+    # ---- data ---------------------------------------------------------------------------
+    labels: str = ""  # labels CSV: slide_id,label[,split][,fold]
+    stores: str = ""  # `wsipipe tile --out` directory (or its stores/ subdirectory)
+    out: str = "runs/train"  # run directory
+    label_column: str = "label"
+    split_column: str = "split"
+    train_split: str = "train"
+    val_split: str = "val"
+    fold_column: str = "fold"
+    fold: int | None = None  # cross-validation: validate on this fold, train on the others
+    classes: tuple[str, ...] = ()  # class order; () = sorted unique labels of the CSV
+    shuffle_labels: bool = False  # control: training labels made independent of the truth
+    # ---- method -------------------------------------------------------------------------
+    method: Method = "ips"
+    mode: Mode = "pixels"  # "features": frozen `encoder` features cached beside the stores
+    M: int = 32  # memory buffer: tiles that receive gradients, per slide
+    I: int = 256  # noqa: E741  tiles encoded per scan step (chunk size)
+    S: int = 96  # DBPS auxiliary buffer of sub-salient embeddings
+    drop_ratio: float = 0.1  # random patch drop ratio r in training (keep 1 - r)
+    shuffle_tiles: bool = False  # shuffle the order of a slide's tiles in training scans
+    # ---- encoder ------------------------------------------------------------------------
+    encoder: str = "resnet50"  # timm name or hf-hub:...; in features mode the frozen extractor
+    pretrained: bool = True
+    input_px: int = 0  # resize tiles to this size before encoding; 0 = store tile size
+    grad_checkpointing: bool = False
+    # Pixel encoders: BatchNorm in eval mode during the gradient pass (statistics fixed,
+    # affine trained) so scan and gradient pass embed tiles alike; the features encoder's
+    # BatchNorm always trains (as in the paper).
+    freeze_bn: bool = True
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the encoder
+    features_dir: str = ""  # features mode cache; "" = <stores root>/features/<encoder>
+    embed_batch: int = 256  # tiles per chunk when computing the feature cache
+    # ---- aggregator ---------------------------------------------------------------------
+    dim: int = 512  # D
+    heads: int = 8  # H
+    dim_head: int = 64  # D_k
+    dim_inner: int = 2048  # D_inner
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    # ---- optimisation -------------------------------------------------------------------
+    batch_size: int = 16  # slides per optimiser step
+    micro_batch: int = 0  # slides per gradient pass (accumulated); 0 = all batch_size together
+    epochs: int = 50
+    warmup_epochs: float = 10.0
+    lr: float = 3e-4
+    min_lr_ratio: float = 1e-3  # cosine decay ends at min_lr_ratio * lr
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max gradient L2 norm; 0 = no clipping
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    # ---- runtime ------------------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Precision = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    workers: int = 4  # DataLoader worker processes reading/decoding tiles
+    prefetch: int = 2  # chunks prefetched per worker
+    progress: bool = True  # rich progress bar
+    tensorboard: bool = True  # TensorBoard logs when tensorboard is installed
+
+    def __post_init__(self) -> None:
+        positive = {
+            "M": self.M,
+            "I": self.I,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "dim": self.dim,
+            "heads": self.heads,
+            "dim_head": self.dim_head,
+            "dim_inner": self.dim_inner,
+            "prefetch": self.prefetch,
+            "embed_batch": self.embed_batch,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                _bad(name, value, "must be >= 1")
+        non_negative: dict[str, float] = {
+            "S": self.S,
+            "micro_batch": self.micro_batch,
+            "workers": self.workers,
+            "input_px": self.input_px,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "warmup_epochs": self.warmup_epochs,
+        }
+        for name, number in non_negative.items():
+            if number < 0:
+                _bad(name, number, "must be >= 0")
+        if self.method == "dbps" and self.S < 1:
+            _bad("S", self.S, "must be >= 1 with --method dbps (or use --method ips)")
+        if not 0.0 <= self.drop_ratio < 1.0:
+            _bad("drop_ratio", self.drop_ratio, "must be in [0, 1) (0.1-0.3 is typical)")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                _bad(name, value, "must be in [0, 1)")
+        if self.warmup_epochs > self.epochs:
+            _bad("warmup_epochs", self.warmup_epochs, f"must be <= epochs ({self.epochs})")
+        if not self.lr > 0:
+            _bad("lr", self.lr, "must be > 0")
+        if not 0.0 < self.min_lr_ratio <= 1.0:
+            _bad("min_lr_ratio", self.min_lr_ratio, "must be in (0, 1]")
+        if 0 < self.input_px < 8:
+            _bad("input_px", self.input_px, "must be 0 (store size) or >= 8 px")
+        if not _DEVICE_RE.match(self.device):
+            _bad("device", self.device, "must be auto, cpu, cuda or cuda:N")
+        if len(set(self.classes)) != len(self.classes):
+            _bad("classes", list(self.classes), "must not repeat a class name")
+        if self.classes and len(self.classes) < 2:
+            _bad("classes", list(self.classes), "needs at least two class names")
+        if not self.encoder:
+            _bad("encoder", self.encoder, "must name a timm model, e.g. resnet50")
+        if self.fold is not None and self.fold < 0:
+            _bad("fold", self.fold, "must be >= 0")
+
+    @property
+    def n_aux(self) -> int:
+        """Size of the DBPS auxiliary buffer actually used (0 for IPS)."""
+        return self.S if self.method == "dbps" else 0
+
+
+def _bad(name: str, value: Any, why: str) -> None:
+    raise ConfigError(f"train config: `{name}` = {value!r} {why}; fix --{name} or the YAML")
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets (``--config quickstart``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_source(config: str | Path | None) -> dict[str, Any]:
+    """YAML mapping of ``config``: an existing file path, or the name of a preset."""
+    if config is None or str(config) == "":
+        return {}
+    path = Path(config)
+    if path.exists():
+        return load_yaml(path)
+    preset = PRESET_DIR / f"{config}.yaml"
+    if preset.exists():
+        return load_yaml(preset)
+    names = ", ".join(preset_names())
+    raise ConfigError(
+        f"--config {config}: no such file and no such preset; give a YAML path or one of: {names}"
+    )
+
+
+def load_train_config(
+    config: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Defaults <- preset/YAML ``config`` <- ``overrides`` (None values ignored)."""
+    data = resolve_config_source(config)
+    # A saved run config carries bookkeeping keys next to the fields; drop those.
+    data = {k: v for k, v in data.items() if not str(k).startswith("_")}
+    source = str(config) if config else "train config"
+    return build_config(TrainConfig, data, overrides or {}, source=source)

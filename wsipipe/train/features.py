@@ -1,0 +1,165 @@
+"""Features mode: each tile's frozen-encoder feature, computed once, cached beside the stores.
+
+Layout: ``<tile out>/features/<encoder tag>/<slide_id>.npy`` -- an (N, F) float16 array in
+store order, written through a memory map (never the whole array in RAM), renamed into place
+when complete -- and ``<slide_id>.json`` (encoder, pretrained, input size, N, F, store),
+written last as the completion record. A cache whose record does not match the current
+encoder settings or the store's tile count is recomputed.
+
+IPS/DBPS then train on the features (the official CAMELYON16 setting: F=2048, M=I=5000 for
+IPS; M=100, I=500, S=400 for DBPS) with the features encoder LayerNorm -> Linear -> BN -> ReLU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsipipe.config import atomic_write_text
+from wsipipe.errors import ConfigError
+from wsipipe.jobs import check_slide_id
+from wsipipe.train.config import TrainConfig
+from wsipipe.train.data import (
+    ChunkDataset,
+    ChunkStream,
+    PlanSampler,
+    SlideSpec,
+    make_loader,
+    plan_chunks,
+)
+from wsipipe.train.distributed import DistInfo, barrier
+
+FEATURE_DTYPE = np.float16
+
+
+def encoder_tag(name: str, input_px: int = 0) -> str:
+    """A directory-safe tag for an encoder setting, e.g. ``resnet50`` or ``resnet50_224px``."""
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "encoder"
+    return f"{tag}_{input_px}px" if input_px else tag
+
+
+def default_features_dir(stores_dir: Path, cfg: TrainConfig) -> Path:
+    root = stores_dir.parent if stores_dir.name == "stores" else stores_dir
+    return root / "features" / encoder_tag(cfg.encoder, cfg.input_px)
+
+
+def features_dir_for(stores_dir: Path | None, cfg: TrainConfig) -> Path:
+    if cfg.features_dir:
+        return Path(cfg.features_dir)
+    if stores_dir is None:
+        raise ConfigError("features mode: pass --features-dir (no --stores directory given)")
+    return default_features_dir(stores_dir, cfg)
+
+
+def _record(cfg: TrainConfig, spec: SlideSpec) -> dict[str, Any]:
+    return {
+        "encoder": cfg.encoder,
+        "pretrained": cfg.pretrained,
+        "input_px": cfg.input_px,
+        "n_tiles": spec.n_tiles,
+        "store": str(Path(spec.path).resolve()),
+    }
+
+
+def cached_spec(fdir: Path, spec: SlideSpec, cfg: TrainConfig) -> SlideSpec | None:
+    """The features spec of ``spec`` if its cache is complete and current, else None."""
+    sid = check_slide_id(spec.slide_id)
+    npy, rec = fdir / f"{sid}.npy", fdir / f"{sid}.json"
+    try:
+        info = json.loads(rec.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    want = _record(cfg, spec)
+    if any(info.get(k) != v for k, v in want.items() if k != "store") or not npy.exists():
+        return None
+    return SlideSpec(sid, "features", str(npy), spec.n_tiles, feature_dim=int(info["dim"]))
+
+
+def _embed_one(
+    encoder: torch.nn.Module,
+    chunks: Any,
+    spec: SlideSpec,
+    fdir: Path,
+    cfg: TrainConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> SlideSpec:
+    sid = spec.slide_id
+    tmp = fdir / f".{sid}.{os.getpid()}.npy"
+    arr: np.memmap | None = None
+    try:
+        for idx, tiles in chunks:
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                feats = encoder(tiles.to(device, non_blocking=True)).float()  # (k, F)
+            if arr is None:
+                arr = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=FEATURE_DTYPE, shape=(spec.n_tiles, feats.shape[1])
+                )
+            arr[idx.numpy()] = feats.cpu().numpy().astype(FEATURE_DTYPE)
+        if arr is None:
+            raise ConfigError(f"{spec.path}: no tiles to embed")
+        dim = int(arr.shape[1])
+        arr.flush()
+        del arr
+        os.replace(tmp, fdir / f"{sid}.npy")
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(fdir / f"{sid}.json", json.dumps({**_record(cfg, spec), "dim": dim}))
+    return SlideSpec(sid, "features", str(fdir / f"{sid}.npy"), spec.n_tiles, feature_dim=dim)
+
+
+def embed_specs(
+    specs: Sequence[SlideSpec],
+    fdir: Path,
+    cfg: TrainConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+    dist: DistInfo,
+    on_slide: Callable[[str], None] | None = None,
+) -> list[SlideSpec]:
+    """Features specs for ``specs``; missing / stale caches are computed first (slides
+    sharded over ranks, then a barrier)."""
+    from wsipipe.models import create_encoder
+
+    fdir.mkdir(parents=True, exist_ok=True)
+    todo = [i for i, s in enumerate(specs) if cached_spec(fdir, s, cfg) is None]
+    mine = todo[dist.rank :: dist.world_size]
+    if mine:
+        torch.manual_seed(cfg.seed)  # identical frozen weights on every rank when random
+        encoder = create_encoder(
+            cfg.encoder, pretrained=cfg.pretrained, channels_last=cfg.channels_last
+        )
+        encoder.to(device).eval()
+        sampler = PlanSampler()
+        loader = make_loader(
+            ChunkDataset(specs, cfg.input_px),
+            sampler,
+            cfg.workers,
+            cfg.prefetch,
+            device.type == "cuda",
+            cfg.seed,
+        )
+        stream = ChunkStream(loader, sampler, plan_chunks(mine, specs, cfg.embed_batch))
+        for pos in mine:
+            _embed_one(encoder, stream.slide(pos), specs[pos], fdir, cfg, device, amp)
+            if on_slide is not None:
+                on_slide(specs[pos].slide_id)
+        del stream, loader
+    barrier(dist)
+    out = []
+    for s in specs:
+        spec = cached_spec(fdir, s, cfg)
+        if spec is None:
+            raise ConfigError(f"{fdir}: features of {s.slide_id} missing after the embed step")
+        out.append(spec)
+    dims = {s.feature_dim for s in out}
+    if len(dims) > 1:
+        raise ConfigError(f"{fdir}: cached features have different widths {sorted(dims)}")
+    return out

@@ -1,0 +1,115 @@
+"""The slide classifier (encoder + cross-attention aggregator) and its optimiser.
+
+``SlideModel.forward`` is the gradient pass over a batch of selected tiles, so that a
+DistributedDataParallel wrapper sees exactly the computation that needs gradient sync; the
+scans call ``model.encoder`` / ``model.aggregator`` directly (no gradients, no sync).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from wsipipe.errors import ConfigError
+from wsipipe.train.config import TrainConfig
+
+TASK = "label"
+
+
+class SlideModel(nn.Module):
+    """encoder: (k, 3, H, W) uint8 | (k, F) -> (k, D); aggregator: (B, M, D) -> logits."""
+
+    def __init__(self, encoder: nn.Module, aggregator: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.aggregator = aggregator
+
+    def forward(
+        self,
+        tiles: Tensor,
+        mask: Tensor | None = None,
+        aux_emb: Tensor | None = None,
+        aux_mask: Tensor | None = None,
+        amp_dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """tiles (B, M, 3, H, W) | (B, M, F), mask (B, M) -> class logits (B, C) float32."""
+        from wsipipe.models import gradient_pass
+
+        out = gradient_pass(
+            self.encoder, self.aggregator, tiles, mask, aux_emb, aux_mask, amp_dtype=amp_dtype
+        )
+        return out[TASK]
+
+
+def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> SlideModel:
+    """Encoder (timm backbone + projection to D, or the features encoder) + aggregator."""
+    from wsipipe.models import (
+        AggregatorConfig,
+        CrossAttentionAggregator,
+        FeatureEncoder,
+        TaskSpec,
+        create_encoder,
+    )
+
+    encoder: nn.Module
+    if cfg.mode == "features":
+        if feature_dim < 1:
+            raise ConfigError("features mode: feature width unknown; run the embed step first")
+        encoder = FeatureEncoder(feature_dim, cfg.dim)
+    else:
+        encoder = create_encoder(
+            cfg.encoder,
+            pretrained=cfg.pretrained,
+            out_dim=cfg.dim,
+            channels_last=cfg.channels_last,
+            grad_checkpointing=cfg.grad_checkpointing,
+        )
+    agg_cfg = AggregatorConfig(
+        dim=cfg.dim,
+        heads=cfg.heads,
+        dim_head=cfg.dim_head,
+        dim_inner=cfg.dim_inner,
+        dropout=cfg.dropout,
+        attn_dropout=cfg.attn_dropout,
+        tasks=(TaskSpec(TASK, n_classes),),
+    )
+    return SlideModel(encoder, CrossAttentionAggregator(agg_cfg))
+
+
+def freeze_batchnorm(module: nn.Module) -> int:
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics fixed, affine
+    weights still trained); returns how many. Call after ``model.train()``."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            n += 1
+    return n
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; weight decay on weight matrices / kernels only (not biases, norms, queries)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "query" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` = bf16 on CUDA, none (fp32) on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        return torch.float16
+    return torch.bfloat16
