@@ -126,7 +126,8 @@ def tile(
     jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality [90].")] = None,
     reader: Annotated[str | None, typer.Option(help="auto | openslide | tiffslide [auto].")] = None,
     mpp: Annotated[
-        float | None, typer.Option(help="Level-0 mpp for slides that record none (all slides).")
+        float | None,
+        typer.Option(help="Level-0 mpp for slides that record none (CSV `mpp` overrides)."),
     ] = None,
     tissue_geojson_dir: Annotated[
         Path | None, typer.Option(help="Folder of <slide_id>.geojson tissue polygons to use.")

@@ -127,3 +127,23 @@ def test_jpeg_pyramid_opens_with_close_colours(tmp_path):
     assert np.abs(px[1350 // 8, 1650 // 8].astype(int) - lut[255]).max() <= 12
     with pytest.raises(ConfigError, match="pyramid_compression"):
         write_heatmap_tiff(tmp_path / "x.tif", geo, coords, TILE0, values, lut, compression="lzw")
+
+
+def test_overlapping_tiles_are_averaged_in_the_pyramid(tmp_path):
+    # stride 200 < footprint 300: the general (splatting) path, overlaps averaged
+    xs, ys = np.meshgrid(np.arange(0, 2000, 200), np.arange(0, 1400, 200))
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    values = np.random.default_rng(5).random(len(coords)).astype(np.float32)
+    lut = colormap_lut("jet")
+    geo = PyramidGeometry(2300, 1700, 0.5, 4, tile=64, min_level_size=10_000)
+    path = tmp_path / "overlap.tif"
+    write_heatmap_tiff(path, geo, coords, 300, values, lut)
+    want = colorize(
+        render_values(tile_spans(coords, 300, 4), values, (0, 0, 575, 425)), lut, (255,) * 3
+    )
+    with openslide.OpenSlide(str(path)) as osl:
+        got = _read_level(osl, 0, (575, 425))
+    assert np.array_equal(got, want)
+    # a pixel where tiles 0 and 1 overlap shows the colour of their mean value
+    mean01 = (values[0] + values[1]) / 2
+    assert got[10, 55].tolist() == lut[int(np.rint(mean01 * 255))].tolist()

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 
 from wsipipe.errors import ConfigError
+from wsipipe.heatmap.figures import colour_bar, draw_outlines, gallery, with_colour_bar
 from wsipipe.heatmap.render import (
     blend_overlay,
     colorize,
     colormap_lut,
-    colour_bar,
-    draw_outlines,
-    gallery,
     normalise_scores,
     render_values,
     score_ranks,
@@ -22,7 +20,6 @@ from wsipipe.heatmap.render import (
     splat_mean,
     tile_spans,
     top_k,
-    with_colour_bar,
 )
 
 

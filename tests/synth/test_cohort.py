@@ -173,3 +173,15 @@ def test_all_positive_and_all_negative(tmp_path: Path) -> None:
     c = generate_cohort(tmp_path / "pos", cfg, workers=1)
     assert {r["label"] for r in _rows(c)} == {"tumor"}
     assert len(list(c.annotations_dir.glob("*.xml"))) == 2
+
+
+def test_module_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsipipe.synth.__main__ import main
+
+    out = tmp_path / "cli"
+    args = [str(out), "--n-slides", "2", "--width", "640", "--height", "512", "--workers", "1"]
+    assert main(args) == 0
+    assert "2 slides" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "slides").iterdir()) == ["synth_000.svs", "synth_001.svs"]
+    assert main([str(out), "--mpp", "0"]) == 2
+    assert "mpp" in capsys.readouterr().err

@@ -74,14 +74,17 @@ def test_tiles_join_seamlessly() -> None:
     lay = make_layout(2048, 1536, MPP, 7, tumour=True, pen=True)
     ren = TissueRenderer(lay)
     c = lay.tumour_polygons[0].representative_point()
-    x, y = int(c.x) - 300, int(c.y) - 200
-    whole = ren(x, y, 600, 400, 1.0)
-    pieces = np.zeros_like(whole)
-    for a, b, w, h in [(0, 0, 137, 251), (137, 0, 463, 251), (0, 251, 600, 149)]:
-        pieces[b : b + h, a : a + w] = ren(x + a, y + b, w, h, 1.0)
-    assert np.array_equal(whole, pieces)
-    # and a second renderer of the same layout gives the same pixels
-    assert np.array_equal(TissueRenderer(lay)(x, y, 600, 400, 1.0), whole)
+    pen_xy = lay.pens[0].points[len(lay.pens[0].points) // 2]
+    for cx, cy in [(c.x, c.y), pen_xy]:  # across the tumour edge, and across a pen stroke
+        x, y = int(cx) - 300, int(cy) - 200
+        whole = ren(x, y, 600, 400, 1.0)
+        pieces = np.zeros_like(whole)
+        for a, b, w, h in [(0, 0, 137, 251), (137, 0, 463, 251), (0, 251, 600, 149)]:
+            pieces[b : b + h, a : a + w] = ren(x + a, y + b, w, h, 1.0)
+        assert np.array_equal(whole, pieces)
+        # and a second renderer of the same layout gives the same pixels
+        assert np.array_equal(TissueRenderer(lay)(x, y, 600, 400, 1.0), whole)
+    assert (whole.astype(int).sum(2) < 300).any()  # the stroke is in the second region
 
 
 def test_large_regions_render_in_bands_identically() -> None:

@@ -17,13 +17,12 @@ from wsipipe.heatmap.evaluate import (
     topk_fraction,
     tumour_fraction,
 )
+from wsipipe.heatmap.figures import colour_bar, gallery
 from wsipipe.heatmap.geojson import read_tiles_geojson, write_tiles_geojson
 from wsipipe.heatmap.pyramid import PyramidGeometry, write_heatmap_tiff
 from wsipipe.heatmap.render import (
     blend_overlay,
     colormap_lut,
-    colour_bar,
-    gallery,
     normalise_scores,
     score_ranks,
     splat_mean,

@@ -36,6 +36,20 @@ def _num(v: float) -> str:
     return repr(f)
 
 
+def _column_text(values: np.ndarray) -> list[str]:
+    """JSON texts of a column, vectorised by dtype (integers, bools, floats)."""
+    v = np.asarray(values).reshape(-1)
+    if v.dtype == bool:
+        return ["1" if b else "0" for b in v.tolist()]
+    if np.issubdtype(v.dtype, np.integer):
+        return [str(i) for i in v.tolist()]
+    f = v.astype(np.float64)
+    text = [repr(x) for x in f.tolist()]
+    for i in np.flatnonzero(~np.isfinite(f)).tolist():
+        text[i] = "null"
+    return text
+
+
 def write_tiles_geojson(
     path: str | Path | IO[str],
     coords: np.ndarray,
@@ -62,18 +76,22 @@ def write_tiles_geojson(
     cls = f', "classification": {{"name": {json.dumps(classification)}}}' if classification else ""
     otype = json.dumps(object_type)
 
+    texts = [_column_text(v) for v in cols.values()]
+    x0 = [str(v) for v in xy[:, 0].tolist()]
+    y0 = [str(v) for v in xy[:, 1].tolist()]
+    x1 = [_num(v) for v in (xy[:, 0] + float(size_level0)).tolist()]
+    y1 = [_num(v) for v in (xy[:, 1] + float(size_level0)).tolist()]
+    rgb_text = None if rgb is None else [f"{r}, {g}, {b}" for r, g, b in rgb.tolist()]
+
     def write(fh: IO[str]) -> None:
         fh.write('{"type": "FeatureCollection", "features": [\n')
         for i in range(n):
-            x, y = int(xy[i, 0]), int(xy[i, 1])
-            x1 = _num(x + float(size_level0))
-            y1 = _num(y + float(size_level0))
-            ring = f"[[{x}, {y}], [{x1}, {y}], [{x1}, {y1}], [{x}, {y1}], [{x}, {y}]]"
+            xa, ya, xb, yb = x0[i], y0[i], x1[i], y1[i]
+            ring = f"[[{xa}, {ya}], [{xb}, {ya}], [{xb}, {yb}], [{xa}, {yb}], [{xa}, {ya}]]"
             meas = ", ".join(
-                f'{{"name": {nm}, "value": {_num(v[i])}}}'
-                for nm, v in zip(names, cols.values(), strict=True)
+                f'{{"name": {nm}, "value": {t[i]}}}' for nm, t in zip(names, texts, strict=True)
             )
-            colour = "" if rgb is None else f', "color": [{rgb[i, 0]}, {rgb[i, 1]}, {rgb[i, 2]}]'
+            colour = "" if rgb_text is None else f', "color": [{rgb_text[i]}]'
             fh.write(
                 f'{"," if i else ""}{{"type": "Feature", "geometry": {{"type": "Polygon", '
                 f'"coordinates": [{ring}]}}, "properties": {{"objectType": {otype}, '

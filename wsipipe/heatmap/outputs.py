@@ -24,17 +24,14 @@ from typing import Any
 import numpy as np
 
 from wsipipe.heatmap.config import HeatmapConfig
+from wsipipe.heatmap.figures import colour_bar, draw_outlines, gallery, with_colour_bar
 from wsipipe.heatmap.geojson import write_tiles_geojson
 from wsipipe.heatmap.pyramid import PyramidGeometry, write_heatmap_tiff
 from wsipipe.heatmap.render import (
     blend_overlay,
     colormap_lut,
-    colour_bar,
-    draw_outlines,
-    gallery,
     tile_spans,
     top_k,
-    with_colour_bar,
 )
 from wsipipe.heatmap.scores import ScoreTable, write_scores, write_scores_csv
 
@@ -239,3 +236,52 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def write_tables(out: Path, slide_ids: list[str]) -> None:
+    """``predictions.csv`` and (when evaluated) ``evaluation.csv`` from the per-slide JSONs."""
+    preds = []
+    for sid in slide_ids:
+        p = out / "predictions" / f"{sid}.json"
+        if p.exists():
+            preds.append(json.loads(p.read_text()))
+    if preds:
+        classes = list(preds[0]["probs"])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["slide_id", "pred", *[f"prob_{c}" for c in classes], "n_tiles"])
+        for rec in preds:
+            probs = [f"{rec['probs'].get(c, float('nan')):.6f}" for c in classes]
+            w.writerow([rec["slide_id"], rec["pred"], *probs, rec["n_tiles"]])
+        atomic_write_text(out / "predictions.csv", buf.getvalue())
+    evals = []
+    for sid in slide_ids:
+        p = out / "evaluation" / f"{sid}.json"
+        if p.exists():
+            evals.append(json.loads(p.read_text()))
+    if not evals:
+        return
+    from wsipipe.heatmap.evaluate import SlideEvaluation
+
+    fields = [f for f in SlideEvaluation.__dataclass_fields__]
+    objs = [
+        SlideEvaluation(**{k: (math.nan if e.get(k) is None else e[k]) for k in fields})  # type: ignore[arg-type]
+        for e in evals
+    ]
+    overall = summarise(objs)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(fields)
+    for e in objs:
+        w.writerow([_fmt(getattr(e, f)) for f in fields])
+    w.writerow(["overall", sum(e.n_tiles for e in objs), sum(e.n_tumour_tiles for e in objs),
+                objs[0].k, *[_fmt(overall[m]) for m in METRICS]])  # fmt: skip
+    atomic_write_text(out / "evaluation.csv", buf.getvalue())
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in overall.items()}
+    atomic_write_text(out / "evaluation_summary.json", json.dumps(clean, indent=1) + "\n")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6f}"
+    return str(v)

@@ -143,7 +143,8 @@ def _level_tiles(
     lut: np.ndarray,
     background: Sequence[int],
 ) -> Iterator[np.ndarray]:
-    """Yield the (tile, tile, 3) uint8 tiles of one level in row-major order."""
+    """Yield the (tile, tile, 3) uint8 tiles of one level in row-major order (general path:
+    any tile layout, overlaps averaged, optional smoothing)."""
     gw, gh = -(-width // tile), -(-height // tile)
     order, starts = _bucket_index(spans, tile, gw, gh, smoothing_margin(sigma_px))
     blank = np.empty((tile, tile, 3), np.uint8)
@@ -160,6 +161,67 @@ def _level_tiles(
         vals[max(0, height - ty * tile) :, :] = np.nan
         vals[:, max(0, width - tx * tile) :] = np.nan
         yield colorize(vals, lut, background)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Tiles on a regular grid of pitch = tile size (no overlap; the tiler's usual layout):
+    each output pixel shows exactly one tile's colour, looked up from a per-cell table.
+
+    origin: level-0 (x, y) of cell (0, 0); size: cell pitch; table ((gh + 1) * (gw + 1), 3)
+    uint8 colours, row-major with an extra background column and row (index gw / gh).
+    """
+
+    origin: tuple[int, int]
+    size: float
+    gw: int
+    gh: int
+    table: np.ndarray
+
+
+def regular_grid(
+    coords: np.ndarray, size: float, colours: np.ndarray, background: Sequence[int]
+) -> _Grid | None:
+    """The :class:`_Grid` of tiles on a pitch-``size`` lattice (each cell once), else None."""
+    if len(coords) == 0 or not float(size).is_integer():
+        return None
+    step = int(size)
+    origin = coords.min(axis=0)
+    rel = coords - origin
+    if (rel % step).any():
+        return None
+    cells = rel // step
+    gw, gh = int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1
+    flat = cells[:, 1] * (gw + 1) + cells[:, 0]
+    if len(np.unique(flat)) != len(flat) or (gw + 1) * (gh + 1) > 50 * len(coords) + 1024:
+        return None  # duplicates, or a sparse lattice better drawn the general way
+    table = np.empty(((gh + 1) * (gw + 1), 3), np.uint8)
+    table[:] = np.asarray(background, np.uint8)
+    table[flat] = colours
+    return _Grid((int(origin[0]), int(origin[1])), float(step), gw, gh, table)
+
+
+def _axis_cells(n_px: int, ds: float, origin: int, size: float, n_cells: int) -> np.ndarray:
+    """Cell index of each output pixel along one axis (pixel-centre rule); n_cells = none."""
+    centre = (np.arange(n_px) + 0.5) * ds
+    cell = np.floor((centre - origin) / size)
+    return np.where((cell >= 0) & (cell < n_cells), cell, n_cells).astype(np.int64)
+
+
+def _grid_level_tiles(
+    grid: _Grid, ds: float, width: int, height: int, tile: int
+) -> Iterator[np.ndarray]:
+    """Yield the tiles of one level by per-pixel table lookup (fast path of :class:`_Grid`)."""
+    gw, gh = grid.gw, grid.gh
+    tw, th = -(-width // tile) * tile, -(-height // tile) * tile
+    cols = _axis_cells(tw, ds, grid.origin[0], grid.size, gw)
+    rows = _axis_cells(th, ds, grid.origin[1], grid.size, gh)
+    cols[width:] = gw  # padding beyond the level's edge: background
+    rows[height:] = gh
+    for ty in range(0, th, tile):
+        r = rows[ty : ty + tile, None] * (gw + 1)
+        for tx in range(0, tw, tile):
+            yield np.take(grid.table, r + cols[None, tx : tx + tile], axis=0)
 
 
 def _description(geo: PyramidGeometry, w: int, h: int, level: int, compression: str) -> str:
@@ -206,7 +268,7 @@ def write_heatmap_tiff(
     res = 1e4 / geo.mpp  # px per cm
     comp: dict[str, object] = {"compression": None}
     if compression == "deflate":
-        comp = {"compression": "zlib", "compressionargs": {"level": 6}, "predictor": True}
+        comp = {"compression": "zlib", "compressionargs": {"level": 1}}
     elif compression == "jpeg":
         comp = {"compression": "jpeg", "compressionargs": {"level": jpeg_quality}}
     common: dict[str, object] = {
@@ -220,12 +282,20 @@ def write_heatmap_tiff(
     levels = geo.levels()
     big = geo.width * geo.height * 3 > 2**31
     out = Path(path)
+    grid = None
+    if smooth_um <= 0:
+        grid = regular_grid(coords, size_level0, colorize(values, lut, background), background)
     with tifffile.TiffWriter(out, bigtiff=big) as tif:
         for index, (w, h, ds) in enumerate(levels):
-            spans = tile_spans(coords, size_level0, ds)
-            sigma = smooth_um / (geo.slide_mpp * ds) if smooth_um > 0 else 0.0
+            tiles: Iterator[np.ndarray]
+            if grid is not None:
+                tiles = _grid_level_tiles(grid, ds, w, h, geo.tile)
+            else:
+                spans = tile_spans(coords, size_level0, ds)
+                sigma = smooth_um / (geo.slide_mpp * ds) if smooth_um > 0 else 0.0
+                tiles = _level_tiles(spans, values, w, h, geo.tile, sigma, lut, background)
             tif.write(
-                _level_tiles(spans, values, w, h, geo.tile, sigma, lut, background),
+                tiles,
                 shape=(h, w, 3),
                 dtype=np.uint8,
                 tile=(geo.tile, geo.tile),

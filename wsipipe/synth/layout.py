@@ -228,7 +228,7 @@ def _make_tumours(
 ) -> tuple[list[Blob], list[Polygon]]:
     tissue_area = sum(s.polygon().area for s in sections)
     n = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
-    fraction = rng.uniform(0.04, 0.12)
+    fraction = rng.uniform(0.05, 0.16)
     shares = rng.dirichlet(np.full(n, 2.0))
     foci: list[Blob] = []
     polys: list[Polygon] = []
@@ -357,8 +357,9 @@ def make_layout(
 ) -> SlideLayout:
     """Draw a slide's layout from ``seed``: 1-3 sections, holes, tumour foci, pen strokes.
 
-    Tumour foci (positive slides) are 1-3 blobs 150-500 um across covering ~4-12 % of the
-    tissue, placed well inside one section each and clear of holes.
+    Tumour foci (positive slides) are 1-3 blobs ~150-500 um across (smaller when a section
+    is small) covering a small part of the tissue (median ~5 %, at most ~10-20 % on tiny
+    slides), placed well inside one section each and clear of holes.
     """
     if width < 16 or height < 16:
         raise ConfigError(f"slide size {width}x{height} too small; use >= 16 px")

@@ -21,6 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -225,42 +226,42 @@ def write_svs(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     scratch: list[Path] = []
-    # The first page is level 0, whose pixels feed level 1 (and through it every smaller
-    # level and the thumbnail); with a single level the thumbnail comes from level 0 itself.
-    level1_shape = (shapes[1][1], shapes[1][0], 3) if len(shapes) > 1 else None
     f = _LEVEL_FACTOR
-    if level1_shape is None:
-        # no pyramid: keep a reduced copy for the thumbnail only
-        level1_shape = (height // f, width // f, 3)
+    # Level 1 is accumulated while level 0 is written; it feeds every smaller level and the
+    # thumbnail (without a pyramid it serves the thumbnail only).
+    level1_shape = (height // f, width // f, 3)
     res = 1e4 / mpp  # px per cm
-    common = dict(
-        photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": quality},
-        resolution=(res, res),
-        resolutionunit="CENTIMETER",
-        metadata=None,
-        software=False,
-    )
+    common: dict[str, Any] = {
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "metadata": None,
+        "software": False,
+    }
+    tiled: dict[str, Any] = {
+        **common,
+        "dtype": np.uint8,
+        "tile": (tile, tile),
+        "resolution": (res, res),
+        "resolutionunit": "CENTIMETER",
+    }
     try:
         level1 = _alloc(level1_shape, out.parent, scratch)
         with tifffile.TiffWriter(tmp_out, bigtiff=width * height * 3 > 2**31) as tif:
             tif.write(
                 _level0_tiles(render, width, height, tile, level1),
                 shape=(height, width, 3),
-                dtype=np.uint8,
-                tile=(tile, tile),
                 description=_aperio_description(
                     width, height, tile, quality, mpp, mag, 0, width, height
                 ),
-                **common,  # type: ignore[arg-type]
+                **tiled,
             )
             levels: list[np.ndarray] = [level1]
             for w, h in shapes[2:]:
                 nxt = _alloc((h, w, 3), out.parent, scratch)
                 _downsample_into(levels[-1], nxt, f)
                 levels.append(nxt)
-            thumb = _thumbnail(levels[-1] if len(shapes) > 1 else level1)
+            thumb = _thumbnail(levels[-1])
             tif.write(
                 thumb,
                 rowsperstrip=16,
@@ -268,23 +269,17 @@ def write_svs(
                     f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
                     f"{thumb.shape[1]}x{thumb.shape[0]} - |AppMag = {mag:g}|MPP = {mpp:.6g}"
                 ),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": quality},
-                metadata=None,
-                software=False,
+                **common,
             )
             for index, arr in enumerate(levels[: len(shapes) - 1], start=1):
                 lw, lh = shapes[index]
                 tif.write(
                     _array_tiles(arr, tile),
                     shape=(lh, lw, 3),
-                    dtype=np.uint8,
-                    tile=(tile, tile),
                     description=_aperio_description(
                         width, height, tile, quality, mpp, mag, index, lw, lh
                     ),
-                    **common,  # type: ignore[arg-type]
+                    **tiled,
                 )
         del levels, level1
         os.replace(tmp_out, out)

@@ -29,7 +29,6 @@ from wsipipe.errors import ConfigError
 from wsipipe.synth.layout import Blob, PenStroke, SlideLayout
 from wsipipe.synth.noise import (
     coarse_axis,
-    hash_uniform,
     periodic_texture,
     sample_texture,
     sample_texture_grid,
@@ -37,6 +36,7 @@ from wsipipe.synth.noise import (
     value_noise_grid,
     value_noise_points,
 )
+from wsipipe.synth.nuclei import NORMAL_P, TUMOUR_P, Nuclei, candidates, mean_field, stamp
 
 __all__ = ["TissueRenderer"]
 
@@ -47,26 +47,7 @@ _E_STROMA = 0.72  # eosin of normal stroma
 _H_STROMA = 0.2  # background haematoxylin of stroma
 _E_TUMOUR = 0.5  # eosin of tumour cytoplasm
 _H_TUMOUR = 0.1  # background haematoxylin of tumour cytoplasm
-_NORMAL_CELL_UM = 17.0  # grid pitch of normal nuclei
-_NORMAL_P = 0.5  # fraction of normal grid cells holding a nucleus
-_TUMOUR_CELL_UM = 11.5  # grid pitch of tumour nuclei
-_TUMOUR_P = 0.8
 _MAX_PIXELS = 1 << 19  # pixels rendered per internal call (memory bound)
-
-
-class _Nuclei:
-    """Attributes of a batch of candidate nuclei (1-D float32 arrays, level-0 px)."""
-
-    def __init__(self, n: int) -> None:
-        z = np.zeros(n, F32)
-        self.cx, self.cy, self.a, self.b, self.angle = z, z.copy(), z.copy(), z.copy(), z.copy()
-        self.e2, self.e3, self.intensity, self.rim = z.copy(), z.copy(), z.copy(), z.copy()
-
-    def select(self, keep: np.ndarray) -> _Nuclei:
-        out = _Nuclei(0)
-        for k, v in vars(self).items():
-            setattr(out, k, v[keep])
-        return out
 
 
 class TissueRenderer:
@@ -175,56 +156,15 @@ class TissueRenderer:
         return self._fractions(d_sec, d_hole, d_tum, max(0.5 * ds, 0.5))
 
     # ---------------------------------------------------------------------------- nuclei
-    def _candidates(
-        self, x0: float, y0: float, x1: float, y1: float, tumour: bool
-    ) -> tuple[_Nuclei, np.ndarray, np.ndarray]:
-        """Candidate nuclei (one per grid cell) near a region, with two acceptance uniforms."""
-        px = self.layout.px
-        pitch = px(_TUMOUR_CELL_UM if tumour else _NORMAL_CELL_UM)
-        reach = px(12.0)
-        i = np.arange(math.floor((x0 - reach) / pitch), math.floor((x1 + reach) / pitch) + 1)
-        j = np.arange(math.floor((y0 - reach) / pitch), math.floor((y1 + reach) / pitch) + 1)
-        ii, jj = (v.ravel() for v in np.meshgrid(i, j))
-        base = 100 if tumour else 0
-
-        def u(k: int) -> np.ndarray:
-            return hash_uniform(self.seed, ii, jj, base + k)
-
-        n = _Nuclei(ii.size)
-        if tumour:
-            n.cx = ((ii + u(0)) * pitch).astype(F32)
-            n.cy = ((jj + u(1)) * pitch).astype(F32)
-            big = u(12) < 0.06
-            a = px(3.8) + px(2.0) * u(5) + big * px(2.5)
-            elong = 1.0 + 0.6 * u(6)
-            n.a, n.b = a.astype(F32), (a / elong).astype(F32)
-            n.angle = (u(7) * np.pi).astype(F32)
-            n.e2 = (0.13 * (2 * u(8) - 1)).astype(F32)
-            n.e3 = (0.11 * (2 * u(9) - 1)).astype(F32)
-            n.intensity = (1.25 + 0.55 * u(10) + 0.3 * big).astype(F32)
-            n.rim = (0.45 * u(11)).astype(F32)
-        else:
-            n.cx = ((ii + 0.2 + 0.6 * u(0)) * pitch).astype(F32)
-            n.cy = ((jj + 0.2 + 0.6 * u(1)) * pitch).astype(F32)
-            spindle = u(4) < 0.35
-            blend = self._fibre_blend_points(n.cx, n.cy)
-            a1, a2 = self.layout.fibre_angles
-            fib_angle = np.where(blend < 0.5, a1, a2) + (u(7) - 0.5) * 0.5
-            ra = px(2.5) + px(0.8) * u(5)
-            n.a = np.where(spindle, px(4.5) + px(2.0) * u(5), ra).astype(F32)
-            n.b = np.where(spindle, px(1.3) + px(0.5) * u(6), ra * (0.82 + 0.18 * u(6))).astype(F32)
-            n.angle = np.where(spindle, fib_angle, u(7) * np.pi).astype(F32)
-            n.intensity = (1.35 + 0.35 * u(8)).astype(F32)
-            n.rim = np.zeros(ii.size, F32)
-        return n, u(2), u(3)
-
     def _fibre_blend(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         v = value_noise_grid(self.seed, xs, ys, self.layout.px(90.0), 31)
         return np.clip(F32(0.5) + F32(1.4) * v, 0.0, 1.0)
 
-    def _fibre_blend_points(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _fibre_angle_points(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Dominant collagen direction (radians) at points: the texture that dominates there."""
         v = value_noise_points(self.seed, x, y, self.layout.px(90.0), 31)
-        return np.clip(F32(0.5) + F32(1.4) * v, 0.0, 1.0)
+        a1, a2 = self.layout.fibre_angles
+        return np.where(F32(0.5) + F32(1.4) * v < 0.5, F32(a1), F32(a2))
 
     def _nuclei(
         self,
@@ -235,59 +175,27 @@ class TissueRenderer:
         sections: list[Blob],
         holes: list[Blob],
         tumours: list[Blob],
-    ) -> list[_Nuclei]:
+    ) -> list[Nuclei]:
         """Accepted nuclei (normal, tumour) whose discs may touch the region."""
         out = []
         for tumour in (False, True):
             if tumour and not tumours:
                 continue
-            n, u_acc, u_kind = self._candidates(x0, y0, x1, y1, tumour)
+            n, u_acc, u_kind = candidates(
+                self.seed, self.layout.mpp, (x0, y0, x1, y1), tumour, self._fibre_angle_points
+            )
             rag = self._rag_points(n.cx, n.cy, 1, 4.0)
             rag_t = self._rag_points(n.cx, n.cy, 11, 7.0) if tumours else None
             t, m = self._membership(sections, holes, tumours, n.cx, n.cy, rag, rag_t, 0.5)
             if tumour:
-                keep = (t > 0.5) & (u_kind < m) & (u_acc < _TUMOUR_P)
+                keep = (t > 0.5) & (u_kind < m) & (u_acc < TUMOUR_P)
             else:
-                dens = _NORMAL_P * (
+                dens = NORMAL_P * (
                     1.0 + 0.35 * value_noise_points(self.seed, n.cx, n.cy, self.layout.px(60.0), 41)
                 )
                 keep = (t > 0.5) & (u_kind >= m) & (u_acc < dens)
             out.append(n.select(keep))
         return out
-
-    @staticmethod
-    def _stamp(n: _Nuclei, x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """Anti-aliased nuclei on a (h, w) canvas at downsample 1: (coverage, H density)."""
-        if n.cx.size == 0:
-            return np.zeros((h, w), F32), np.zeros((h, w), F32)
-        reach = float(np.max(np.maximum(n.a, n.b) * (1.0 + np.abs(n.e2) + np.abs(n.e3))))
-        r = math.ceil(reach) + 1
-        off = np.arange(-r, r + 1, dtype=np.int64)
-        bx = np.floor(n.cx).astype(np.int64)
-        by = np.floor(n.cy).astype(np.int64)
-        dx = ((bx[:, None] + off) - n.cx[:, None]).astype(F32)  # (n, S)
-        dy = ((by[:, None] + off) - n.cy[:, None]).astype(F32)
-        ca, sa = np.cos(n.angle)[:, None, None], np.sin(n.angle)[:, None, None]
-        p = (dx[:, None, :] * ca + dy[:, :, None] * sa) / n.a[:, None, None]
-        q = (dy[:, :, None] * ca - dx[:, None, :] * sa) / n.b[:, None, None]
-        rho = np.sqrt(p * p + q * q) + F32(1e-6)
-        c = p / rho
-        bound = (
-            1.0 + n.e2[:, None, None] * (2 * c * c - 1) + n.e3[:, None, None] * (4 * c * c - 3) * c
-        )
-        rmean = np.sqrt(n.a * n.b)[:, None, None]
-        alpha = np.clip((bound - rho) * rmean + F32(0.5), 0.0, 1.0)
-        rel = rho / bound
-        profile = n.intensity[:, None, None] * (1.0 + n.rim[:, None, None] * (rel * rel - 0.55))
-        ix = bx[:, None] + off - x0  # (n, S) columns
-        iy = by[:, None] + off - y0  # (n, S) rows
-        valid = (
-            (alpha > 0) & ((ix >= 0) & (ix < w))[:, None, :] & ((iy >= 0) & (iy < h))[:, :, None]
-        )
-        flat = (iy[:, :, None] * w + ix[:, None, :])[valid]
-        cov = np.bincount(flat, alpha[valid], minlength=h * w)
-        dens = np.bincount(flat, (alpha * profile)[valid], minlength=h * w)
-        return cov.reshape(h, w).astype(F32), dens.reshape(h, w).astype(F32)
 
     # ---------------------------------------------------------------------------- render
     def __call__(self, x: int, y: int, w: int, h: int, downsample: float = 1.0) -> np.ndarray:
@@ -390,7 +298,7 @@ class TissueRenderer:
             hn = np.zeros_like(t)
             ix0, iy0 = math.floor(xs[0] + 0.5), math.floor(ys[0] + 0.5)
             for nuc in self._nuclei(x0, y0, x1, y1, sections, holes, tumours):
-                c, d = self._stamp(nuc, ix0, iy0, len(xs), len(ys))
+                c, d = stamp(nuc, ix0, iy0, len(xs), len(ys))
                 cov += c
                 hn += d
             fine = sample_texture_grid(self.fine, np.floor(xs), np.floor(ys))
@@ -398,30 +306,22 @@ class TissueRenderer:
             cov = np.minimum(cov, 1.0)
             hn = np.minimum(hn, 3.2)
         else:
-            cov, hn = self._mean_field_nuclei(t, m)
+            cov, hn = mean_field(t, m, self.layout.mpp)
         c_h = (h_bg * (1 - cov) + hn) * t
         c_e = e_bg * (1 - 0.7 * cov) * t
         od += c_h[:, :, None] * self.hema + c_e[:, :, None] * self.eosin
-
-    def _mean_field_nuclei(self, t: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Expected nuclear coverage and H density per px (for downsample >= 1.5)."""
-        px = self.layout.px
-        area_n = 0.35 * math.pi * px(5.5) * px(1.55) + 0.65 * math.pi * px(2.9) ** 2 * 0.91
-        cov_n = _NORMAL_P * area_n / px(_NORMAL_CELL_UM) ** 2
-        a_t = px(5.4) + 0.06 * px(3.0)
-        cov_t = min(0.95, _TUMOUR_P * math.pi * a_t * a_t / 1.3 / px(_TUMOUR_CELL_UM) ** 2)
-        cov = (F32(cov_n) * (t - m) + F32(cov_t) * m).astype(F32)
-        hn = F32(cov_n * 1.52) * (t - m) + F32(cov_t * 1.55) * m
-        return cov, hn.astype(F32)
 
     def _pen_od(
         self, od: np.ndarray, pen: PenStroke, xs: np.ndarray, ys: np.ndarray, ds: float
     ) -> None:
         pts = np.asarray(pen.points, np.float64)
         half = pen.width / 2
-        x0, x1 = xs[0] - half - ds, xs[-1] + half + ds
-        y0, y1 = ys[0] - half - ds, ys[-1] + half + ds
         spacing = max(4.0, ds)
+        # segments that can matter to any coarse sample (which extend one spacing beyond the
+        # region); keeping exactly these makes the result independent of the region's extent
+        reach = half + 2 * spacing + ds
+        x0, x1 = xs[0] - reach, xs[-1] + reach
+        y0, y1 = ys[0] - reach, ys[-1] + reach
         cx, ix, fx = coarse_axis(xs, spacing)
         cy, iy, fy = coarse_axis(ys, spacing)
         X = cx[None, :].astype(F32)

@@ -33,7 +33,7 @@ class TileConfig:
     jpeg_quality: int = 90
     reuse_jpeg: bool = True  # copy the slide's own JPEG tile when it is exactly one output tile
     reader: str = "auto"  # "auto" (OpenSlide, then tiffslide) | "openslide" | "tiffslide"
-    mpp: float | None = None  # level-0 mpp override for every slide (else the file's / CSV's)
+    mpp: float | None = None  # level-0 mpp for slides that record none (CSV `mpp` overrides)
     tissue_geojson_dir: str | None = None  # use <dir>/<slide_id>.geojson instead of segmenting
     tissue: TissueConfig = field(default_factory=TissueConfig)
 

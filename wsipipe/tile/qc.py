@@ -158,5 +158,5 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
         raise ValueError(f"expected a uint8 image, got shape {arr.shape} dtype {arr.dtype}")
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)  # ~4x faster, ~10% larger
     atomic_write_bytes(Path(path), buf.getvalue())

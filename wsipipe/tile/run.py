@@ -47,8 +47,7 @@ CHUNK = 256  # tiles read/encoded/appended per step: bounds memory to CHUNK enco
 
 def tile_slide(spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1):
     """Tile one slide into ``tmp_dir``; return ({relative output: tmp path}, info)."""
-    mpp_override = spec.mpp if spec.mpp is not None else cfg.mpp
-    with open_slide(spec.path, reader=cfg.reader, mpp=mpp_override) as slide:
+    with _open(spec, cfg) as slide:
         mpp = slide.mpp  # raises MissingMppError with the fix when unknown
         thumb, thumb_ds = slide.thumbnail(cfg.tissue.thumb_mpp)
         um_per_thumb_px = mpp * thumb_ds
@@ -72,7 +71,8 @@ def tile_slide(spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1
             raise NoTissueError(
                 f"{spec.path}: no tile has >= {cfg.min_tissue:.0%} tissue "
                 f"({int(mask.sum())} tissue px on the {thumb.shape[1]}x{thumb.shape[0]} "
-                "thumbnail); check qc, lower --min-tissue or give --tissue-geojson"
+                "thumbnail); if the slide has tissue, lower --min-tissue or give "
+                "--tissue-geojson-dir"
             )
 
         reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px)
@@ -86,9 +86,13 @@ def tile_slide(spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1
             ):
                 writer.append(chunk_coords, tiles, chunk_frac)
                 n_reused += reused
-
+        qc_img, qc_ds = _qc_thumbnail(slide, thumb, thumb_ds)
+    qc_mask = _resize_mask(mask, qc_img.shape[:2])
+    qc_pen = _resize_mask(pen, qc_img.shape[:2]) if pen is not None else None
     qc_tmp = tmp_dir / f"{spec.slide_id}.png"
-    save_png(qc_tmp, draw_qc(thumb, mask, pen, coords / thumb_ds, grid.tile_size_level0 / thumb_ds))
+    save_png(
+        qc_tmp, draw_qc(qc_img, qc_mask, qc_pen, coords / qc_ds, grid.tile_size_level0 / qc_ds)
+    )
     geo_tmp = tmp_dir / f"{spec.slide_id}.geojson"
     write_geojson(geo_tmp, tissue_geojson(polys))
 
@@ -108,6 +112,42 @@ def tile_slide(spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1
         "jpeg_reused": n_reused,
     }
     return outputs, stats
+
+
+QC_LONG_SIDE = 2048  # px: QC images are at most this big and at least ~1/4 of it
+
+
+def _qc_thumbnail(slide: Slide, thumb: np.ndarray, thumb_ds: float) -> tuple[np.ndarray, float]:
+    """A thumbnail large enough to judge the segmentation by eye.
+
+    Read from the first pyramid level at least as coarse as needed for a ``QC_LONG_SIDE``
+    image (so no large level is decoded); single-level slides are read in stripes.
+    """
+    need = max(1.0, max(slide.info.width, slide.info.height) / QC_LONG_SIDE)
+    coarser = [d for d in slide.info.level_downsamples if d >= need * 0.999]
+    ds = min(coarser) if coarser else need
+    if ds >= thumb_ds * 0.9:  # the segmentation thumbnail is already that large
+        return thumb, thumb_ds
+    return slide.thumbnail(slide.mpp * ds)
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask to (H, W) = ``shape``."""
+    from PIL import Image
+
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 0
+
+
+def _open(spec: SlideSpec, cfg: TileConfig) -> Slide:
+    """Open a slide with its mpp: a per-slide CSV value overrides the file's; the run-wide
+    ``--mpp`` only fills in for slides that record none (a batch of mixed scanners keeps
+    every slide's true mpp)."""
+    slide = open_slide(spec.path, reader=cfg.reader, mpp=spec.mpp)
+    if spec.mpp is None and cfg.mpp is not None and slide.info.mpp_x is None:
+        slide.close()
+        slide = open_slide(spec.path, reader=cfg.reader, mpp=cfg.mpp)
+    return slide
 
 
 def _tissue_geojson_path(directory: str, spec: SlideSpec) -> Path:

@@ -66,7 +66,19 @@ def train_command(
     ] = None,
     freeze_bn: Annotated[
         bool | None,
-        Opt("--freeze-bn/--no-freeze-bn", help="Pixel encoders: BatchNorm statistics fixed [yes]."),
+        Opt(
+            "--freeze-bn/--no-freeze-bn", help="Fix encoder BatchNorm statistics in training [yes]."
+        ),
+    ] = None,
+    calibrate_bn: Annotated[
+        bool | None,
+        Opt(
+            "--calibrate-bn/--no-calibrate-bn",
+            help="Estimate frozen BN statistics on training tiles first [auto: if not pretrained].",
+        ),
+    ] = None,
+    calibrate_tiles: Annotated[
+        int | None, Opt(help="Tiles used to estimate BN statistics [2048].")
     ] = None,
     channels_last: Annotated[
         bool | None, Opt("--channels-last/--no-channels-last", help="channels_last [yes].")

@@ -54,9 +54,13 @@ class TrainConfig:
     input_px: int = 0  # resize tiles to this size before encoding; 0 = store tile size
     grad_checkpointing: bool = False
     # Pixel encoders: BatchNorm in eval mode during the gradient pass (statistics fixed,
-    # affine trained) so scan and gradient pass embed tiles alike; the features encoder's
-    # BatchNorm always trains (as in the paper).
+    # affine trained) so that the scan and the gradient pass embed tiles alike and batches of
+    # few slides do not leak through batch statistics. The features encoder's BN always trains.
     freeze_bn: bool = True
+    # Before training, estimate the (frozen) BatchNorm statistics on `calibrate_tiles` training
+    # tiles; None = auto: when the encoder is not pretrained (random init has no statistics).
+    calibrate_bn: bool | None = None
+    calibrate_tiles: int = 2048
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoder
     features_dir: str = ""  # features mode cache; "" = <stores root>/features/<encoder>
@@ -108,6 +112,7 @@ class TrainConfig:
             "micro_batch": self.micro_batch,
             "workers": self.workers,
             "input_px": self.input_px,
+            "calibrate_tiles": self.calibrate_tiles,
             "weight_decay": self.weight_decay,
             "grad_clip": self.grad_clip,
             "warmup_epochs": self.warmup_epochs,
@@ -141,6 +146,17 @@ class TrainConfig:
             _bad("encoder", self.encoder, "must name a timm model, e.g. resnet50")
         if self.fold is not None and self.fold < 0:
             _bad("fold", self.fold, "must be >= 0")
+
+    @property
+    def bn_frozen(self) -> bool:
+        """Whether the pixel encoder's BatchNorm statistics stay fixed in training."""
+        return self.mode == "pixels" and self.freeze_bn
+
+    @property
+    def bn_calibrated(self) -> bool:
+        """Whether a fresh run estimates the frozen BatchNorm statistics from data first."""
+        auto = not self.pretrained if self.calibrate_bn is None else self.calibrate_bn
+        return self.bn_frozen and auto and self.calibrate_tiles > 0
 
     @property
     def n_aux(self) -> int:

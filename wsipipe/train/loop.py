@@ -18,6 +18,7 @@ import math
 import resource
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from wsipipe.train.model import (
     SlideModel,
     amp_dtype_for,
     build_model,
+    calibrate_batchnorm,
     freeze_batchnorm,
     make_optimizer,
 )
@@ -148,11 +150,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps done
-        self.best_auc = -math.inf
+        self.best_auc = -math.inf  # best = highest val AUC, ties broken by lower val loss
+        self.best_loss = math.inf
         self.labels = self.cohort.labels.copy()
         if cfg.shuffle_labels:  # control experiment: break the slide-label association
             tr = np.array(self.cohort.train)
             self.labels[tr] = independent_labels(self.labels[tr], n_classes, cfg.seed)
+        self.calibrated_tiles = 0
         if resume:
             self._load(last)
         if cfg.compile:
@@ -195,6 +199,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "best_auc": self.best_auc,
+            "best_loss": self.best_loss,
             "rng": capture_rng(),
             "config": config_to_dict(self.cfg),
             "classes": list(self.cohort.classes),
@@ -217,13 +222,32 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.best_auc = float(ckpt["best_auc"])
+        self.best_loss = float(ckpt["best_loss"])
         restore_rng(ckpt["rng"])
 
     # ---- training -------------------------------------------------------------------------
+    def _calibrate(self) -> None:
+        """Fresh run, frozen BN of a random-init encoder: statistics from training tiles."""
+        cfg = self.cfg
+        train = self.cohort.train
+        order = [train[i] for i in shard_order(len(train), self.dist, 0, cfg.seed + 1, True)]
+        stream = ChunkStream(self.loader, self.sampler, plan_chunks(order, self.specs, cfg.I))
+
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for pos in order:
+                yield from stream.slide(pos)
+
+        self.calibrated_tiles = calibrate_batchnorm(
+            self.model.encoder, chunks(), cfg.calibrate_tiles, self.device
+        )
+        self.prog.log(f"BatchNorm statistics estimated on {self.calibrated_tiles} tiles")
+
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         with RunProgress(cfg.progress, self.dist.is_main) as prog:
             self.prog = prog
+            if self.epoch == 0 and self.step == 0 and cfg.bn_calibrated:
+                self._calibrate()
             if self.epoch >= cfg.epochs:
                 prog.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
             while self.epoch < cfg.epochs:
@@ -243,7 +267,7 @@ class Trainer:
         )
         stream = ChunkStream(self.loader, self.sampler, plan)
         self.model.train()
-        if cfg.freeze_bn and cfg.mode == "pixels":
+        if cfg.bn_frozen:
             freeze_batchnorm(self.model.encoder)
         self.prog.start(f"epoch {epoch + 1}/{cfg.epochs}", len(order))
         t0 = time.perf_counter()
@@ -351,11 +375,14 @@ class Trainer:
 
     def _end_epoch(self, record: dict[str, Any]) -> None:
         self.epoch += 1
-        auc = record.get("val_auc", float("nan"))
+        auc, loss = record.get("val_auc"), record.get("val_loss")
         score = auc if isinstance(auc, float) and math.isfinite(auc) else -math.inf
-        improved = score > self.best_auc or not (self.ckpt_dir / "best.pt").exists()
+        loss = loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
+        improved = (score, -loss) > (self.best_auc, -self.best_loss) or not (
+            self.ckpt_dir / "best.pt"
+        ).exists()
         if improved:
-            self.best_auc = max(score, self.best_auc)
+            self.best_auc, self.best_loss = score, loss
         record["best_val_auc"] = self.best_auc if math.isfinite(self.best_auc) else None
         record["peak_rss_mb"] = peak_rss_mb()
         if self.device.type == "cuda":

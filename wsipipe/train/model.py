@@ -7,6 +7,8 @@ scans call ``model.encoder`` / ``model.aggregator`` directly (no gradients, no s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -85,6 +87,43 @@ def freeze_batchnorm(module: nn.Module) -> int:
             m.eval()
             n += 1
     return n
+
+
+def calibrate_batchnorm(
+    encoder: nn.Module,
+    chunks: Iterable[tuple[Tensor, Tensor]],
+    max_tiles: int,
+    device: torch.device,
+) -> int:
+    """Re-estimate every BatchNorm layer's running statistics of ``encoder`` as the plain
+    average over up to ``max_tiles`` tiles (train-mode forward, no gradients, nothing else
+    changes). Returns the number of tiles used (0 when the encoder has no BatchNorm)."""
+    bns = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    states = [(m, m.training) for m in encoder.modules()]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = plain mean over the batches seen
+    seen = 0
+    try:
+        encoder.train()
+        with torch.no_grad():
+            for _, tiles in chunks:
+                take = tiles[: max_tiles - seen]
+                if take.shape[0] < 2:  # BatchNorm needs >= 2 samples per batch
+                    break
+                encoder(take.to(device, non_blocking=True))
+                seen += int(take.shape[0])
+                if seen >= max_tiles:
+                    break
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        for m, was in states:
+            m.training = was
+    return seen
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
