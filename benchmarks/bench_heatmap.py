@@ -1,10 +1,10 @@
 """Heatmap time and peak RSS per slide vs one evaluation scan of the same slide.
 
-For N tiles (10k and 100k; 2k and 10k in quick mode) a patch store of 32 px JPEG tiles on a
+For N tiles (10k and 100k; 2k in quick mode) a patch store of 32 px JPEG tiles on a
 square grid of 256 level-0 px footprints at 0.5 um/px (a slide of sqrt(N) * 256 px a side,
 i.e. 25k px for 10k tiles, 81k px for 100k) and a tiny random model checkpoint are built once
-(cached under benchmarks/out/heatmap/). Then, each in a fresh process (peak RSS = that
-process's ru_maxrss; loader workers = 0 so every byte and second is in that process):
+(cached under benchmarks/out/heatmap/). Loader workers = 0, so every byte and second is in
+the measured process:
 
 * ``scan``: ``wsipipe predict`` on the store (IPS scan of all tiles + re-read of the M
   selected + aggregation) -- the evaluation scan a heatmap is compared with;
@@ -13,7 +13,11 @@ process's ru_maxrss; loader workers = 0 so every byte and second is in that proc
 
 The slide file itself is absent (a 100k-tile slide is 6.5 gigapixels), so the overlay is
 drawn on a blank canvas of the slide's extent: the thumbnail read is not included (it is the
-slide reader's cost, see bench_read). Goals: heatmap <= 1.2x the scan, peak RSS <= 2 GB.
+slide reader's cost, see bench_read). Peak RSS: each alone in a fresh process (its
+ru_maxrss). Time: both alternately in one warmed-up process, 2-3 times each (once in quick
+mode), each one's fastest run kept (a shared machine's load drifts). The tiny encoder makes
+the scan far cheaper than a real one would (~8k tiles/s here vs ~100 for a ResNet-50 on
+CPU), so the outputs' share is an upper bound. Goals: heatmap <= 1.2x the scan, peak RSS <= 2 GB.
 """
 
 from __future__ import annotations
@@ -92,53 +96,72 @@ def _checkpoint(path: Path) -> None:
     })  # fmt: skip
 
 
-def _child(kind: str, tile_dir: str, ckpt: str, out: str, threads: int) -> None:
-    """Runs in a fresh interpreter: one scan or one heatmap; prints a JSON line."""
+def _child(kinds: str, tile_dir: str, ckpt: str, out: str, threads: int) -> None:
+    """Runs in a fresh interpreter: the runs named in ``kinds`` ("scan,heatmap,...") one
+    after the other, after an untimed warm-up; prints a JSON line with each run's seconds."""
     import resource
     import shutil
 
     import torch
 
     torch.set_num_threads(threads)
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    info: dict[str, object] = {}
-    if kind == "scan":
-        from wsipipe.train.predict import predict
+    # import everything either side needs first: only the work itself is timed
+    import timm  # noqa: F401
 
-        predict(ckpt, out, tile_dir, overrides={"workers": 0, "device": "cpu"})
-    else:
-        from wsipipe.heatmap.config import HeatmapConfig
-        from wsipipe.heatmap.run import run_heatmaps
+    import wsipipe.heatmap.outputs
+    import wsipipe.heatmap.scoring
+    import wsipipe.slide
+    import wsipipe.train.engine
+    import wsipipe.train.loop  # noqa: F401
+    from wsipipe.heatmap.config import HeatmapConfig
+    from wsipipe.heatmap.run import run_heatmaps
+    from wsipipe.train.predict import predict
 
-        cfg = HeatmapConfig(checkpoint=ckpt, stores=tile_dir, out=out, workers=0, device="cpu")
-        (o,) = run_heatmaps(cfg)
-        if o.state != "done":
-            raise SystemExit(f"heatmap failed: {o.reason}")
-        info = dict(o.info)
-    seconds = time.perf_counter() - t0
+    def one(kind: str) -> dict[str, object]:
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        info: dict[str, object] = {}
+        if kind == "scan":
+            predict(ckpt, out, tile_dir, overrides={"workers": 0, "device": "cpu"})
+        else:
+            cfg = HeatmapConfig(checkpoint=ckpt, stores=tile_dir, out=out, workers=0, device="cpu")
+            (o,) = run_heatmaps(cfg)
+            if o.state != "done":
+                raise SystemExit(f"heatmap failed: {o.reason}")
+            info = dict(o.info)
+        return {"kind": kind, "seconds": time.perf_counter() - t0, **info}
+
+    names = kinds.split(",")
+    if len(names) > 1:
+        one("scan")  # warm-up: first-call costs (allocator, conv algorithms, page cache)
+    runs = [one(k) for k in names]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"seconds": seconds, "rss_mb": rss, **info}))
+    print(json.dumps({"runs": runs, "rss_mb": rss}))
 
 
-def _measure(kind: str, tile_dir: Path, ckpt: Path, threads: int) -> dict:
+def _measure(kinds: str, tile_dir: Path, ckpt: Path, threads: int) -> dict:
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r}); "
         "from benchmarks.bench_heatmap import _child; "
-        f"_child({kind!r}, {str(tile_dir)!r}, {str(ckpt)!r}, "
-        f"{str(OUT / ('run_' + kind))!r}, {threads})"
+        f"_child({kinds!r}, {str(tile_dir)!r}, {str(ckpt)!r}, {str(OUT / 'run')!r}, {threads})"
     )
     return run_in_subprocess(code, timeout=3600)
 
 
 def run(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
-    sizes = (2_000, 10_000) if quick else (10_000, 100_000)
+    sizes = (2_000,) if quick else (10_000, 100_000)
     threads = 2
     for n in sizes:
         tile_dir, ckpt = _build(n)
-        scan = _measure("scan", tile_dir, ckpt, threads)
-        heat = _measure("heatmap", tile_dir, ckpt, threads)
+        # peak RSS: one run alone in a fresh process each
+        rss = {k: _measure(k, tile_dir, ckpt, threads)["rss_mb"] for k in ("scan", "heatmap")}
+        # time: alternate the two in one warmed-up process (a shared machine's load drifts);
+        # keep each one's fastest run
+        repeats = 1 if quick else 2 if n > 50_000 else 3
+        runs = _measure(",".join(["scan", "heatmap"] * repeats), tile_dir, ckpt, threads)["runs"]
+        scan = min((r for r in runs if r["kind"] == "scan"), key=lambda r: r["seconds"])
+        heat = min((r for r in runs if r["kind"] == "heatmap"), key=lambda r: r["seconds"])
         case = f"{n // 1000}k tiles"
         ratio = heat["seconds"] / scan["seconds"]
         rows += [
@@ -153,8 +176,8 @@ def run(quick: bool = False) -> list[Row]:
             ),
             Row("heatmap", case, "  of which scoring pass", float(heat["score_seconds"]), "s"),
             Row("heatmap", case, "  of which outputs", float(heat["render_seconds"]), "s"),
-            Row("heatmap", case, "peak RSS scan", scan["rss_mb"], "MiB"),
-            Row("heatmap", case, "peak RSS heatmap", heat["rss_mb"], "MiB", "goal <= 2048 MiB"),
+            Row("heatmap", case, "peak RSS scan", rss["scan"], "MiB"),
+            Row("heatmap", case, "peak RSS heatmap", rss["heatmap"], "MiB", "goal <= 2048 MiB"),
         ]
     return rows
 

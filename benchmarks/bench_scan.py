@@ -8,13 +8,15 @@ and, on a CUDA machine, the same with a ResNet-50 and batch 16 slides (peak GPU 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -196,27 +198,40 @@ def _memory_rows(sizes: tuple[int, ...]) -> list[Row]:
 
 
 # -- gradient step --------------------------------------------------------------------------
-def _saved_bytes(
-    fn: Callable[[], torch.Tensor], params: list[torch.Tensor]
-) -> tuple[torch.Tensor, int]:
-    """Run ``fn`` recording the activation memory autograd keeps for backward: bytes of the
-    distinct storages saved, parameters excluded (they exist anyway)."""
-    skip = {p.untyped_storage().data_ptr() for p in params}
-    seen: set[int] = set()
-    total = 0
+class _HostPeak:
+    """Peak host RSS above a baseline for one workload, in-process (Linux): glibc is asked to
+    mmap large blocks (so frees return memory) and the kernel's high-water mark is reset."""
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if key not in skip and key not in seen:
-            seen.add(key)
-            total += storage.nbytes()
-        return t
+    def __init__(self) -> None:
+        self.ok = False
+        try:
+            self.libc = ctypes.CDLL("libc.so.6")
+            self.libc.mallopt(-3, 131072)  # M_MMAP_THRESHOLD: fixed, no dynamic growth
+            self._reset()
+            self.ok = True
+        except OSError:
+            pass
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total
+    @staticmethod
+    def _status(key: str) -> float:
+        with open("/proc/self/status") as f:
+            match = re.search(rf"{key}:\s+(\d+) kB", f.read())
+        return int(match.group(1)) / 1024 if match else float("nan")
+
+    def _reset(self) -> float:
+        self.libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        return self._status("VmRSS")
+
+    def measure(self, fn: Callable[[], object]) -> float:
+        """MiB of host memory ``fn`` needed above what was resident before it (nan if n/a)."""
+        if not self.ok:
+            fn()
+            return float("nan")
+        base = self._reset()
+        fn()
+        return self._status("VmHWM") - base
 
 
 def _grad_case(
@@ -226,31 +241,32 @@ def _grad_case(
     amp: torch.dtype | None,
     device: torch.device,
     reps: int,
-) -> tuple[float, int, float]:
-    """One configuration: (step time s, bytes saved for backward, peak GPU GiB or 0)."""
+    host: _HostPeak,
+) -> tuple[float, float]:
+    """One configuration: (step time s, peak memory MiB of one step: all GPU memory allocated
+    on CUDA, host RSS above the pre-step level on CPU)."""
     params = [*enc.parameters(), *agg.parameters()]
     opt = torch.optim.SGD(params, lr=1e-4)
     target = torch.zeros(tiles.shape[0], dtype=torch.int64, device=device)
 
-    def loss() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        out = gradient_pass(enc, agg, tiles, amp_dtype=amp)
-        return torch.nn.functional.cross_entropy(out["label"], target)
-
     def step() -> None:
-        loss().backward()
+        opt.zero_grad(set_to_none=False)  # gradients stay allocated: peak = activations
+        out = gradient_pass(enc, agg, tiles, amp_dtype=amp)
+        torch.nn.functional.cross_entropy(out["label"], target).backward()
         opt.step()
 
+    step()  # warm-up (allocates the gradients)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    value, saved = _saved_bytes(loss, params)  # also the warm-up step
-    value.backward()
-    opt.step()
+        step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20  # all: weights included
+    else:
+        peak = host.measure(step)
     t = _best_time(step, device, reps, warmup=False)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     opt.zero_grad(set_to_none=True)
-    return t, saved, peak
+    return t, peak
 
 
 def _grad_rows(
@@ -259,35 +275,35 @@ def _grad_rows(
     """Gradient step (gradient pass + backward + SGD step) on B x M tiles, fp32/bf16 autocast,
     with and without gradient checkpointing of the encoder."""
     rows = []
-    agg = _agg(dim=128, heads=8, dim_head=16, inner=512).to(device).train()
+    host = _HostPeak()
+    agg = _agg(dim=512).to(device).train()
     for ckpt in (False, True):
         torch.manual_seed(0)
-        enc = create_encoder(name, out_dim=128, grad_checkpointing=ckpt).to(device).train()
+        enc = create_encoder(name, out_dim=512, grad_checkpointing=ckpt).to(device).train()
         for amp in (None, torch.bfloat16):
             for m in ms:
                 tiles = torch.randint(0, 256, (batch, m, 3, px, px), dtype=torch.uint8)
                 if device.type == "cuda":
                     tiles = tiles.pin_memory()
-                t, saved, peak = _grad_case(enc, agg, tiles, amp, device, reps)
                 case = (
                     f"{name} {px}px, B={batch} x M={m}, "
                     f"{'bf16' if amp else 'fp32'}, ckpt {'on' if ckpt else 'off'}"
                 )
+                try:
+                    t, peak = _grad_case(enc, agg, tiles, amp, device, reps, host)
+                except torch.cuda.OutOfMemoryError:
+                    rows.append(Row(BENCH, case, "grad step", float("nan"), "", "out of memory"))
+                    torch.cuda.empty_cache()
+                    continue
                 rows.append(
                     Row(BENCH, case, "grad step time", t, "s", f"{batch * m / t:.0f} tiles/s")
                 )
-                rows.append(
-                    Row(
-                        BENCH,
-                        case,
-                        "activation memory",
-                        saved / 2**20,
-                        "MiB",
-                        "saved for backward, excl. weights",
-                    )
+                where = (
+                    "GPU max allocated: weights + grads + activations"
+                    if device.type == "cuda"
+                    else "host RSS above the pre-step level (weights, grads excluded)"
                 )
-                if device.type == "cuda":
-                    rows.append(Row(BENCH, case, "peak GPU memory", peak, "GiB"))
+                rows.append(Row(BENCH, case, "step peak memory", peak, "MiB", where))
     return rows
 
 
@@ -301,29 +317,19 @@ def _gpu_rows(quick: bool) -> list[Row]:
     agg = _agg(dim=512).to(dev)
     n, size = (2048, 256) if quick else (16384, 512)
     tiles = torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8).pin_memory()
-    rows += _throughput_rows(
-        "resnet50 224px bf16 cuda",
-        enc,
-        agg,
-        tiles,
-        size,
-        dev,
-        reps=2,
-        amp=torch.bfloat16,
-        ips_m=64,
-        dbps_ms=(64, 64),
-    )
+    label, bf16 = "resnet50 224px bf16 cuda", torch.bfloat16
+    rows += _throughput_rows(label, enc, agg, tiles, size, dev, 2, bf16, 64, (64, 64))
     # scan peak GPU memory vs N: the same pinned chunk re-sent (content irrelevant)
     chunk = tiles[:size]
     for total in (4096, 16384) if quick else (4096, 16384, 65536):
 
-        def gen(total: int = total) -> object:
+        def gen(total: int = total) -> Iterator[Chunk]:
             for s in range(0, total, size):
                 yield torch.arange(s, s + size), chunk
 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
-        dbps_scan(enc, agg, gen(), M=64, S=64, amp_dtype=torch.bfloat16)  # type: ignore[arg-type]
+        dbps_scan(enc, agg, gen(), M=64, S=64, amp_dtype=torch.bfloat16)
         rows.append(
             Row(
                 BENCH,
@@ -340,53 +346,47 @@ def _gpu_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def run(quick: bool = False) -> list[Row]:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+def _cpu_rows(quick: bool, threads: int) -> list[Row]:
+    torch.set_num_threads(threads)
     cpu = torch.device("cpu")
-    rows = _memory_rows((1000, 4000) if quick else (1000, 4000, 16000, 65536))
+    tag = f"cpu {threads} thread{'s' if threads > 1 else ''}"
     torch.manual_seed(0)
-    n, px = (512, 48) if quick else (4096, 64)
+    n, px, size = (192, 48, 64) if quick else (2048, 64, 128)
     tiles = torch.randint(0, 256, (n, 3, px, px), dtype=torch.uint8)
     enc = create_encoder("resnet18", out_dim=512)
-    rows += _throughput_rows(
-        f"resnet18 {px}px fp32 cpu",
-        enc,
-        _agg(512),
-        tiles,
-        128,
-        cpu,
-        reps=2 if quick else 3,
-        ips_m=32,
-        dbps_ms=(32, 32),
-    )
+    label = f"resnet18 {px}px fp32 {tag}"
+    rows = _throughput_rows(label, enc, _agg(512), tiles, size, cpu, 5, None, 32, (32, 32))
     # precomputed features: the official CAMELYON16 settings (IPS M=I=5000; DBPS M=100,
     # I=500, S=400); the encoder is only LayerNorm + Linear, so selection overhead shows here
-    nf = 10000 if quick else 100000
-    feats = torch.randn(nf, 2048)
+    feats = torch.randn(10000 if quick else 50000, 2048)
     fe = FeatureEncoder(2048, 512)
     agg = _agg(512)
     rows += _throughput_rows(
-        "features F=2048 D=512 cpu", fe, agg, feats, 5000, cpu, reps=2, ips_m=5000
+        f"features F=2048 D=512 {tag}", fe, agg, feats, 5000, cpu, reps=2, ips_m=5000
     )
     rows += _throughput_rows(
-        "features F=2048 D=512 cpu", fe, agg, feats, 500, cpu, reps=2, dbps_ms=(100, 400)
+        f"features F=2048 D=512 {tag}", fe, agg, feats, 500, cpu, reps=2, dbps_ms=(100, 400)
     )
-    del feats
-    grad_px, grad_ms = (48, (8, 32)) if quick else (64, (16, 64, 256))
-    rows += _grad_rows("resnet18", grad_px, grad_ms, batch=1, device=cpu, reps=1 if quick else 2)
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    """Throughput is timed on 1 thread (stable on a shared machine: a loaded second core
+    makes 2-thread timings swing by 2x) and, in full mode, on 2 threads too."""
+    threads = max(1, min(2, os.cpu_count() or 1))
+    rows = _memory_rows((1000, 4000) if quick else (1000, 4000, 16000, 65536))
+    for t in (1,) if quick else sorted({1, threads}):
+        rows += _cpu_rows(quick, t)
+    torch.set_num_threads(1 if quick else threads)
+    grad_px, grad_ms = (48, (8, 24)) if quick else (64, (16, 64, 256))
+    rows += _grad_rows(
+        "resnet18", grad_px, grad_ms, batch=1, device=torch.device("cpu"), reps=1 if quick else 2
+    )
     if torch.cuda.is_available():
         rows += _gpu_rows(quick)
     else:
-        rows.append(
-            Row(
-                BENCH,
-                "cuda rows (resnet50, batch 16 slides)",
-                "skipped",
-                0.0,
-                "",
-                "no CUDA device on this machine",
-            )
-        )
+        skip = Row(BENCH, "cuda (resnet50, batch 16 slides)", "skipped", 0.0, "", "no CUDA")
+        rows.append(skip)
     return rows
 
 

@@ -109,7 +109,7 @@ def run(quick: bool = False) -> list[Row]:
                     n = int(info["n_tiles"])
                     from wsipipe.store import open_store
 
-                    with open_store(next(work.glob("s.*"))) as store:
+                    with open_store(work / "s.h5") as store:
                         coords = store.coords
                         size0 = store.meta.tile_size_level0
                         nbytes = sum(len(store.read_encoded(i)) for i in range(0, n, 50))

@@ -1,4 +1,4 @@
-"""The ``wsipipe`` command line: info, synth, tile, train, predict.
+"""The ``wsipipe`` command line: info, synth, labels, tile, train, predict, heatmap.
 
 Each command fills its stage's config dataclass from defaults, an optional ``--config`` YAML
 and the options given (CLI wins). Heavy imports happen inside the commands so that
@@ -124,6 +124,13 @@ def tile(
         bool, typer.Option("--coords-only", help="Store coordinates only (= --pixels none).")
     ] = False,
     jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality [90].")] = None,
+    reuse_jpeg: Annotated[
+        bool | None,
+        typer.Option(
+            "--reuse-jpeg/--no-reuse-jpeg",
+            help="Copy the slide's own JPEG when a tile is one stored tile [yes].",
+        ),
+    ] = None,
     reader: Annotated[str | None, typer.Option(help="auto | openslide | tiffslide [auto].")] = None,
     mpp: Annotated[
         float | None,
@@ -148,6 +155,7 @@ def tile(
         "target_mpp": target_mpp, "tile_px": tile_px, "overlap_px": overlap_px,
         "min_tissue": min_tissue, "format": store_format,
         "pixels": "none" if coords_only else pixels, "jpeg_quality": jpeg_quality,
+        "reuse_jpeg": reuse_jpeg,
         "reader": reader, "mpp": mpp,
         "tissue_geojson_dir": str(tissue_geojson_dir) if tissue_geojson_dir else None,
         "tissue.thumb_mpp": thumb_mpp,
@@ -192,14 +200,21 @@ def _print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
 
 
 def _register_optional() -> None:
+    """Register the stages' commands; each module imports its heavy dependencies lazily."""
     import importlib.util
 
-    if importlib.util.find_spec("wsipipe.train.cli") is None:  # stage not built yet
-        return
-    from wsipipe.train.cli import predict_command, train_command
+    from wsipipe.cohorts import labels_command
 
-    app.command("train")(train_command)
-    app.command("predict")(predict_command)
+    app.command("labels")(labels_command)
+    if importlib.util.find_spec("wsipipe.train.cli") is not None:
+        from wsipipe.train.cli import predict_command, train_command
+
+        app.command("train")(train_command)
+        app.command("predict")(predict_command)
+    if importlib.util.find_spec("wsipipe.heatmap.cli") is not None:
+        from wsipipe.heatmap.cli import heatmap_command
+
+        app.command("heatmap")(heatmap_command)
 
 
 _register_optional()

@@ -345,12 +345,15 @@ def parse_tcga_barcode(name: str) -> TcgaBarcode:
 
 
 def _read_label_map(path: Path, label_column: str) -> tuple[dict[str, str], str]:
-    """(key -> label, key kind "slide" | "patient") from a label CSV."""
+    """(key -> label, key kind "slide" | "patient") from a label CSV (or TSV, e.g. the GDC
+    clinical export)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: label map CSV not found; check --label-map") from None
-    reader = csv.DictReader(text.splitlines())
+    first = text.splitlines()[0] if text.strip() else ""
+    tabs = path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first)
+    reader = csv.DictReader(text.splitlines(), delimiter="\t" if tabs else ",")
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
     key = next((k for k in ("slide_id", *_PATIENT_KEYS) if k in header), None)
@@ -449,6 +452,11 @@ def tcga_labels(
         )
     if not rows:
         raise ConfigError("tcga: no labelled slides left after filtering")
+    if not label_map_csv and len({r[3] for r in rows}) < 2:
+        raise ConfigError(
+            f"tcga: every slide got the label {rows[0][3]!r} from its folder name; give one "
+            "folder per class (e.g. TCGA-LUAD TCGA-LUSC) or a --label-map CSV"
+        )
     per_patient: dict[str, Counter[str]] = defaultdict(Counter)
     for _sid, _p, patient, label in rows:
         per_patient[patient][label] += 1
@@ -475,15 +483,13 @@ def labels_command(
     ],
     out: Annotated[Path, typer.Option("--out", help="Labels CSV to write.")] = Path("labels.csv"),
     val_fraction: Annotated[
-        float | None, typer.Option(help="Validation fraction [camelyon16 0.2, tcga 0.15].")
+        float | None, typer.Option(help="Validation fraction (default: camelyon16 0.2, tcga 0.15).")
     ] = None,
-    test_fraction: Annotated[
-        float, typer.Option(help="tcga: test fraction of patients [0.15].")
-    ] = 0.15,
+    test_fraction: Annotated[float, typer.Option(help="tcga: test fraction of patients.")] = 0.15,
     folds: Annotated[int, typer.Option(help="Add a fold column with k folds (0 = none).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed of the splits.")] = 0,
     reference: Annotated[
-        Path | None, typer.Option(help="camelyon16: test labels [testing/reference.csv].")
+        Path | None, typer.Option(help="camelyon16: test labels (default: testing/reference.csv).")
     ] = None,
     exclude: Annotated[
         list[str] | None, typer.Option(help="camelyon16: slide id to leave out (repeatable).")

@@ -46,7 +46,9 @@ def _rows(csv_path: Path) -> list[dict[str, str]]:
     test=st.floats(0.0, 0.4),
     seed=st.integers(0, 10_000),
 )
-def test_stratified_split_properties(n_a: int, n_b: int, val: float, test: float, seed: int):
+def test_stratified_split_properties(
+    n_a: int, n_b: int, val: float, test: float, seed: int
+) -> None:
     strata = {f"a{i}": "A" for i in range(n_a)} | {f"b{i}": "B" for i in range(n_b)}
     out = stratified_split(strata, [("test", test), ("val", val)], seed)
     assert set(out) == set(strata)
@@ -62,14 +64,14 @@ def test_stratified_split_properties(n_a: int, n_b: int, val: float, test: float
     assert stratified_split(strata, [("test", test), ("val", val)], seed) == out
 
 
-def test_stratified_split_rejects_bad_fractions():
+def test_stratified_split_rejects_bad_fractions() -> None:
     with pytest.raises(ConfigError, match="sum to >= 1"):
         stratified_split({"a": "x"}, [("test", 0.6), ("val", 0.5)])
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         stratified_split({"a": "x"}, [("val", -0.1)])
 
 
-def test_stratified_folds_balanced_per_label():
+def test_stratified_folds_balanced_per_label() -> None:
     strata = {f"a{i}": "A" for i in range(11)} | {f"b{i}": "B" for i in range(7)}
     folds = stratified_folds(strata, 5, seed=3)
     sizes = Counter(folds.values())
@@ -102,7 +104,7 @@ def c16(tmp_path: Path) -> Path:
     return root
 
 
-def test_camelyon16_labels_layout(c16: Path, tmp_path: Path):
+def test_camelyon16_labels_layout(c16: Path, tmp_path: Path) -> None:
     out = tmp_path / "work" / "labels.csv"
     result = camelyon16_labels(c16, out, val_fraction=0.2, seed=0)
     rows = {r["slide_id"]: r for r in _rows(out)}
@@ -125,7 +127,7 @@ def test_camelyon16_labels_layout(c16: Path, tmp_path: Path):
         assert Path(r["path"]).stem == r["slide_id"]
 
 
-def test_camelyon16_labels_feed_tile_and_train(c16: Path, tmp_path: Path):
+def test_camelyon16_labels_feed_tile_and_train(c16: Path, tmp_path: Path) -> None:
     """The CSV is a valid slide list for `wsipipe tile` and a valid labels CSV for training."""
     from wsipipe.tile.inputs import resolve_slides
     from wsipipe.train.labels import read_labels_csv, training_splits
@@ -141,7 +143,7 @@ def test_camelyon16_labels_feed_tile_and_train(c16: Path, tmp_path: Path):
     assert len(train) == 14 and len(val) == 4
 
 
-def test_camelyon16_seed_and_folds(c16: Path, tmp_path: Path):
+def test_camelyon16_seed_and_folds(c16: Path, tmp_path: Path) -> None:
     a = camelyon16_labels(c16, tmp_path / "a.csv", seed=1)
     b = camelyon16_labels(c16, tmp_path / "b.csv", seed=1)
     c = camelyon16_labels(c16, tmp_path / "c.csv", seed=2)
@@ -162,7 +164,7 @@ def test_camelyon16_seed_and_folds(c16: Path, tmp_path: Path):
     assert sorted(per_fold.values()) == [6, 6, 6]
 
 
-def test_camelyon16_exclude_and_errors(c16: Path, tmp_path: Path):
+def test_camelyon16_exclude_and_errors(c16: Path, tmp_path: Path) -> None:
     res = camelyon16_labels(c16, tmp_path / "x.csv", exclude=["Test_002", "normal_001"])
     ids = {r.slide_id for r in res.rows}
     assert "test_002" not in ids and "normal_001" not in ids and len(ids) == 22
@@ -182,7 +184,7 @@ def test_camelyon16_exclude_and_errors(c16: Path, tmp_path: Path):
 UUID = "d4ff32cd-38cf-40ea-8213-45c2b100ac01"
 
 
-def test_parse_tcga_barcode():
+def test_parse_tcga_barcode() -> None:
     b = parse_tcga_barcode(f"TCGA-05-4244-01Z-00-DX1.{UUID}.svs")
     assert (b.patient_id, b.sample_type, b.slide_type, b.is_tumour) == (
         "TCGA-05-4244", 1, "DX", True,
@@ -207,7 +209,7 @@ def _tcga_tree(root: Path, project: str, n_patients: int, offset: int) -> list[P
     return files
 
 
-def test_tcga_folder_labels_patient_level_splits(tmp_path: Path):
+def test_tcga_folder_labels_patient_level_splits(tmp_path: Path) -> None:
     _tcga_tree(tmp_path, "LUAD", 20, 10)
     _tcga_tree(tmp_path, "LUSC", 16, 50)
     out = tmp_path / "labels.csv"
@@ -231,7 +233,7 @@ def test_tcga_folder_labels_patient_level_splits(tmp_path: Path):
         assert pts["val"] == round(20 * 0.2) + round(16 * 0.2)
 
 
-def test_tcga_filters_and_folds(tmp_path: Path):
+def test_tcga_filters_and_folds(tmp_path: Path) -> None:
     _tcga_tree(tmp_path, "LUAD", 9, 10)
     _tcga_tree(tmp_path, "LUSC", 9, 50)
     dirs = [tmp_path / "TCGA-LUAD", tmp_path / "TCGA-LUSC"]
@@ -250,7 +252,7 @@ def test_tcga_filters_and_folds(tmp_path: Path):
     assert set(folds) == {"0", "1", "2"} and max(folds.values()) - min(folds.values()) <= 1
 
 
-def test_tcga_label_map_by_patient_and_slide(tmp_path: Path):
+def test_tcga_label_map_by_patient_and_slide(tmp_path: Path) -> None:
     files = _tcga_tree(tmp_path, "ALL", 8, 20)
     patients = sorted({f.name[:12] for f in files})
     clinical = tmp_path / "clinical.csv"
@@ -264,6 +266,11 @@ def test_tcga_label_map_by_patient_and_slide(tmp_path: Path):
     )  # fmt: skip
     want = {p: ("TCGA-KIRC" if k % 2 else "TCGA-KIRP") for k, p in enumerate(patients)}
     assert all(r.label == want[r.patient_id] for r in res.rows)
+    # the same table as GDC's tab-separated clinical.tsv
+    tsv = tmp_path / "clinical.tsv"
+    tsv.write_text(clinical.read_text().replace(",", "\t"))
+    res2 = tcga_labels([tmp_path / "TCGA-ALL"], tmp_path / "t.csv", tsv, label_column="project_id")
+    assert [r.label for r in res2.rows] == [r.label for r in res.rows]
 
     # slide-level map keyed by the barcode without the uuid; one slide left out -> error
     by_slide = tmp_path / "slides.csv"
@@ -277,12 +284,15 @@ def test_tcga_label_map_by_patient_and_slide(tmp_path: Path):
     assert len(res.rows) == len(files) - 1
 
 
-def test_tcga_errors(tmp_path: Path):
+def test_tcga_errors(tmp_path: Path) -> None:
     _touch(tmp_path / "odd" / "slide_001.svs")
     with pytest.raises(ConfigError, match="not a TCGA barcode"):
         tcga_labels([tmp_path / "odd"], tmp_path / "l.csv")
     with pytest.raises(ConfigError, match="no such slide file"):
         tcga_labels([tmp_path / "missing"], tmp_path / "l.csv")
+    _touch(tmp_path / "TCGA-ONE" / f"TCGA-AA-0001-01Z-00-DX1.{UUID}.svs")
+    with pytest.raises(ConfigError, match="one folder per class"):
+        tcga_labels([tmp_path / "TCGA-ONE"], tmp_path / "l.csv")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no slide files"):
         tcga_labels([tmp_path / "empty"], tmp_path / "l.csv")
@@ -291,7 +301,7 @@ def test_tcga_errors(tmp_path: Path):
 # ---- CLI ---------------------------------------------------------------------------------
 
 
-def test_labels_command(c16: Path, tmp_path: Path):
+def test_labels_command(c16: Path, tmp_path: Path) -> None:
     app = typer.Typer()
     app.command("labels")(labels_command)
     app.command("noop")(lambda: None)  # keep `labels` a sub-command

@@ -38,12 +38,12 @@ def steps() -> list[tuple[str, str]]:
     return instructions(DOCKERFILE.read_text())
 
 
-def test_instructions_parser():
+def test_instructions_parser() -> None:
     text = "FROM a\n# c\nRUN x \\\n    && y\nUSER 1\n"
     assert instructions(text) == [("FROM", "a"), ("RUN", "x && y"), ("USER", "1")]
 
 
-def test_hadolint_clean():
+def test_hadolint_clean() -> None:
     exe = shutil.which("hadolint") or shutil.which(
         "hadolint", path=str(Path(sys.executable).parent)
     )
@@ -53,7 +53,7 @@ def test_hadolint_clean():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_entrypoint_user_volumes(steps: list[tuple[str, str]]):
+def test_entrypoint_user_volumes(steps: list[tuple[str, str]]) -> None:
     kinds = [k for k, _ in steps]
     entry = [a for k, a in steps if k == "ENTRYPOINT"]
     assert len(entry) == 1 and json.loads(entry[0]) == ["wsipipe"]
@@ -68,7 +68,7 @@ def test_entrypoint_user_volumes(steps: list[tuple[str, str]]):
     assert "HEALTHCHECK" not in kinds  # a batch image
 
 
-def test_cuda_pytorch_base_and_install(steps: list[tuple[str, str]]):
+def test_cuda_pytorch_base_and_install(steps: list[tuple[str, str]]) -> None:
     args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in steps if k == "ARG" and "=" in a}
     base = args.get("BASE_IMAGE", "")
     assert base.startswith("pytorch/pytorch:") and "-cuda" in base and base.endswith("-runtime")
@@ -78,7 +78,7 @@ def test_cuda_pytorch_base_and_install(steps: list[tuple[str, str]]):
     assert "apt-get" not in runs  # OpenSlide comes from the wheel, no system packages
 
 
-def test_copied_sources_exist_and_are_not_dockerignored(steps: list[tuple[str, str]]):
+def test_copied_sources_exist_and_are_not_dockerignored(steps: list[tuple[str, str]]) -> None:
     ignore = [
         line.strip()
         for line in (REPO / ".dockerignore").read_text().splitlines()
@@ -91,3 +91,30 @@ def test_copied_sources_exist_and_are_not_dockerignored(steps: list[tuple[str, s
         assert not any(fnmatch.fnmatch(src, pat) for pat in ignore), f"{src} is .dockerignored"
     for heavy in (".git", ".venv", "tests", "**/*.svs", "**/*.h5"):
         assert heavy in ignore
+
+
+def test_wheel_ships_package_data(tmp_path: Path) -> None:
+    """The image installs a wheel (`pip install .`), not the source tree: every data file the
+    package reads at run time (train presets, ...) must be inside it."""
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copytree(REPO / "wsipipe", src / "wsipipe", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "README.md").write_text("# wsipipe\n")
+    cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+           "--no-cache-dir", "-q", "-w", str(tmp_path / "dist")]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    import zipfile
+
+    (wheel,) = (tmp_path / "dist").glob("wsipipe-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = [
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "wsipipe").rglob("*")
+        if p.is_file() and p.suffix in (".yaml", ".yml", ".json") and "__pycache__" not in p.parts
+    ]
+    assert data, "expected the train presets among the package data"
+    missing = sorted(set(data) - names)
+    assert not missing, f"not in the wheel (add them to [tool.setuptools.package-data]): {missing}"

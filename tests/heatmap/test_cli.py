@@ -25,7 +25,9 @@ def test_cli_runs_prints_overlays_and_exits_1_on_a_failed_slide(tmp_path):
     tile = synth.make_slide_dir(tmp_path, ("a",))
     ck = synth.make_checkpoint(tmp_path / "ck.pt")
     cfg = tmp_path / "hm.yaml"
-    cfg.write_text("colormap: viridis\noverlay_mpp: 2.0\npyramid: false\nworkers: 0\n")
+    cfg.write_text(
+        "colormap: viridis\noverlay_mpp: 2.0\noverlay_min_px: 64\npyramid: false\nworkers: 0\n"
+    )
     args = [
         "heatmap", "--checkpoint", str(ck), "--stores", str(tile), "--out", str(tmp_path / "o"),
         "--config", str(cfg), "--device", "cpu", "--top-k", "5",
@@ -47,3 +49,14 @@ def test_cli_runs_prints_overlays_and_exits_1_on_a_failed_slide(tmp_path):
 
     res = CliRunner().invoke(_app(), [*args, "--normalise", "zscore"])
     assert isinstance(res.exception, ConfigError) and "normalise" in str(res.exception)
+
+
+def test_every_config_field_is_an_option():
+    import dataclasses
+    import inspect
+
+    from wsipipe.heatmap.config import HeatmapConfig
+
+    params = set(inspect.signature(heatmap_command).parameters)
+    fields = {f.name for f in dataclasses.fields(HeatmapConfig)}
+    assert fields <= params and params - fields == {"config", "overwrite"}

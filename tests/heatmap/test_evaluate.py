@@ -57,14 +57,15 @@ def test_roc_auc_matches_pairwise_definition_with_ties():
 
 def test_topk_and_slide_evaluation_values():
     scores = np.array([0.5, 0.1, 0.3, 0.05, 0.05])
-    tumour = np.array([True, False, True, True, False])
+    frac = np.array([1.0, 0.2, 0.6, 0.5, 0.0])  # tumour tiles (>= 0.5): 0, 2, 3
+    tumour = frac >= 0.5
     selected = np.array([True, False, True, False, False])
     aux = np.array([False, True, False, True, False])
     assert topk_fraction(scores, tumour, 2) == 1.0
     assert topk_fraction(scores, tumour, 3) == pytest.approx(2 / 3)
-    ev = evaluate_slide("s1", scores, tumour, selected, aux, k=2)
+    ev = evaluate_slide("s1", scores, frac, selected, aux, k=2)
     assert ev.n_tiles == 5 and ev.n_tumour_tiles == 3 and ev.k == 2
-    assert ev.topk_in_tumour == 1.0
+    assert ev.topk_in_tumour == 1.0 and ev.topk_in_tumour_norm == 1.0
     assert ev.tumour_selected == pytest.approx(2 / 3)
     assert ev.tumour_selected_aux == 1.0
     assert ev.selected_in_tumour == 1.0
@@ -72,11 +73,18 @@ def test_topk_and_slide_evaluation_values():
     assert ev.auc == pytest.approx(4.5 / 6)
     row = ev.to_row()
     assert row["slide_id"] == "s1" and row["auc"] == round(4.5 / 6, 6)
-    neg = evaluate_slide("s2", scores, np.zeros(5, bool), selected, None, k=2)
+    # top 4 = tiles 0, 2, 1, 3: 3 tumour tiles of 4; normalised by min(k, 3); tile 1 touches
+    ev4 = evaluate_slide("s1", scores, frac, selected, aux, k=4)
+    assert ev4.topk_in_tumour == 0.75 and ev4.topk_in_tumour_norm == 1.0
+    assert ev4.topk_touching_tumour == 1.0
+    # a higher threshold makes tile 3 (fraction 0.5) normal
+    ev_t = evaluate_slide("s1", scores, frac, selected, aux, k=4, threshold=0.55)
+    assert ev_t.n_tumour_tiles == 2 and ev_t.topk_in_tumour == 0.5
+    neg = evaluate_slide("s2", scores, np.zeros(5), selected, None, k=2)
     assert math.isnan(neg.auc) and math.isnan(neg.topk_in_tumour)
-    assert math.isnan(neg.tumour_selected)
+    assert math.isnan(neg.tumour_selected) and math.isnan(neg.topk_touching_tumour)
     with pytest.raises(ConfigError, match="top_k"):
-        evaluate_slide("s3", scores, tumour, selected, k=0)
+        evaluate_slide("s3", scores, frac, selected, k=0)
     overall = summarise([ev, neg])
     assert overall["n_slides"] == 2 and overall["n_auc"] == 1
     assert overall["auc"] == pytest.approx(4.5 / 6)

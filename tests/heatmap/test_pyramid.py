@@ -147,3 +147,27 @@ def test_overlapping_tiles_are_averaged_in_the_pyramid(tmp_path):
     # a pixel where tiles 0 and 1 overlap shows the colour of their mean value
     mean01 = (values[0] + values[1]) / 2
     assert got[10, 55].tolist() == lut[int(np.rint(mean01 * 255))].tolist()
+
+
+@pytest.mark.parametrize("smooth_um", [0.0, 30.0])
+def test_memory_is_bounded_by_tiles_not_by_the_slide(tmp_path, smooth_um):
+    """A 100k x 100k px slide at ds 16: a full level-0 array would be 6250^2 x 3 = 117 MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    coords = rng.integers(0, 390, (150, 2)) * 256
+    values = rng.random(150).astype(np.float32)
+    geo = PyramidGeometry(100_000, 100_000, 0.25, 16)
+    tracemalloc.start()
+    try:
+        write_heatmap_tiff(tmp_path / "big.tif", geo, coords, 256, values, colormap_lut("jet"),
+                           smooth_um=smooth_um, threads=2)  # fmt: skip
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    with tiffslide.TiffSlide(tmp_path / "big.tif") as tsl:
+        assert tsl.dimensions == (6250, 6250)
+        x, y = coords[0] // 16 + 8
+        px = np.asarray(tsl.read_region((int(x), int(y)), 0, (1, 1)))[0, 0, :3]
+    assert not (px == 255).all()  # a tile's colour, not glass

@@ -28,7 +28,7 @@ def _cfg(root, **kw) -> HeatmapConfig:
     base = {
         "checkpoint": str(root / "ck.pt"), "stores": str(root / "tile"), "out": str(root / "out"),
         "annotations": str(root / "annotations"), "workers": 0, "device": "cpu",
-        "overlay_mpp": 2.0, "pyramid_mpp": 2.0,
+        "overlay_mpp": 2.0, "overlay_min_px": 64, "pyramid_mpp": 2.0,
     }  # fmt: skip
     base.update(kw)
     return HeatmapConfig(**base)  # type: ignore[arg-type]
@@ -181,3 +181,18 @@ def test_bad_inputs_are_one_line_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="alpha"):
         _cfg(tmp_path, alpha=2.0)
     assert math.isfinite(_cfg(tmp_path).alpha)
+
+
+def test_overlay_resolution_is_clamped_to_a_useful_size():
+    from wsipipe.heatmap.outputs import overlay_mpp
+
+    cfg = HeatmapConfig()  # 8 um/px, 1024 .. 4096 px
+    # a CAMELYON-size slide (100k x 200k px at 0.25 um) -> 50 mm / 4096 px
+    assert overlay_mpp(cfg, 100_000, 200_000, 0.25) == pytest.approx(50_000 / 4096)
+    # 20 mm at 8 um/px = 2500 px: as asked
+    assert overlay_mpp(cfg, 40_000, 30_000, 0.5) == 8.0
+    # a small slide (3 mm) is refined to 1024 px, never finer than the slide itself
+    assert overlay_mpp(cfg, 6144, 4608, 0.5) == pytest.approx(3072 / 1024)
+    assert overlay_mpp(cfg, 500, 400, 0.5) == 0.5
+    with pytest.raises(ConfigError, match="overlay_min_px"):
+        HeatmapConfig(overlay_min_px=5000)

@@ -16,8 +16,13 @@ def tiny_aggregator(
     torch.manual_seed(seed)
     tasks = tuple(TaskSpec(f"t{i}", 2 + i) for i in range(n_token))
     cfg = AggregatorConfig(
-        dim=dim, heads=heads, dim_head=8, dim_inner=32, dropout=dropout,
-        attn_dropout=dropout, tasks=tasks,
+        dim=dim,
+        heads=heads,
+        dim_head=8,
+        dim_inner=32,
+        dropout=dropout,
+        attn_dropout=dropout,
+        tasks=tasks,
     )
     agg = CrossAttentionAggregator(cfg)
     with torch.no_grad():  # spread the logits so that rankings are well separated

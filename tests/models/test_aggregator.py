@@ -57,7 +57,9 @@ def _ref_forward(
     s=st.integers(1, 9),
     seed=st.integers(0, 1000),
 )
-def test_matches_reference_ips_and_dbps(heads: int, n_token: int, m: int, s: int, seed: int) -> None:
+def test_matches_reference_ips_and_dbps(
+    heads: int, n_token: int, m: int, s: int, seed: int
+) -> None:
     agg = tiny_aggregator(heads=heads, n_token=n_token, dropout=0.3, seed=seed).eval()
     g = torch.Generator().manual_seed(seed)
     e, aux = torch.randn(2, m, 16, generator=g), torch.randn(2, s, 16, generator=g)
@@ -127,7 +129,11 @@ def test_attention_logits_and_scores() -> None:
 
 def test_activate() -> None:
     cfg = AggregatorConfig(
-        dim=16, heads=1, dim_head=4, dim_inner=8, tasks=(TaskSpec("a", 3), TaskSpec("b", 2, "sigmoid"))
+        dim=16,
+        heads=1,
+        dim_head=4,
+        dim_inner=8,
+        tasks=(TaskSpec("a", 3), TaskSpec("b", 2, "sigmoid")),
     )
     agg = CrossAttentionAggregator(cfg)
     probs = activate(cfg, agg(torch.randn(2, 4, 16)))

@@ -33,7 +33,7 @@ def test_patch_drop_properties(n: int, r: float, seed: int) -> None:
     assert kept.numel() == expected
     assert torch.all(kept[1:] > kept[:-1])  # sorted, unique
     if n:
-        assert 0 <= int(kept.min()) and int(kept.max()) < n
+        assert int(kept.min()) >= 0 and int(kept.max()) < n
     again = random_patch_drop(n, r, torch.Generator().manual_seed(seed))
     assert torch.equal(kept, again)  # seeded: reproducible
 

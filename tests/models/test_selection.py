@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -67,7 +69,9 @@ def test_dbps_h1_aux_is_ranks_m_to_m_plus_s(n: int, m: int, s: int, i: int, seed
 
 
 @SETTINGS
-@given(n=st.integers(50, 200), i1=st.integers(1, 80), i2=st.integers(1, 80), seed=st.integers(0, 99))
+@given(
+    n=st.integers(50, 200), i1=st.integers(1, 80), i2=st.integers(1, 80), seed=st.integers(0, 99)
+)
 def test_scan_independent_of_chunk_size_h1(n: int, i1: int, i2: int, seed: int) -> None:
     enc, agg = tiny_feature_encoder(F), tiny_aggregator(heads=1, n_token=1)
     x = _features(n, seed)
@@ -81,7 +85,7 @@ def test_scan_independent_of_chunk_size_h1(n: int, i1: int, i2: int, seed: int) 
     assert torch.allclose(a.aux_scores, b.aux_scores, atol=1e-6)
 
 
-def test_h8_overlap_is_reported(record_property: pytest.RecordProperty) -> None:
+def test_h8_overlap_is_reported(record_property: Callable[[str, object], None]) -> None:
     """With H=8 (and 2 tokens) the streamed buffer need not be the global top-M: measure it."""
     enc, agg = tiny_feature_encoder(F), tiny_aggregator(heads=8, n_token=2)
     n, m = 400, 20
@@ -91,7 +95,7 @@ def test_h8_overlap_is_reported(record_property: pytest.RecordProperty) -> None:
     for i in (1, 8, 50):
         res = ips_scan(enc, agg, chunked(x, i), M=m)
         assert res.indices.unique().numel() == m  # m distinct valid tiles
-        assert 0 <= int(res.indices.min()) and int(res.indices.max()) < n
+        assert int(res.indices.min()) >= 0 and int(res.indices.max()) < n
         overlap = len(set(res.indices.tolist()) & set(order[:m].tolist())) / m
         overlaps.append(overlap)
         record_property(f"h8_top{m}_overlap_I{i}", overlap)
@@ -169,3 +173,18 @@ def test_bad_chunk_raises() -> None:
     enc, agg = tiny_feature_encoder(F), tiny_aggregator()
     with pytest.raises(ValueError, match="chunk"):
         ips_scan(enc, agg, iter([(torch.arange(3), _features(4, 0))]), M=2)
+
+
+def test_modes_restored_when_the_stream_fails() -> None:
+    enc, agg = tiny_feature_encoder(F), tiny_aggregator()
+    enc.train()
+    agg.train()
+
+    def broken():  # type: ignore[no-untyped-def]
+        yield torch.arange(4), _features(4, 0)
+        raise OSError("store went away")
+
+    with pytest.raises(OSError, match="store went away"):
+        ips_scan(enc, agg, broken(), M=2)
+    assert enc.training and agg.training and enc.bn.training
+    assert torch.is_grad_enabled()

@@ -20,7 +20,9 @@ F = 24
     n_token=st.integers(1, 3),
     seed=st.integers(0, 10**6),
 )
-def test_stream_equals_one_shot_softmax(n: int, i: int, heads: int, n_token: int, seed: int) -> None:
+def test_stream_equals_one_shot_softmax(
+    n: int, i: int, heads: int, n_token: int, seed: int
+) -> None:
     enc = tiny_feature_encoder(F)
     agg = tiny_aggregator(heads=heads, n_token=n_token)
     with torch.no_grad():

@@ -131,8 +131,11 @@ def test_multi_tile_fast_read_and_downsampling(fine_slide: Path, image: np.ndarr
         # 0.5 um: read 512 px at level 0, area-average to 256
         half = slide.tile_reader(0.5, 256)
         assert (half.level, half.read_px, half.tile_size_level0) == (0, 512, 512)
-        assert not half.fast  # level mpp 0.25 does not match the target
+        assert half.fast  # aligned 2x2 stored tiles are decoded directly, then reduced
+        assert half.read_encoded(256, 0) is None  # resampled: no bitstream to reuse
         tile = half.read(256, 0)
+        slow = slide.tile_reader(0.5, 256, fast_path=False).read(256, 0)
+        np.testing.assert_array_equal(tile, slow)  # same pixels as via read_region
         assert tile.shape == (256, 256, 3)
         region = slide.read_region(256, 0, 0, 512, 512).astype(np.float64)
         expected = region.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))

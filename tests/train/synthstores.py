@@ -98,7 +98,7 @@ def make_cohort(
             sid = f"s{k:03d}"
             label = "tumor" if j % 2 else "normal"
             n_t = int(rng.integers(n_tiles[0], n_tiles[1] + 1))
-            n_tum = max(1, int(round(n_t * tumour_frac))) if label == "tumor" else 0
+            n_tum = max(1, round(n_t * tumour_frac)) if label == "tumor" else 0
             suffix = ".h5" if fmt == "h5" else ".zarr"
             write_store(stores / f"{sid}{suffix}", sid, n_t, n_tum, seed * 1000 + k, px, fmt)
             rows.append((sid, label, split))
@@ -137,3 +137,15 @@ def tiny_overrides(**kw: object) -> dict[str, object]:
     }
     base.update(kw)
     return base
+
+
+def cli_args(overrides: dict[str, object]) -> list[str]:
+    """``wsipipe train`` command-line options for a dict of TrainConfig overrides."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        flag = key if key in ("M", "I", "S") else key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            args += [f"--{flag}", str(value)]
+    return args

@@ -16,8 +16,13 @@ def test_roundtrip_weights_only(tmp_path: Path) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
-             "config": {"M": 5, "classes": ["a", "b"], "fold": None}, "rng": capture_rng()}  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": 3,
+        "config": {"M": 5, "classes": ["a", "b"], "fold": None},
+        "rng": capture_rng(),
+    }
     path = tmp_path / "ck" / "last.pt"
     save_checkpoint(path, state)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
@@ -45,7 +50,7 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="junk.pt"):
+    with pytest.raises(ConfigError, match=r"junk\.pt"):
         load_checkpoint(junk)
     other = tmp_path / "other.pt"
     torch.save({"model": {}}, other)

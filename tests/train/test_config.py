@@ -13,7 +13,11 @@ from wsipipe.train.model import amp_dtype_for
 def test_defaults_follow_the_papers() -> None:
     cfg = TrainConfig()
     assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.warmup_epochs) == (
-        3e-4, 0.1, 16, 50, 10.0,
+        3e-4,
+        0.1,
+        16,
+        50,
+        10.0,
     )
     assert cfg.min_lr_ratio == pytest.approx(1e-3)
     assert (cfg.dim, cfg.heads, cfg.dim_head, cfg.dim_inner) == (512, 8, 64, 2048)
@@ -25,7 +29,11 @@ def test_presets_camelyon16() -> None:
     assert {"quickstart", "camelyon16-ips", "camelyon16-dbps"} <= set(preset_names())
     ips = load_train_config("camelyon16-ips")
     assert (ips.mode, ips.M, ips.I, ips.encoder, ips.batch_size) == (
-        "features", 5000, 5000, "resnet50", 16,
+        "features",
+        5000,
+        5000,
+        "resnet50",
+        16,
     )
     assert (ips.lr, ips.weight_decay, ips.epochs, ips.warmup_epochs) == (3e-4, 0.1, 50, 10)
     dbps = load_train_config("camelyon16-dbps")

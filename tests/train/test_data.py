@@ -24,6 +24,7 @@ from wsipipe.train.data import (
     resolve_stores_dir,
     scan_indices,
     to_chw,
+    worker_message,
 )
 
 
@@ -102,13 +103,18 @@ def test_stream_skips_an_undrained_slide(stores: list[SlideSpec]) -> None:
     assert idx.tolist() == list(range(33))
     with pytest.raises(RuntimeError, match="out of order"):
         ChunkStream(loader, sampler, plan_chunks([0], stores, 16)).slide(1)
+    old = ChunkStream(loader, sampler, plan_chunks([0], stores, 16))
+    ChunkStream(loader, sampler, plan_chunks([1], stores, 16))
+    with pytest.raises(RuntimeError, match="superseded"):
+        old.slide(0)
 
 
 def test_to_chw_resizes_with_antialiasing() -> None:
     tiles = np.stack([make_tile(False, np.random.default_rng(0), 32) for _ in range(3)])
     same = to_chw(tiles)
-    assert same.shape == (3, 3, 32, 32) and torch.equal(same.permute(0, 2, 3, 1),
-                                                        torch.from_numpy(tiles))  # fmt: skip
+    assert same.shape == (3, 3, 32, 32) and torch.equal(
+        same.permute(0, 2, 3, 1), torch.from_numpy(tiles)
+    )
     small = to_chw(tiles, 16)
     assert small.shape == (3, 3, 16, 16) and small.dtype == torch.uint8
     assert torch.allclose(small.float().mean(dim=(2, 3)), same.float().mean(dim=(2, 3)), atol=2)
@@ -147,15 +153,40 @@ def test_coords_only_store_reads_from_the_slide(tmp_path: Path) -> None:
     meta = store_meta("cmu", 64, pixels="none", slide_path=str(path))
     from dataclasses import replace
 
-    meta = replace(meta, slide_mpp=(mpp, mpp), target_mpp=mpp * 2, read_px=128,
-                   tile_size_level0=128, pixels="none", jpeg_quality=None)  # fmt: skip
+    meta = replace(
+        meta,
+        slide_mpp=(mpp, mpp),
+        target_mpp=mpp * 2,
+        read_px=128,
+        tile_size_level0=128,
+        pixels="none",
+        jpeg_quality=None,
+    )
     store = tmp_path / "cmu.h5"
     with create_store(store, "h5", meta) as w:
         w.append(coords, None, np.ones(3, dtype=np.float32))
     spec = describe_store("cmu", store)
     assert spec.kind == "slide"
+    gone = tmp_path / "gone.h5"
+    with create_store(gone, "h5", replace(meta, slide_path=str(tmp_path / "moved.svs"))) as w:
+        w.append(coords, None, np.ones(3, dtype=np.float32))
+    with pytest.raises(StoreError, match=r"moved\.svs is missing"):
+        describe_store("gone", gone)
     sampler = PlanSampler()
     loader = make_loader(ChunkDataset([spec]), sampler, 2, 2, False, 0)
     chunks = list(ChunkStream(loader, sampler, plan_chunks([0], [spec], 2)).slide(0))
     tiles = torch.cat([c[1] for c in chunks]).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(tiles, want)
+
+
+def test_worker_errors_stay_one_line(tmp_path: Path) -> None:
+    gone = SlideSpec("gone", "store", str(tmp_path / "gone.h5"), 5, tile_px=32)
+    sampler = PlanSampler()
+    loader = make_loader(ChunkDataset([gone]), sampler, 1, 2, False, 0)
+    with pytest.raises(StoreError) as err:
+        list(ChunkStream(loader, sampler, plan_chunks([0], [gone], 8)).slide(0))
+    msg = str(err.value)
+    assert "\n" not in msg and "gone.h5" in msg and "Traceback" not in msg
+    text = "Caught X.\nTraceback:\n  File x\nwsipipe.errors.StoreError: a b: c"
+    assert worker_message(text) == "a b: c"
+    assert worker_message("one line") == "one line"

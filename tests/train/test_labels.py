@@ -15,12 +15,18 @@ def _csv(tmp_path: Path, text: str) -> Path:
 
 
 def test_parse_and_split(tmp_path: Path) -> None:
-    p = _csv(tmp_path, "slide_id,label,split\na,tumor,train\nb,normal,train\nc,tumor,val\n"
-             "d,normal,val\ne,,test\n")  # fmt: skip
+    p = _csv(
+        tmp_path,
+        "slide_id,label,split\na,tumor,train\nb,normal,train\nc,tumor,val\nd,normal,val\ne,,test\n",
+    )
     t = read_labels_csv(p)
     assert t.classes == ("normal", "tumor")
     assert [(r.slide_id, r.label) for r in t.records] == [
-        ("a", 1), ("b", 0), ("c", 1), ("d", 0), ("e", -1),
+        ("a", 1),
+        ("b", 0),
+        ("c", 1),
+        ("d", 0),
+        ("e", -1),
     ]
     train, val = training_splits(t)
     assert [r.slide_id for r in train] == ["a", "b"] and [r.slide_id for r in val] == ["c", "d"]
@@ -33,14 +39,24 @@ def test_numeric_and_explicit_class_order(tmp_path: Path) -> None:
 
 
 def test_all_row_problems_in_one_message(tmp_path: Path) -> None:
-    p = _csv(tmp_path, "slide_id,label,split\n../evil,tumor,train\na,tumor,train\na,normal,val\n"
-             ",tumor,val\nb,cancer,train\n")  # fmt: skip
+    p = _csv(
+        tmp_path,
+        "slide_id,label,split\n../evil,tumor,train\na,tumor,train\na,normal,val\n"
+        ",tumor,val\nb,cancer,train\n",
+    )
     with pytest.raises(ConfigError) as err:
         read_labels_csv(p, classes=("normal", "tumor"))
     msg = str(err.value)
     assert "\n" not in msg and "4 problem(s)" in msg
-    for part in ("line 2", "'../evil'", "line 4", "repeats line 3", "line 5: empty slide_id",
-                 "line 6", "'cancer'"):  # fmt: skip
+    for part in (
+        "line 2",
+        "'../evil'",
+        "line 4",
+        "repeats line 3",
+        "line 5: empty slide_id",
+        "line 6",
+        "'cancer'",
+    ):
         assert part in msg
 
 
@@ -52,8 +68,10 @@ def test_missing_columns_and_file(tmp_path: Path) -> None:
 
 
 def test_training_splits_errors(tmp_path: Path) -> None:
-    p = _csv(tmp_path, "slide_id,label,split\na,tumor,train\nb,tumor,train\nc,,val\n"
-             "d,normal,val\ne,normal,test\n")  # fmt: skip
+    p = _csv(
+        tmp_path,
+        "slide_id,label,split\na,tumor,train\nb,tumor,train\nc,,val\nd,normal,val\ne,normal,test\n",
+    )
     with pytest.raises(ConfigError) as err:
         training_splits(read_labels_csv(p))
     msg = str(err.value)

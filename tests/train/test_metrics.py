@@ -66,8 +66,13 @@ def test_predictions_csv(tmp_path: Path) -> None:
     probs = np.array([[0.25, 0.75], [0.9, 0.1]])
     write_predictions(path, ["a", "b"], probs, ("normal", "tumor"), [1, -1])
     rows = list(csv.DictReader(path.open()))
-    assert rows[0] == {"slide_id": "a", "label": "tumor", "pred": "tumor",
-                       "prob_normal": "0.250000", "prob_tumor": "0.750000"}  # fmt: skip
+    assert rows[0] == {
+        "slide_id": "a",
+        "label": "tumor",
+        "pred": "tumor",
+        "prob_normal": "0.250000",
+        "prob_tumor": "0.750000",
+    }
     assert rows[1]["label"] == "" and rows[1]["pred"] == "normal"
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -23,7 +24,7 @@ def test_cosine_decays_to_min_ratio() -> None:
     )
     assert lr_factor(int(mid), total, warm, r) == pytest.approx((1 + r) / 2, abs=0.02)
     decay = [lr_factor(s, total, warm, r) for s in range(warm, total)]
-    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(decay))
     assert lr_factor(500, total, warm, r) == pytest.approx(r)  # past the end stays at min
 
 

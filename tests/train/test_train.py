@@ -49,23 +49,28 @@ def test_ips_learns_and_writes_the_run_directory(ips_run: Path) -> None:
     assert last["val_auc"] >= 0.9 and last["val_bacc"] == 1.0 and last["val_loss"] < 0.3
     assert last["val_loss"] < recs[0]["val_loss"] and last["train_loss"] < recs[0]["train_loss"]
     assert last["step"] == 5 * 6 and last["lr"] == pytest.approx(3e-3 * 1e-3, rel=1e-6)
-    for name in ("config.yaml", "metrics.csv", "train_order.jsonl", "checkpoints/last.pt",
-                 "checkpoints/best.pt", "predictions/val_best.csv",
-                 "predictions/val_epoch_005.csv"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "train_order.jsonl",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "predictions/val_best.csv",
+        "predictions/val_epoch_005.csv",
+    ):
         assert (ips_run / name).exists(), name
     rows = list(csv.DictReader((ips_run / "predictions" / "val_epoch_005.csv").open()))
     assert len(rows) == 8 and all(r["pred"] == r["label"] for r in rows)
     ck = torch.load(ips_run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["epoch"] == 5 and ck["step"] == 30 and ck["classes"] == ["normal", "tumor"]
-    assert ck["config"]["method"] == "ips" and set(ck) >= {"model", "optimizer", "scheduler",
-                                                           "rng"}  # fmt: skip
+    assert ck["config"]["method"] == "ips" and set(ck) >= {"model", "optimizer", "scheduler", "rng"}
     order = [json.loads(ln) for ln in (ips_run / "train_order.jsonl").read_text().splitlines()]
     assert [sorted(o["ranks"][0]) for o in order] == [[f"s{i:03d}" for i in range(12)]] * 5
     assert order[0]["ranks"] != order[1]["ranks"]  # reshuffled every epoch
 
 
 def test_dbps_learns(cohort: tuple[Path, Path], tmp_path: Path) -> None:
-    recs = train(_cfg(cohort, tmp_path / "run", method="dbps", epochs=4, lr=3e-3))
+    recs = train(_cfg(cohort, tmp_path / "run", method="dbps", epochs=4, lr=3e-3, workers=2))
     last = recs[-1]
     assert last["val_auc"] >= 0.9 and last["val_bacc"] == 1.0 and last["val_loss"] < 0.3
 
@@ -88,8 +93,14 @@ def test_predict_matches_validation_and_eval_only(
     ips_run: Path, cohort: tuple[Path, Path], tmp_path: Path
 ) -> None:
     labels, stores = cohort
-    res = predict(ips_run / "checkpoints" / "best.pt", tmp_path / "pred", str(stores), str(labels),
-                  "val", overrides={"workers": 2})  # fmt: skip
+    res = predict(
+        ips_run / "checkpoints" / "best.pt",
+        tmp_path / "pred",
+        str(stores),
+        str(labels),
+        "val",
+        overrides={"workers": 2},
+    )
     best = max(_records(ips_run), key=lambda r: r["val_auc"])
     assert res.metrics is not None
     assert res.metrics["auc"] == pytest.approx(best["val_auc"])
@@ -140,8 +151,9 @@ def test_multiclass_and_features_mode(tmp_path: Path) -> None:
         row[1] = ("a", "b", "c")[i % 3]
     with labels.open("w", newline="") as fh:
         csv.writer(fh).writerows(rows)
-    cfg = _cfg((labels, stores), tmp_path / "run", mode="features", epochs=2, method="dbps",
-               M=4, I=8, S=4)  # fmt: skip
+    cfg = _cfg(
+        (labels, stores), tmp_path / "run", mode="features", epochs=2, method="dbps", M=4, I=8, S=4
+    )
     recs = train(cfg)
     assert len(recs) == 2 and 0.0 <= recs[-1]["val_auc"] <= 1.0
     pred = list(csv.DictReader((tmp_path / "run" / "predictions" / "val_epoch_002.csv").open()))

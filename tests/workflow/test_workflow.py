@@ -65,7 +65,7 @@ def cohort3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_tile_jobs_rerun_nothing_and_retile_one(cohort3: Path, tmp_path: Path):
+def test_tile_jobs_rerun_nothing_and_retile_one(cohort3: Path, tmp_path: Path) -> None:
     from wsipipe.store import open_store
 
     slides = sorted((cohort3 / "slides").glob("*.svs"))
@@ -125,21 +125,30 @@ def test_tile_jobs_rerun_nothing_and_retile_one(cohort3: Path, tmp_path: Path):
     assert NOTHING in ok(snakemake(tmp_path, "-n"))
 
 
-def test_config_errors_are_one_line(cohort3: Path, tmp_path: Path):
+def test_config_errors_are_one_line(cohort3: Path, tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("slide_id,label,split\nsynth_000,tumor,train\nnot_there,normal,val\n")
     write_config(tmp_path, slides=str(cohort3 / "slides"), labels="labels.csv")
     res = snakemake(tmp_path, "-n")
     assert res.returncode != 0
-    assert "1 labelled slide(s) have no slide file among `slides:`: not_there" in res.stdout + res.stderr
+    assert (
+        "1 labelled slide(s) have no slide file among `slides:`: not_there"
+        in res.stdout + res.stderr
+    )
 
     write_config(tmp_path, slides=str(cohort3 / "slides"), tile={"format": "tiff"})
     res = snakemake(tmp_path, "-n")
-    assert res.returncode != 0 and "`tile.format` = 'tiff' must be h5 or zarr" in res.stdout + res.stderr
+    assert (
+        res.returncode != 0
+        and "`tile.format` = 'tiff' must be h5 or zarr" in res.stdout + res.stderr
+    )
 
     write_config(tmp_path, slides=str(cohort3 / "slides"), tile={"threads": 0})
     res = snakemake(tmp_path, "-n")
-    assert res.returncode != 0 and "`tile.threads` = 0 must be a number >= 1" in res.stdout + res.stderr
+    assert (
+        res.returncode != 0
+        and "`tile.threads` = 0 must be a number >= 1" in res.stdout + res.stderr
+    )
 
     # labels only: the slide list comes from the CSV's path column
     (tmp_path / "l2.csv").write_text(
@@ -152,7 +161,7 @@ def test_config_errors_are_one_line(cohort3: Path, tmp_path: Path):
     }  # fmt: skip
 
 
-def test_slurm_profile_and_resources(cohort3: Path, tmp_path: Path):
+def test_slurm_profile_and_resources(cohort3: Path, tmp_path: Path) -> None:
     """Rule resources as the SLURM executor sees them (dry run: nothing is submitted)."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
     (tmp_path / "labels.csv").write_text(
@@ -180,7 +189,7 @@ def _heatmap_registered() -> bool:
 
 
 @pytest.mark.slow
-def test_full_workflow_tile_train_heatmap(tmp_path: Path):
+def test_full_workflow_tile_train_heatmap(tmp_path: Path) -> None:
     if not _heatmap_registered():
         pytest.skip("`wsipipe heatmap` is not registered in wsipipe/cli.py yet")
     from wsipipe.synth.cohort import CohortConfig, generate_cohort

@@ -36,11 +36,18 @@ def heatmap_command(
     device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N [auto].")] = None,
     precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32 [auto].")] = None,
     workers: Annotated[int | None, Opt(help="Tile-decoding loader processes [2].")] = None,
+    threads: Annotated[int | None, Opt(help="Threads writing each slide's outputs [4].")] = None,
     chunk: Annotated[
         int | None, Opt(help="Tiles encoded per step [0 = the checkpoint's I].")
     ] = None,
     normalise: Annotated[
         str | None, Opt(help="Score -> colour: rank | percentile | minmax [rank].")
+    ] = None,
+    percentile_low: Annotated[
+        float | None, Opt(help="With --normalise percentile: low clip percentile [1].")
+    ] = None,
+    percentile_high: Annotated[
+        float | None, Opt(help="With --normalise percentile: high clip percentile [99].")
     ] = None,
     colormap: Annotated[str | None, Opt(help="jet | viridis | inferno | gray [jet].")] = None,
     alpha: Annotated[float | None, Opt(help="Overlay opacity over tissue [0.5].")] = None,
@@ -48,9 +55,16 @@ def heatmap_command(
         float | None, Opt(help="Gaussian smoothing sigma in um [0 = tile squares].")
     ] = None,
     overlay_mpp: Annotated[float | None, Opt(help="Overlay PNG resolution, um/px [8].")] = None,
+    overlay_min_px: Annotated[
+        int | None, Opt(help="Refine the overlay to at least this longest side [1024].")
+    ] = None,
+    overlay_max_px: Annotated[
+        int | None, Opt(help="Coarsen the overlay to at most this longest side [4096].")
+    ] = None,
     top_k: Annotated[
         int | None, Opt(help="Top tiles outlined, in the gallery and evaluated [10].")
     ] = None,
+    gallery_px: Annotated[int | None, Opt(help="Gallery cell size, px [192].")] = None,
     pyramid: Annotated[
         bool | None, Opt("--pyramid/--no-pyramid", help="Write the pyramidal TIFF [yes].")
     ] = None,
@@ -77,11 +91,14 @@ def heatmap_command(
     overrides: dict[str, Any] = {
         "checkpoint": checkpoint, "stores": stores, "out": out,
         "slides": ids or None, "annotations": annotations, "tissue_dir": tissue_dir,
-        "device": device, "precision": precision, "workers": workers, "chunk": chunk,
-        "normalise": normalise, "colormap": colormap, "alpha": alpha, "smooth_um": smooth_um,
-        "overlay_mpp": overlay_mpp, "top_k": top_k, "pyramid": pyramid,
+        "device": device, "precision": precision, "workers": workers, "threads": threads,
+        "chunk": chunk, "normalise": normalise, "colormap": colormap, "alpha": alpha,
+        "smooth_um": smooth_um, "overlay_mpp": overlay_mpp, "top_k": top_k, "pyramid": pyramid,
         "pyramid_mpp": pyramid_mpp, "pyramid_compression": pyramid_compression,
         "geojson": geojson, "tumour_threshold": tumour_threshold,
+        "percentile_low": percentile_low, "percentile_high": percentile_high,
+        "overlay_min_px": overlay_min_px, "overlay_max_px": overlay_max_px,
+        "gallery_px": gallery_px,
     }  # fmt: skip
     yaml_data = load_yaml(config) if config else None
     cfg = build_config(HeatmapConfig, yaml_data, overrides, source=str(config or "options"))
@@ -110,7 +127,8 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
 
     con = Console()
     table = Table(title=f"wsipipe heatmap -> {out_dir}")
-    for col in ("slide", "state", "tiles", "pred", "prob", "auc", "top-k in tumour", "s"):
+    table.add_column("slide", no_wrap=True)
+    for col in ("state", "tiles", "pred", "prob", "auc", "top-k in tumour", "s"):
         table.add_column(col)
     table.add_column("reason", overflow="fold")
     colours = {"done": "green", "skipped": "cyan", "failed": "red"}
@@ -135,7 +153,8 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
         con.print(
             f"evaluation ({s['n_slides']} slides): tile AUC {f(s['auc'])} "
             f"(n={s['n_auc']}), top-k in tumour {f(s['topk_in_tumour'])} "
-            f"(n={s['n_topk_in_tumour']}), tumour tiles in M {f(s['tumour_selected'])}; "
+            f"(normalised {f(s['topk_in_tumour_norm'])}, touching {f(s['topk_touching_tumour'])}, "
+            f"n={s['n_topk_in_tumour']}), tumour tiles in M {f(s['tumour_selected'])}; "
             f"{out_dir / 'evaluation.csv'}"
         )
     counts = {s: sum(o.state == s for o in outcomes) for s in ("done", "skipped", "failed")}

@@ -39,6 +39,7 @@ class HeatmapConfig:
     precision: Precision = "auto"  # encoder autocast; auto = bf16 on CUDA, fp32 on CPU
     workers: int = 2  # DataLoader processes reading/decoding tiles
     chunk: int = 0  # tiles encoded per step; 0 = the checkpoint's I
+    threads: int = 4  # threads writing a slide's outputs (overlay, pyramid, GeoJSON, ...)
     # ---- rendering ----------------------------------------------------------------------
     normalise: Normalise = "rank"  # score -> colour: rank | percentile | minmax
     percentile_low: float = 1.0  # with normalise=percentile: clip range (percent)
@@ -47,7 +48,8 @@ class HeatmapConfig:
     alpha: float = 0.5  # overlay opacity of the colour map over tissue
     smooth_um: float = 0.0  # Gaussian smoothing sigma (um); 0 = exact tile squares
     overlay_mpp: float = 8.0  # overlay PNG resolution (um/px) ...
-    overlay_max_px: int = 4096  # ... coarsened so that its longest side is <= this
+    overlay_min_px: int = 1024  # ... refined so that its longest side is >= this ...
+    overlay_max_px: int = 4096  # ... and coarsened so that it is <= this
     top_k: int = 10  # tiles outlined on the overlay, shown in the gallery, and evaluated
     gallery_px: int = 192  # gallery cell size (px)
     pyramid: bool = True  # write the pyramidal TIFF
@@ -77,13 +79,17 @@ class HeatmapConfig:
             if not (math.isfinite(value) and value > 0):
                 _bad(name, value, "must be > 0 um/px")
         positive = {
+            "overlay_min_px": self.overlay_min_px,
             "overlay_max_px": self.overlay_max_px,
             "top_k": self.top_k,
             "gallery_px": self.gallery_px,
+            "threads": self.threads,
         }
         for name, value in positive.items():
             if value < 1:
                 _bad(name, value, "must be >= 1")
+        if self.overlay_min_px > self.overlay_max_px:
+            _bad("overlay_min_px", self.overlay_min_px, "must be <= overlay_max_px")
         if self.workers < 0:
             _bad("workers", self.workers, "must be >= 0 (0 = read in the main process)")
         if self.chunk < 0:
@@ -101,5 +107,5 @@ def _bad(name: str, value: Any, why: str) -> None:
     raise ConfigError(f"heatmap config: `{name}` = {value!r} {why}; fix --{flag} or the YAML")
 
 
-#: Fields that change where/how the run executes but not what a slide's outputs contain.
-RUNTIME_FIELDS = ("out", "slides", "device", "workers")
+#: Fields that do not change what a slide's outputs contain (the checkpoint FILE is hashed).
+RUNTIME_FIELDS = ("checkpoint", "out", "slides", "device", "workers", "threads")

@@ -8,7 +8,10 @@ exclusion polygons in level-0 px):
   tumour; a tile is a *tumour tile* when its fraction >= ``threshold`` (default 0.5);
 * ``auc``: tile-level ROC AUC of the attention score vs tumour tile (NaN when the slide has
   only one class);
-* ``topk_in_tumour``: fraction of the k most attended tiles that are tumour tiles;
+* ``topk_in_tumour``: fraction of the k most attended tiles that are tumour tiles (at most
+  n_tumour / k when a slide has fewer than k tumour tiles); ``topk_in_tumour_norm``: the same
+  count divided by min(k, n_tumour) (1.0 = every tumour tile the top k could hold);
+  ``topk_touching_tumour``: fraction of the top k that overlap the tumour at all;
 * ``tumour_selected``: fraction of the tumour tiles that are in the selected M (and
   ``tumour_selected_aux`` for M ∪ S with DBPS);
 * ``selected_in_tumour``: fraction of the selected M that are tumour tiles.
@@ -96,6 +99,8 @@ class SlideEvaluation:
     k: int
     auc: float
     topk_in_tumour: float
+    topk_in_tumour_norm: float
+    topk_touching_tumour: float
     tumour_selected: float
     tumour_selected_aux: float
     selected_in_tumour: float
@@ -107,32 +112,47 @@ class SlideEvaluation:
 def evaluate_slide(
     slide_id: str,
     scores: np.ndarray,
-    tumour_tiles: np.ndarray,
+    tumour_fraction: np.ndarray,
     selected: np.ndarray,
     aux: np.ndarray | None = None,
     k: int = 10,
+    threshold: float = 0.5,
 ) -> SlideEvaluation:
-    """Metrics of one slide. scores (N,), tumour_tiles (N,) bool, selected / aux (N,) bool."""
+    """Metrics of one slide. scores (N,); tumour_fraction (N,) in [0, 1] (a tile is tumour
+    when >= ``threshold``); selected / aux (N,) bool (the M and the DBPS S buffers)."""
     if k < 1:
         raise ConfigError(f"heatmap: top_k = {k} must be >= 1")
-    y = np.asarray(tumour_tiles, dtype=bool).reshape(-1)
+    frac = np.asarray(tumour_fraction, dtype=np.float64).reshape(-1)
+    y = frac >= threshold
     sel = np.asarray(selected, dtype=bool).reshape(-1)
     both = sel if aux is None else sel | np.asarray(aux, dtype=bool).reshape(-1)
     n_t = int(y.sum())
+    kk = min(k, len(y))
+    hits = topk_fraction(scores, y, kk) * kk if n_t else math.nan
     return SlideEvaluation(
         slide_id=slide_id,
         n_tiles=len(y),
         n_tumour_tiles=n_t,
-        k=min(k, len(y)),
+        k=kk,
         auc=roc_auc(scores, y),
-        topk_in_tumour=topk_fraction(scores, y, k) if n_t else math.nan,
+        topk_in_tumour=hits / kk if n_t else math.nan,
+        topk_in_tumour_norm=hits / min(kk, n_t) if n_t else math.nan,
+        topk_touching_tumour=topk_fraction(scores, frac > 0, kk) if n_t else math.nan,
         tumour_selected=_frac(int((y & sel).sum()), n_t),
         tumour_selected_aux=_frac(int((y & both).sum()), n_t),
         selected_in_tumour=_frac(int((y & sel).sum()), int(sel.sum())) if n_t else math.nan,
     )
 
 
-METRICS = ("auc", "topk_in_tumour", "tumour_selected", "tumour_selected_aux", "selected_in_tumour")
+METRICS = (
+    "auc",
+    "topk_in_tumour",
+    "topk_in_tumour_norm",
+    "topk_touching_tumour",
+    "tumour_selected",
+    "tumour_selected_aux",
+    "selected_in_tumour",
+)
 
 
 def summarise(evals: Sequence[SlideEvaluation]) -> dict[str, float | int]:

@@ -15,6 +15,8 @@ as {relative output path: file} for :mod:`wsipipe.jobs` to publish atomically:
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -23,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from wsipipe.config import atomic_write_text
 from wsipipe.heatmap.config import HeatmapConfig
+from wsipipe.heatmap.evaluate import METRICS, summarise
 from wsipipe.heatmap.figures import colour_bar, draw_outlines, gallery, with_colour_bar
 from wsipipe.heatmap.geojson import write_tiles_geojson
 from wsipipe.heatmap.pyramid import PyramidGeometry, write_heatmap_tiff
@@ -54,8 +58,12 @@ class SlideCanvas:
 
 
 def overlay_mpp(cfg: HeatmapConfig, width: int, height: int, mpp: float) -> float:
-    """The overlay resolution: ``overlay_mpp``, coarsened to at most ``overlay_max_px``."""
-    return max(cfg.overlay_mpp, max(width, height) * mpp / cfg.overlay_max_px, mpp)
+    """The overlay resolution (um/px): ``overlay_mpp``, refined when the slide's longest side
+    would be under ``overlay_min_px`` px, coarsened when over ``overlay_max_px``, never
+    finer than the slide."""
+    longest_um = max(width, height) * mpp
+    target = min(cfg.overlay_mpp, longest_um / cfg.overlay_min_px)
+    return max(target, longest_um / cfg.overlay_max_px, mpp)
 
 
 def load_canvas(
@@ -160,41 +168,49 @@ def write_slide_outputs(
     evaluation: dict[str, Any] | None,
     cfg: HeatmapConfig,
 ) -> dict[str, Path]:
-    """Write every output of one slide into ``tmp``; return {relative path: file}."""
+    """Write every output of one slide into ``tmp``; return {relative path: file}.
+
+    The independent writers (overlay, gallery, pyramid, GeoJSON, CSV) run on ``cfg.threads``
+    threads (numpy, zlib and PNG encoding release the GIL); the tables that record the
+    prediction are written last.
+    """
     meta = store.meta
     size = int(meta.tile_size_level0)
     mpp = canvas.mpp
+    lut = colormap_lut(cfg.colormap)
     outputs: dict[str, Path] = {}
+    notes: dict[str, Any] = {}
 
     def out(rel: str) -> Path:
         path = tmp / rel.replace("/", "__")
         outputs[rel] = path
         return path
 
-    _save_png(out(f"overlay/{slide_id}.png"), render_overlay(canvas, table, size, cfg))
+    def overlay() -> None:
+        _save_png(out(f"overlay/{slide_id}.png"), render_overlay(canvas, table, size, cfg))
 
-    top = top_k(table.score, cfg.top_k)
-    try:
-        tiles = read_top_tiles(store, meta.slide_path, meta.reader, mpp, top)
-    except Exception as exc:  # the gallery is a convenience: never fail a slide for it
-        prediction = {**prediction, "gallery_error": " ".join(str(exc).split())[:200]}
-        tiles = np.zeros((0, 8, 8, 3), np.uint8)
-    captions = [
-        f"#{r + 1} {table.score[i]:.2e}{' M' if table.selected[i] else ''}"
-        for r, i in enumerate(top[: len(tiles)])
-    ]
-    _save_png(out(f"gallery/{slide_id}.png"), gallery(tiles, captions, 5, cfg.gallery_px))
+    def top_gallery() -> None:
+        top = top_k(table.score, cfg.top_k)
+        try:
+            tiles = read_top_tiles(store, meta.slide_path, meta.reader, mpp, top)
+        except Exception as exc:  # the gallery is a convenience: never fail a slide for it
+            notes["gallery_error"] = " ".join(str(exc).split())[:200]
+            tiles = np.zeros((0, 8, 8, 3), np.uint8)
+        captions = [
+            f"#{r + 1} {table.score[i]:.2e}{' M' if table.selected[i] else ''}"
+            for r, i in enumerate(top[: len(tiles)])
+        ]
+        _save_png(out(f"gallery/{slide_id}.png"), gallery(tiles, captions, 5, cfg.gallery_px))
 
-    lut = colormap_lut(cfg.colormap)
-    if cfg.pyramid:
+    def pyramid() -> None:
         geo = PyramidGeometry.for_mpp(canvas.width, canvas.height, mpp, cfg.pyramid_mpp)
+        notes.update(pyramid_mpp=geo.mpp, pyramid_downsample=geo.downsample)
         write_heatmap_tiff(
             out(f"pyramid/{slide_id}.tif"), geo, table.coords, size, table.score_norm, lut,
-            cfg.smooth_um, cfg.pyramid_compression,
+            cfg.smooth_um, cfg.pyramid_compression, threads=min(cfg.threads, 4),
         )  # fmt: skip
-        prediction = {**prediction, "pyramid_mpp": geo.mpp, "pyramid_downsample": geo.downsample}
 
-    if cfg.geojson:
+    def tiles_geojson() -> None:
         meas: dict[str, np.ndarray] = {
             "attention": table.score,
             "attention_norm": table.score_norm,
@@ -206,7 +222,23 @@ def write_slide_outputs(
         colours = lut[np.clip(np.rint(table.score_norm * 255), 0, 255).astype(np.intp)]
         write_tiles_geojson(out(f"geojson/{slide_id}.geojson"), table.coords, size, meas, colours)
 
-    write_scores_csv(out(f"scores/{slide_id}.csv"), table)
+    def scores_csv() -> None:
+        write_scores_csv(out(f"scores/{slide_id}.csv"), table)
+
+    tasks = [overlay, top_gallery, scores_csv]
+    tasks += [pyramid] if cfg.pyramid else []
+    tasks += [tiles_geojson] if cfg.geojson else []
+    if cfg.threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="heatmap") as pool:
+            for fut in [pool.submit(task) for task in tasks]:
+                fut.result()  # re-raises a writer's error
+    else:
+        for task in tasks:
+            task()
+
+    prediction = {**prediction, **notes}
     attrs = {
         "slide_id": slide_id,
         "slide_path": meta.slide_path,
@@ -217,7 +249,6 @@ def write_slide_outputs(
         "prediction": prediction,
     }
     write_scores(out(f"scores/{slide_id}{store_suffix}"), table, size, attrs)
-
     text = json.dumps(_clean(prediction), indent=1)
     out(f"predictions/{slide_id}.json").write_text(text + "\n")
     if evaluation is not None:

@@ -14,8 +14,24 @@ so it covers the slide's full physical extent at ``mpp = slide_mpp * downsample`
 ((i + 0.5) * downsample, (j + 0.5) * downsample). A viewer that scales images by their mpp
 overlays it exactly on the slide.
 
-Memory: every TIFF tile is rendered on its own from the O(N) tile scores (the tiles touching
-it are found through a bucket index), so no level is ever held whole in memory.
+Memory: every TIFF tile is rendered on its own from the O(N) tile scores -- by a per-pixel
+lookup in a per-cell colour table when the tiles lie on a regular non-overlapping grid (the
+tiler's layout), else by averaging the tiles found through a bucket index -- so no level is
+ever held whole in memory.
+
+Viewing it over the slide (the transform is a pure scale by ``Downsample``, recorded in the
+description together with the slide's size):
+
+* QuPath: add the slide and the heatmap TIFF to a project; open the slide, then
+  Analyze > Interactive image alignment, add the heatmap as overlay, set its scale to
+  ``Downsample`` (no rotation or shift) and choose the opacity. For a quick look import
+  ``geojson/<id>.geojson`` instead (File > Import objects) and colour the tiles by the
+  ``attention`` measurement (Measure > Show measurement maps).
+* ASAP: open the slide, then load the TIFF as an overlay image; ASAP stretches an overlay
+  to the slide by the ratio of their dimensions, which is ``Downsample`` here.
+* Python: ``openslide.OpenSlide(tif)`` / ``tiffslide.TiffSlide(tif)`` report the heatmap's
+  dimensions and ``mpp-x`` / ``mpp-y``; heatmap pixel (i, j) <-> slide level-0
+  ((i + 0.5) * Downsample, (j + 0.5) * Downsample).
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ from wsipipe.heatmap.render import colorize, render_values, smoothing_margin, ti
 COMPRESSIONS = ("deflate", "jpeg", "none")
 _LEVEL_FACTOR = 4
 _THUMB_MAX = 512  # longest side of the thumbnail page
+_BUFFER_BYTES = 16 * 2**20  # tiles handed to tifffile's compression threads at a time
 
 
 @dataclass(frozen=True)
@@ -248,13 +265,15 @@ def write_heatmap_tiff(
     compression: str = "deflate",
     background: Sequence[int] = (255, 255, 255),
     jpeg_quality: int = 90,
+    threads: int = 1,
 ) -> None:
     """Write the heatmap pyramid of one slide (see the module docstring).
 
     coords (N, 2) slide level-0 (x, y) tile top-lefts; size_level0: tile footprint in slide
     level-0 px; values (N,) in [0, 1] (normalised scores); lut (256, 3) uint8 colour map;
     smooth_um: Gaussian sigma in um (0 = exact tile squares); pixels with no tile get
-    ``background``. ``path`` is written as given (the caller publishes it atomically).
+    ``background``; ``threads`` compress TIFF tiles in parallel (at most ~16 MB of tiles in
+    flight). ``path`` is written as given (the caller publishes it atomically).
     """
     if compression not in COMPRESSIONS:
         raise ConfigError(
@@ -277,6 +296,8 @@ def write_heatmap_tiff(
         "resolutionunit": "CENTIMETER",
         "metadata": None,
         "software": False,
+        "maxworkers": max(1, threads),
+        "buffersize": _BUFFER_BYTES,
         **comp,
     }
     levels = geo.levels()

@@ -157,7 +157,7 @@ def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict
             frac = tumour_fraction(coords, size, tumour, exclusion)
             extra["tumour_fraction"] = frac
             ev = evaluate_slide(
-                job.slide_id, score, frac >= cfg.tumour_threshold, selected, aux, cfg.top_k
+                job.slide_id, score, frac, selected, aux, cfg.top_k, cfg.tumour_threshold
             )
             evaluation = {**ev.to_row(), "annotations": str(ann) if ann else None}
 

@@ -15,7 +15,6 @@ from wsipipe.slide.info import READERS, SlideInfo
 from wsipipe.slide.levels import (
     TileGeometry,
     choose_level,
-    mpp_matches,
     plan_stripes,
     thumbnail_plan,
     tile_geometry,
@@ -222,9 +221,10 @@ class Slide:
         )
 
     def _fast_source(self, geometry: TileGeometry) -> tuple[TileSource | None, str]:
+        # Aligned stored tiles are decoded directly whether or not the level matches the
+        # target: when it does not, the decoded region is resized exactly as a backend read
+        # would be (e.g. 2x2 tiles at 0.25 um/px -> one 0.5 um/px tile).
         level, read_px = geometry.level, geometry.read_px
-        if not mpp_matches(geometry.level_mpp, geometry.target_mpp):
-            return None, "no pyramid level matches the target mpp within 1%"
         if level not in self._indexes:
             w, h = self.info.level_dimensions[level]
             self._indexes[level] = level_index(self.path, w, h, self.info.vendor, self.reader)

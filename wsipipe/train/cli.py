@@ -25,118 +25,145 @@ def _overrides(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_command(
-    labels: Annotated[str | None, Opt(help="Labels CSV: slide_id,label[,split][,fold].")] = None,
+    labels: Annotated[
+        str | None, Opt(help="Labels CSV: slide_id,label and optional split, fold columns.")
+    ] = None,
     stores: Annotated[
         str | None, Opt(help="`wsipipe tile --out` directory (or its stores/ folder).")
     ] = None,
-    out: Annotated[str | None, Opt(help="Run directory [runs/train].")] = None,
+    out: Annotated[str | None, Opt(help="Run directory (default: runs/train).")] = None,
     config: Annotated[
         str | None,
         Opt(help="YAML file or preset (quickstart, camelyon16-ips, camelyon16-dbps, ...)."),
     ] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out (checkpoints/last.pt).")] = False,
     eval_only: Annotated[
-        bool, Opt(help="Only evaluate --checkpoint [OUT/checkpoints/best.pt].")
+        bool, Opt(help="Only evaluate --checkpoint (default: OUT/checkpoints/best.pt).")
     ] = False,
     checkpoint: Annotated[str | None, Opt(help="Checkpoint for --eval-only.")] = None,
     eval_split: Annotated[
-        str | None, Opt(help="Split evaluated by --eval-only [the val split].")
+        str | None, Opt(help="Split evaluated by --eval-only (default: the val split).")
     ] = None,
-    method: Annotated[str | None, Opt(help="ips | dbps [ips].")] = None,
+    method: Annotated[str | None, Opt(help="ips | dbps (default: ips).")] = None,
     mode: Annotated[
-        str | None, Opt(help="pixels (end to end) | features (frozen encoder, cached) [pixels].")
+        str | None,
+        Opt(help="pixels (end to end) | features (frozen encoder, cached) (default: pixels)."),
     ] = None,
-    M: Annotated[int | None, Opt("--M", help="Tiles with gradients per slide [32].")] = None,
-    I: Annotated[int | None, Opt("--I", help="Tiles encoded per scan step [256].")] = None,  # noqa: E741
-    S: Annotated[int | None, Opt("--S", help="DBPS auxiliary buffer size [96].")] = None,
-    drop_ratio: Annotated[float | None, Opt(help="Patch drop ratio in training [0.1].")] = None,
+    M: Annotated[
+        int | None, Opt("--M", help="Tiles with gradients per slide (default: 32).")
+    ] = None,
+    I: Annotated[int | None, Opt("--I", help="Tiles encoded per scan step (default: 256).")] = None,  # noqa: E741
+    S: Annotated[int | None, Opt("--S", help="DBPS auxiliary buffer size (default: 96).")] = None,
+    drop_ratio: Annotated[
+        float | None, Opt(help="Patch drop ratio in training (default: 0.1).")
+    ] = None,
     shuffle_tiles: Annotated[
-        bool | None, Opt("--shuffle-tiles/--no-shuffle-tiles", help="Shuffle tile order [no].")
+        bool | None,
+        Opt("--shuffle-tiles/--no-shuffle-tiles", help="Shuffle tile order (default: no)."),
     ] = None,
-    encoder: Annotated[str | None, Opt(help="timm encoder name or hf-hub:... [resnet50].")] = None,
+    encoder: Annotated[
+        str | None, Opt(help="timm encoder name or hf-hub:... (default: resnet50).")
+    ] = None,
     pretrained: Annotated[
-        bool | None, Opt("--pretrained/--no-pretrained", help="Pretrained encoder weights [yes].")
+        bool | None,
+        Opt("--pretrained/--no-pretrained", help="Pretrained encoder weights (default: yes)."),
     ] = None,
     input_px: Annotated[
-        int | None, Opt(help="Resize tiles to this size before encoding; 0 = as stored [0].")
+        int | None,
+        Opt(help="Resize tiles to this size before encoding; 0 = as stored (default: 0)."),
     ] = None,
     grad_checkpointing: Annotated[
         bool | None,
-        Opt("--grad-checkpointing/--no-grad-checkpointing", help="Encoder checkpointing [no]."),
+        Opt(
+            "--grad-checkpointing/--no-grad-checkpointing",
+            help="Encoder checkpointing (default: no).",
+        ),
     ] = None,
     freeze_bn: Annotated[
         bool | None,
         Opt(
-            "--freeze-bn/--no-freeze-bn", help="Fix encoder BatchNorm statistics in training [yes]."
+            "--freeze-bn/--no-freeze-bn",
+            help="Fix encoder BN statistics (default: pixels yes, features no).",
         ),
     ] = None,
     calibrate_bn: Annotated[
         bool | None,
         Opt(
             "--calibrate-bn/--no-calibrate-bn",
-            help="Estimate frozen BN statistics on training tiles first [auto: if not pretrained].",
+            help="Estimate frozen BN statistics from tiles (default: if random init).",
         ),
     ] = None,
     calibrate_tiles: Annotated[
-        int | None, Opt(help="Tiles used to estimate BN statistics [2048].")
+        int | None, Opt(help="Tiles used to estimate BN statistics (default: 2048).")
+    ] = None,
+    calibrate_every: Annotated[
+        int | None, Opt(help="Re-estimate BN statistics every N epochs; 0 = once (default: 1).")
     ] = None,
     channels_last: Annotated[
-        bool | None, Opt("--channels-last/--no-channels-last", help="channels_last [yes].")
+        bool | None, Opt("--channels-last/--no-channels-last", help="channels_last (default: yes).")
     ] = None,
     compile: Annotated[
-        bool | None, Opt("--compile/--no-compile", help="torch.compile the encoder [no].")
+        bool | None, Opt("--compile/--no-compile", help="torch.compile the encoder (default: no).")
     ] = None,
     features_dir: Annotated[
-        str | None, Opt(help="Features cache [<tile out>/features/<encoder>].")
+        str | None, Opt(help="Features cache (default: <tile out>/features/<encoder>).")
     ] = None,
-    embed_batch: Annotated[int | None, Opt(help="Tiles per chunk when embedding [256].")] = None,
-    dim: Annotated[int | None, Opt(help="Aggregator width D [512].")] = None,
-    heads: Annotated[int | None, Opt(help="Attention heads H [8].")] = None,
-    dim_head: Annotated[int | None, Opt(help="Head width D_k [64].")] = None,
-    dim_inner: Annotated[int | None, Opt(help="MLP width D_inner [2048].")] = None,
-    dropout: Annotated[float | None, Opt(help="Dropout [0.1].")] = None,
-    attn_dropout: Annotated[float | None, Opt(help="Attention dropout [0.1].")] = None,
-    batch_size: Annotated[int | None, Opt(help="Slides per optimiser step [16].")] = None,
+    embed_batch: Annotated[
+        int | None, Opt(help="Tiles per chunk when embedding (default: 256).")
+    ] = None,
+    dim: Annotated[int | None, Opt(help="Aggregator width D (default: 512).")] = None,
+    heads: Annotated[int | None, Opt(help="Attention heads H (default: 8).")] = None,
+    dim_head: Annotated[int | None, Opt(help="Head width D_k (default: 64).")] = None,
+    dim_inner: Annotated[int | None, Opt(help="MLP width D_inner (default: 2048).")] = None,
+    dropout: Annotated[float | None, Opt(help="Dropout (default: 0.1).")] = None,
+    attn_dropout: Annotated[float | None, Opt(help="Attention dropout (default: 0.1).")] = None,
+    batch_size: Annotated[int | None, Opt(help="Slides per optimiser step (default: 16).")] = None,
     micro_batch: Annotated[
-        int | None, Opt(help="Slides per gradient pass, accumulated; 0 = whole batch [0].")
+        int | None, Opt(help="Slides per gradient pass, accumulated; 0 = whole batch (default: 0).")
     ] = None,
-    epochs: Annotated[int | None, Opt(help="Epochs [50].")] = None,
-    warmup_epochs: Annotated[float | None, Opt(help="Linear warm-up epochs [10].")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate (AdamW) [3e-4].")] = None,
-    min_lr_ratio: Annotated[float | None, Opt(help="Final lr / peak lr [0.001].")] = None,
-    weight_decay: Annotated[float | None, Opt(help="AdamW weight decay [0.1].")] = None,
-    grad_clip: Annotated[float | None, Opt(help="Gradient norm clip; 0 = off [1.0].")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed [0].")] = None,
+    epochs: Annotated[int | None, Opt(help="Epochs (default: 50).")] = None,
+    warmup_epochs: Annotated[float | None, Opt(help="Linear warm-up epochs (default: 10).")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate (AdamW) (default: 3e-4).")] = None,
+    min_lr_ratio: Annotated[float | None, Opt(help="Final lr / peak lr (default: 0.001).")] = None,
+    weight_decay: Annotated[float | None, Opt(help="AdamW weight decay (default: 0.1).")] = None,
+    grad_clip: Annotated[
+        float | None, Opt(help="Gradient norm clip; 0 = off (default: 1.0).")
+    ] = None,
+    seed: Annotated[int | None, Opt(help="Random seed (default: 0).")] = None,
     deterministic: Annotated[
         bool | None,
-        Opt("--deterministic/--no-deterministic", help="Deterministic algorithms [no]."),
+        Opt("--deterministic/--no-deterministic", help="Deterministic algorithms (default: no)."),
     ] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N [auto].")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
     precision: Annotated[
-        str | None, Opt(help="auto | bf16 | fp16 | fp32 [auto: bf16 on CUDA, fp32 on CPU].")
+        str | None, Opt(help="auto | bf16 | fp16 | fp32 (default auto: bf16 on CUDA, fp32 on CPU).")
     ] = None,
-    workers: Annotated[int | None, Opt(help="Tile loader worker processes [4].")] = None,
-    prefetch: Annotated[int | None, Opt(help="Chunks prefetched per worker [2].")] = None,
+    workers: Annotated[int | None, Opt(help="Tile loader worker processes (default: 4).")] = None,
+    prefetch: Annotated[int | None, Opt(help="Chunks prefetched per worker (default: 2).")] = None,
     progress: Annotated[
-        bool | None, Opt("--progress/--no-progress", help="Progress bar [yes].")
+        bool | None, Opt("--progress/--no-progress", help="Progress bar (default: yes).")
     ] = None,
     tensorboard: Annotated[
-        bool | None, Opt("--tensorboard/--no-tensorboard", help="TensorBoard if installed [yes].")
+        bool | None,
+        Opt("--tensorboard/--no-tensorboard", help="TensorBoard if installed (default: yes)."),
     ] = None,
-    label_column: Annotated[str | None, Opt(help="Label column [label].")] = None,
-    split_column: Annotated[str | None, Opt(help="Split column [split].")] = None,
-    train_split: Annotated[str | None, Opt(help="Training split value [train].")] = None,
-    val_split: Annotated[str | None, Opt(help="Validation split value [val].")] = None,
-    fold_column: Annotated[str | None, Opt(help="Fold column [fold].")] = None,
+    label_column: Annotated[str | None, Opt(help="Label column (default: label).")] = None,
+    split_column: Annotated[str | None, Opt(help="Split column (default: split).")] = None,
+    train_split: Annotated[str | None, Opt(help="Training split value (default: train).")] = None,
+    val_split: Annotated[str | None, Opt(help="Validation split value (default: val).")] = None,
+    fold_column: Annotated[str | None, Opt(help="Fold column (default: fold).")] = None,
     fold: Annotated[
         int | None, Opt(help="Cross-validation: validate on this fold, train on the others.")
     ] = None,
     classes: Annotated[
-        str | None, Opt(help="Comma-separated class order [sorted labels of the CSV].")
+        str | None, Opt(help="Comma-separated class order (default: sorted labels of the CSV).")
     ] = None,
     shuffle_labels: Annotated[
         bool | None,
-        Opt("--shuffle-labels/--no-shuffle-labels", help="Control: permute train labels [no]."),
+        Opt(
+            "--shuffle-labels/--no-shuffle-labels",
+            help="Control: permute train labels (default: no).",
+        ),
     ] = None,
 ) -> None:
     """Train a slide classifier end to end with IPS or DBPS, streaming tiles from stores."""
@@ -184,19 +211,21 @@ def predict_command(
     checkpoint: Annotated[str, Opt(help="Checkpoint (a run's checkpoints/best.pt).")],
     out: Annotated[str, Opt(help="Output folder for predictions.csv and metrics.json.")],
     stores: Annotated[
-        str | None, Opt(help="`wsipipe tile --out` directory [the training run's].")
+        str | None, Opt(help="`wsipipe tile --out` directory (default: the training run's).")
     ] = None,
     labels: Annotated[
         str | None, Opt(help="Labels CSV; with --split predicts that split's slides.")
     ] = None,
-    split: Annotated[str | None, Opt(help="Split of the labels CSV to predict [all rows].")] = None,
+    split: Annotated[
+        str | None, Opt(help="Split of the labels CSV to predict (default: all rows).")
+    ] = None,
     store: Annotated[
         list[str] | None, Opt("--store", help="Explicit store path(s), repeatable.")
     ] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N [auto].")] = None,
-    workers: Annotated[int | None, Opt(help="Tile loader workers [the run's].")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
+    workers: Annotated[int | None, Opt(help="Tile loader workers (default: the run's).")] = None,
     features_dir: Annotated[
-        str | None, Opt(help="Features cache (features mode) [the run's].")
+        str | None, Opt(help="Features cache (features mode) (default: the run's).")
     ] = None,
 ) -> None:
     """Slide-level predictions (and metrics when labeled) of a trained checkpoint."""
@@ -213,18 +242,20 @@ def predict_command(
 
 def embed_command(
     stores: Annotated[str, Opt(help="`wsipipe tile --out` directory.")],
-    encoder: Annotated[str | None, Opt(help="timm encoder name [resnet50].")] = None,
+    encoder: Annotated[str | None, Opt(help="timm encoder name (default: resnet50).")] = None,
     pretrained: Annotated[
-        bool | None, Opt("--pretrained/--no-pretrained", help="Pretrained weights [yes].")
+        bool | None, Opt("--pretrained/--no-pretrained", help="Pretrained weights (default: yes).")
     ] = None,
-    input_px: Annotated[int | None, Opt(help="Resize tiles to this size [0 = as stored].")] = None,
+    input_px: Annotated[
+        int | None, Opt(help="Resize tiles to this size (default: 0 = as stored).")
+    ] = None,
     features_dir: Annotated[
-        str | None, Opt(help="Cache folder [<tile out>/features/<encoder>].")
+        str | None, Opt(help="Cache folder (default: <tile out>/features/<encoder>).")
     ] = None,
-    embed_batch: Annotated[int | None, Opt(help="Tiles per chunk [256].")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N [auto].")] = None,
-    precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32 [auto].")] = None,
-    workers: Annotated[int | None, Opt(help="Tile loader workers [4].")] = None,
+    embed_batch: Annotated[int | None, Opt(help="Tiles per chunk (default: 256).")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
+    precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32 (default: auto).")] = None,
+    workers: Annotated[int | None, Opt(help="Tile loader workers (default: 4).")] = None,
     config: Annotated[str | None, Opt(help="YAML file or preset with these fields.")] = None,
 ) -> None:
     """Compute and cache each tile's frozen-encoder feature for features-mode training."""

@@ -53,14 +53,16 @@ class TrainConfig:
     pretrained: bool = True
     input_px: int = 0  # resize tiles to this size before encoding; 0 = store tile size
     grad_checkpointing: bool = False
-    # Pixel encoders: BatchNorm in eval mode during the gradient pass (statistics fixed,
-    # affine trained) so that the scan and the gradient pass embed tiles alike and batches of
-    # few slides do not leak through batch statistics. The features encoder's BN always trains.
-    freeze_bn: bool = True
-    # Before training, estimate the (frozen) BatchNorm statistics on `calibrate_tiles` training
-    # tiles; None = auto: when the encoder is not pretrained (random init has no statistics).
+    # Encoder BatchNorm in eval mode during the gradient pass (statistics fixed, affine
+    # trained) so that the scan and the gradient pass embed tiles alike and batches of few
+    # slides do not leak labels through batch statistics. None = auto: frozen for pixel
+    # encoders, trained for the features encoder (as in the papers, batch 16 x M=5000).
+    freeze_bn: bool | None = None
+    # Before training, estimate the frozen statistics on `calibrate_tiles` training tiles;
+    # None = auto: when the encoder is randomly initialised (not pretrained / features mode).
     calibrate_bn: bool | None = None
     calibrate_tiles: int = 2048
+    calibrate_every: int = 1  # re-estimate them every this many epochs; 0 = only at the start
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoder
     features_dir: str = ""  # features mode cache; "" = <stores root>/features/<encoder>
@@ -113,6 +115,7 @@ class TrainConfig:
             "workers": self.workers,
             "input_px": self.input_px,
             "calibrate_tiles": self.calibrate_tiles,
+            "calibrate_every": self.calibrate_every,
             "weight_decay": self.weight_decay,
             "grad_clip": self.grad_clip,
             "warmup_epochs": self.warmup_epochs,
@@ -149,13 +152,14 @@ class TrainConfig:
 
     @property
     def bn_frozen(self) -> bool:
-        """Whether the pixel encoder's BatchNorm statistics stay fixed in training."""
-        return self.mode == "pixels" and self.freeze_bn
+        """Whether the encoder's BatchNorm statistics stay fixed in training."""
+        return self.mode == "pixels" if self.freeze_bn is None else self.freeze_bn
 
     @property
     def bn_calibrated(self) -> bool:
-        """Whether a fresh run estimates the frozen BatchNorm statistics from data first."""
-        auto = not self.pretrained if self.calibrate_bn is None else self.calibrate_bn
+        """Whether the frozen BatchNorm statistics are estimated from training tiles."""
+        random_init = self.mode == "features" or not self.pretrained
+        auto = random_init if self.calibrate_bn is None else self.calibrate_bn
         return self.bn_frozen and auto and self.calibrate_tiles > 0
 
     @property

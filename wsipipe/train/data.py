@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wsipipe.errors import ConfigError, StoreError
+from wsipipe.errors import ConfigError, StoreError, WsipipeError
 from wsipipe.jobs import check_slide_id
 
 KINDS = ("store", "slide", "features")
@@ -93,8 +93,14 @@ def describe_store(slide_id: str, path: Path) -> SlideSpec:
 
     with open_store(path) as store:
         n = len(store)
-        kind = "slide" if store.meta.pixels == "none" else "store"
-        return SlideSpec(slide_id, kind, str(path), n, tile_px=int(store.meta.tile_px))
+        meta = store.meta
+    kind = "slide" if meta.pixels == "none" else "store"
+    if kind == "slide" and not Path(meta.slide_path).is_file():
+        raise StoreError(
+            f"{path} is a coords-only store but its slide {meta.slide_path} is missing; "
+            "restore the slide at that path or re-tile with pixels stored"
+        )
+    return SlideSpec(slide_id, kind, str(path), n, tile_px=int(meta.tile_px))
 
 
 # ---- tile sources ------------------------------------------------------------------------------
@@ -265,6 +271,7 @@ class PlanSampler(Sampler[ChunkRequest]):
 
     def __init__(self) -> None:
         self.plan: Iterator[ChunkRequest] | None = None
+        self.generation = 0  # bumped per new plan; older ChunkStreams become invalid
 
     def __iter__(self) -> Iterator[ChunkRequest]:
         # (the DataLoader may call iter() twice when it builds an iterator: hand out the same
@@ -322,15 +329,20 @@ class ChunkStream:
         self, loader: DataLoader[Chunk], sampler: PlanSampler, plan: Iterator[ChunkRequest]
     ) -> None:
         sampler.plan = plan
+        sampler.generation += 1
+        self._sampler = sampler
+        self._generation = sampler.generation
         self._it = iter(loader)
         self._left = 0
 
     def slide(self, expected: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Chunks ``(indices, tiles)`` of the next slide, which must be ``expected``."""
+        if self._sampler.generation != self._generation:
+            raise RuntimeError("this ChunkStream was superseded by a newer one on its loader")
         while self._left:  # a previous slide's iterator was not drained
-            next(self._it)
+            self._next()
             self._left -= 1
-        first = next(self._it)
+        first = self._next()
         if first.slide != expected or first.chunk != 0:
             raise RuntimeError(
                 f"chunk stream out of order: got slide {first.slide} "
@@ -342,11 +354,28 @@ class ChunkStream:
     def _gen(self, first: Chunk) -> Iterator[tuple[Tensor, Tensor]]:
         yield first.indices, first.tiles
         for c in range(1, first.n_chunks):
-            item = next(self._it)
+            item = self._next()
             self._left -= 1
             if item.slide != first.slide or item.chunk != c:
                 raise RuntimeError("chunk stream out of order within a slide")
             yield item.indices, item.tiles
+
+    def _next(self) -> Chunk:
+        try:
+            return next(self._it)
+        except WsipipeError as exc:  # raised in a worker: keep the one-line original message
+            raise type(exc)(worker_message(str(exc))) from None
+
+
+def worker_message(text: str) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker (whose
+    text carries the worker's traceback; its last line is ``module.Class: message``)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return text.strip()
+    last = lines[-1]
+    head, sep, msg = last.partition(": ")
+    return msg if sep and "." in head and " " not in head else last
 
 
 class TileFetcher:

@@ -34,7 +34,7 @@ from wsipipe.train.data import (
     make_loader,
     plan_chunks,
 )
-from wsipipe.train.distributed import DistInfo, barrier
+from wsipipe.train.distributed import DistInfo, barrier, broadcast_object
 
 FEATURE_DTYPE = np.float16
 
@@ -129,7 +129,11 @@ def embed_specs(
     from wsipipe.models import create_encoder
 
     fdir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i, s in enumerate(specs) if cached_spec(fdir, s, cfg) is None]
+    # rank 0 decides what is missing (a rank that looked later could see rank 0's first
+    # outputs and shard a different list)
+    todo = broadcast_object(
+        [i for i, s in enumerate(specs) if cached_spec(fdir, s, cfg) is None], dist
+    )
     mine = todo[dist.rank :: dist.world_size]
     if mine:
         torch.manual_seed(cfg.seed)  # identical frozen weights on every rank when random

@@ -15,11 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import resource
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,6 @@ from wsipipe.train.data import (
     ChunkDataset,
     ChunkStream,
     PlanSampler,
-    SlideSpec,
     TileFetcher,
     make_loader,
     plan_chunks,
@@ -63,51 +60,15 @@ from wsipipe.train.model import (
     make_optimizer,
 )
 from wsipipe.train.progress import RunProgress
-from wsipipe.train.schedule import WarmupCosine, schedule_steps
-
-#: fields that may change when resuming (they do not change what is computed)
-RESUMABLE_CHANGES = frozenset(
-    {
-        "workers",
-        "prefetch",
-        "progress",
-        "tensorboard",
-        "device",
-        "out",
-        "labels",
-        "stores",
-        "features_dir",
-    }
+from wsipipe.train.runs import (
+    check_resume_config,
+    config_for_resume,
+    epoch_line,
+    independent_labels,
+    peak_rss_mb,
+    prepare_specs,
 )
-
-
-def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    now = config_to_dict(cfg)
-    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if diff:
-        pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
-        raise ConfigError(
-            f"{path}: --resume with changed settings ({pairs}); resume with the run's own "
-            "config or start a new run with another --out"
-        )
-
-
-def independent_labels(y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
-    """Random labels independent of ``y`` (the label-shuffled control): within each true
-    class the slides get a balanced, shuffled assignment over all classes, so no class
-    carries information about the truth in the training set."""
-    rng = np.random.default_rng(seed)
-    out = np.empty_like(y)
-    offset = int(rng.integers(n_classes))
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        out[idx] = (np.arange(idx.size) + offset) % n_classes
-        offset = (offset + idx.size) % n_classes
-    return out
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from wsipipe.train.schedule import WarmupCosine, schedule_steps
 
 
 class Trainer:
@@ -159,14 +120,6 @@ class Trainer:
         self.calibrated_tiles = 0
         if resume:
             self._load(last)
-        if cfg.compile:
-            self.model.encoder.compile()
-        self.ddp: nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         self.st = ScanSettings(cfg.method, cfg.M, cfg.I, cfg.n_aux, self.device, self.amp)
         pin = self.device.type == "cuda"
         self.sampler = PlanSampler()
@@ -179,6 +132,16 @@ class Trainer:
             cfg.seed,
         )
         self.fetcher = TileFetcher(cfg.input_px, pin)
+        if self.epoch == 0 and self.step == 0 and cfg.bn_calibrated:
+            self._calibrate()  # before DDP wraps the model: it broadcasts rank 0's statistics
+        if cfg.compile:
+            self.model.encoder.compile()
+        self.ddp: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         if self.dist.is_main:
             save_config(
                 cfg, self.run_dir / "config.yaml", extra={"_classes": list(self.cohort.classes)}
@@ -226,11 +189,12 @@ class Trainer:
         restore_rng(ckpt["rng"])
 
     # ---- training -------------------------------------------------------------------------
-    def _calibrate(self) -> None:
-        """Fresh run, frozen BN of a random-init encoder: statistics from training tiles."""
+    def _calibrate(self, epoch: int = 0) -> None:
+        """Frozen BN of a random-init encoder: statistics estimated from training tiles (a
+        seeded sample per epoch), identical on every rank (rank 0's are broadcast)."""
         cfg = self.cfg
         train = self.cohort.train
-        order = [train[i] for i in shard_order(len(train), self.dist, 0, cfg.seed + 1, True)]
+        order = [train[i] for i in shard_order(len(train), self.dist, epoch, cfg.seed + 1, True)]
         stream = ChunkStream(self.loader, self.sampler, plan_chunks(order, self.specs, cfg.I))
 
         def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -240,14 +204,20 @@ class Trainer:
         self.calibrated_tiles = calibrate_batchnorm(
             self.model.encoder, chunks(), cfg.calibrate_tiles, self.device
         )
-        self.prog.log(f"BatchNorm statistics estimated on {self.calibrated_tiles} tiles")
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            for buf in self.model.encoder.buffers():
+                tdist.broadcast(buf, src=0)
+        if self.dist.is_main and cfg.progress:
+            RunProgress(False, True).log(
+                f"BatchNorm statistics estimated on {self.calibrated_tiles} tiles"
+            )
 
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         with RunProgress(cfg.progress, self.dist.is_main) as prog:
             self.prog = prog
-            if self.epoch == 0 and self.step == 0 and cfg.bn_calibrated:
-                self._calibrate()
             if self.epoch >= cfg.epochs:
                 prog.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
             while self.epoch < cfg.epochs:
@@ -261,6 +231,9 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         train = self.cohort.train
         order = [train[i] for i in shard_order(len(train), dist, epoch, cfg.seed, True)]
+        every = cfg.calibrate_every
+        if cfg.bn_calibrated and epoch > 0 and every > 0 and epoch % every == 0:
+            self._calibrate(epoch)  # weights moved: re-estimate the frozen statistics
         self._log_order(epoch, order)
         plan = plan_chunks(
             order, self.specs, cfg.I, cfg.drop_ratio, cfg.shuffle_tiles, cfg.seed, epoch
@@ -396,7 +369,7 @@ class Trainer:
                 src = self.run_dir / "predictions" / f"val_epoch_{self.epoch:03d}.csv"
                 shutil.copyfile(src, self.run_dir / "predictions" / "val_best.csv")
             save_checkpoint(self.ckpt_dir / "last.pt", state)
-            self.prog.log(_epoch_line(record, self.cfg.epochs))
+            self.prog.log(epoch_line(record, self.cfg.epochs))
         barrier(self.dist)
 
     def _log_order(self, epoch: int, order: list[int]) -> None:
@@ -416,49 +389,10 @@ class Trainer:
         del self.loader
 
 
-def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    def f(key: str, fmt: str) -> str:
-        v = r.get(key)
-        return format(v, fmt) if isinstance(v, (int, float)) else "nan"
-
-    return (
-        f"epoch {r['epoch']}/{epochs}  loss {f('train_loss', '.4f')}  "
-        f"val_auc {f('val_auc', '.3f')}  val_bacc {f('val_bacc', '.3f')}  "
-        f"val_loss {f('val_loss', '.4f')}  {f('slides_per_s', '.2f')} slides/s  "
-        f"{f('scan_tiles_per_s', ',.0f')} scan tiles/s  lr {f('lr', '.2e')}"
-    )
-
-
-def prepare_specs(
-    specs: list[SlideSpec],
-    stores_dir: Path | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    amp: torch.dtype | None,
-    dist: DistInfo,
-) -> tuple[list[SlideSpec], int]:
-    """Pixel specs as they are; in features mode the (computed if needed) feature specs."""
-    if cfg.mode != "features":
-        return specs, 0
-    from wsipipe.train.features import embed_specs, features_dir_for
-
-    fdir = features_dir_for(stores_dir, cfg)
-    out = embed_specs(specs, fdir, cfg, device, amp, dist)
-    return out, out[0].feature_dim
-
-
 def train(cfg: TrainConfig, resume: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) training; returns the per-epoch metric records (rank 0)."""
     trainer = Trainer(cfg, resume=resume)
     return trainer.fit()
 
 
-def config_for_resume(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The run's saved config with (runtime) CLI overrides applied."""
-    from wsipipe.train.config import load_train_config
-
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"{run_dir}: no config.yaml to resume from; check --out")
-    cfg = load_train_config(path, overrides)
-    return replace(cfg, out=str(run_dir))
+__all__ = ["Trainer", "config_for_resume", "independent_labels", "prepare_specs", "train"]

@@ -113,16 +113,16 @@ def calibrate_batchnorm(
             for _, tiles in chunks:
                 take = tiles[: max_tiles - seen]
                 if take.shape[0] < 2:  # BatchNorm needs >= 2 samples per batch
-                    break
+                    continue
                 encoder(take.to(device, non_blocking=True))
                 seen += int(take.shape[0])
                 if seen >= max_tiles:
                     break
     finally:
-        for m, mom in zip(bns, momenta, strict=True):
-            m.momentum = mom
-        for m, was in states:
-            m.training = was
+        for bn, mom in zip(bns, momenta, strict=True):
+            bn.momentum = mom
+        for mod, was in states:
+            mod.training = was
     return seen
 
 

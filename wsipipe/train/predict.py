@@ -47,9 +47,9 @@ def predict(
     from wsipipe.train.data import ChunkDataset, PlanSampler, TileFetcher, make_loader
     from wsipipe.train.distributed import env_dist, init_distributed, resolve_device
     from wsipipe.train.engine import ScanSettings, predict_slides
-    from wsipipe.train.loop import prepare_specs
     from wsipipe.train.metrics import slide_metrics, write_predictions
     from wsipipe.train.model import amp_dtype_for, build_model
+    from wsipipe.train.runs import prepare_specs
 
     ckpt = load_checkpoint(checkpoint)
     saved = {k: v for k, v in ckpt["config"].items() if not str(k).startswith("_")}

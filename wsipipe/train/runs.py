@@ -1,0 +1,104 @@
+"""Run helpers: what may change on resume, the label-shuffled control, feature preparation,
+epoch summary lines. Pure functions or thin I/O, used by the training loop and predict."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsipipe.config import config_to_dict
+from wsipipe.errors import ConfigError
+from wsipipe.train.config import TrainConfig
+from wsipipe.train.data import SlideSpec
+from wsipipe.train.distributed import DistInfo
+
+#: fields that may change when resuming (they do not change what is computed)
+RESUMABLE_CHANGES = frozenset(
+    {
+        "workers",
+        "prefetch",
+        "progress",
+        "tensorboard",
+        "device",
+        "out",
+        "labels",
+        "stores",
+        "features_dir",
+    }
+)
+
+
+def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    now = config_to_dict(cfg)
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if diff:
+        pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise ConfigError(
+            f"{path}: --resume with changed settings ({pairs}); resume with the run's own "
+            "config or start a new run with another --out"
+        )
+
+
+def independent_labels(y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+    """Random labels independent of ``y`` (the label-shuffled control): within each true
+    class the slides get a balanced, shuffled assignment over all classes, so no class
+    carries information about the truth in the training set."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(y)
+    offset = int(rng.integers(n_classes))
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        out[idx] = (np.arange(idx.size) + offset) % n_classes
+        offset = (offset + idx.size) % n_classes
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def epoch_line(r: dict[str, Any], epochs: int) -> str:
+    def f(key: str, fmt: str) -> str:
+        v = r.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) else "nan"
+
+    return (
+        f"epoch {r['epoch']}/{epochs}  loss {f('train_loss', '.4f')}  "
+        f"val_auc {f('val_auc', '.3f')}  val_bacc {f('val_bacc', '.3f')}  "
+        f"val_loss {f('val_loss', '.4f')}  {f('slides_per_s', '.2f')} slides/s  "
+        f"{f('scan_tiles_per_s', ',.0f')} scan tiles/s  lr {f('lr', '.2e')}"
+    )
+
+
+def prepare_specs(
+    specs: list[SlideSpec],
+    stores_dir: Path | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+    dist: DistInfo,
+) -> tuple[list[SlideSpec], int]:
+    """Pixel specs as they are; in features mode the (computed if needed) feature specs."""
+    if cfg.mode != "features":
+        return specs, 0
+    from wsipipe.train.features import embed_specs, features_dir_for
+
+    fdir = features_dir_for(stores_dir, cfg)
+    out = embed_specs(specs, fdir, cfg, device, amp, dist)
+    return out, out[0].feature_dim
+
+
+def config_for_resume(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The run's saved config with (runtime) CLI overrides applied."""
+    from wsipipe.train.config import load_train_config
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir}: no config.yaml to resume from; check --out")
+    cfg = load_train_config(path, overrides)
+    return replace(cfg, out=str(run_dir))
