@@ -17,7 +17,9 @@ slide reader's cost, see bench_read). Peak RSS: each alone in a fresh process (i
 ru_maxrss). Time: both alternately in one warmed-up process, 2-3 times each (once in quick
 mode), each one's fastest run kept (a shared machine's load drifts). The tiny encoder makes
 the scan far cheaper than a real one would (~8k tiles/s here vs ~100 for a ResNet-50 on
-CPU), so the outputs' share is an upper bound. Goals: heatmap <= 1.2x the scan, peak RSS <= 2 GB.
+CPU), so the outputs' share is an upper bound; full mode adds the quick start's model
+(resnet18 at 128 px, 5k tiles) for a realistic ratio. Goals: heatmap <= 1.2x the scan,
+peak RSS <= 2 GB.
 """
 
 from __future__ import annotations
@@ -36,17 +38,17 @@ TILE0, TILE_PX, MPP = 256, 32, 0.5
 ENCODER = "test_resnet.r160_in1k"
 
 
-def _build(n: int) -> tuple[Path, Path]:
-    """(tile dir with stores/slide<n>.h5, checkpoint); built once and cached."""
+def _build(n: int, model: str = "tiny") -> tuple[Path, Path]:
+    """(tile dir with stores/slide<n>.h5, checkpoint of ``model``); built once and cached."""
     import numpy as np
 
     from wsipipe.store import StoreMeta, create_store, encode_tile
 
     tile_dir = OUT / f"tiles_{n}"
     store = tile_dir / "stores" / f"slide{n}.h5"
-    ckpt = OUT / "ckpt.pt"
+    ckpt = OUT / f"ckpt_{model}.pt"
     if not ckpt.exists():
-        _checkpoint(ckpt)
+        _checkpoint(ckpt, model)
     if store.exists():
         return tile_dir, ckpt
     store.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,7 @@ def _build(n: int) -> tuple[Path, Path]:
     return tile_dir, ckpt
 
 
-def _checkpoint(path: Path) -> None:
+def _checkpoint(path: Path, model: str) -> None:
     import torch
 
     from wsipipe.config import config_to_dict
@@ -83,20 +85,26 @@ def _checkpoint(path: Path) -> None:
     from wsipipe.train.config import TrainConfig
     from wsipipe.train.model import build_model
 
+    if model == "tiny":
+        arch: dict[str, object] = {"encoder": ENCODER, "dim": 64, "dim_inner": 128, "I": 256}
+    else:  # the quick start's model: resnet18 at 128 px
+        arch = {"encoder": "resnet18", "input_px": 128, "dim": 128, "dim_inner": 256, "I": 64}
     cfg = TrainConfig(
-        encoder=ENCODER, pretrained=False, dim=64, heads=4, dim_head=16, dim_inner=128,
-        M=32, I=256, device="cpu", workers=0, channels_last=False, epochs=2, warmup_epochs=1,
+        pretrained=False, heads=4, dim_head=16, M=32, device="cpu", workers=0,
+        channels_last=False, epochs=2, warmup_epochs=1, **arch,  # type: ignore[arg-type]
     )  # fmt: skip
     torch.manual_seed(0)
-    model = build_model(cfg, 2)
+    net = build_model(cfg, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {
-        "model": model.state_dict(), "epoch": 1, "step": 1, "config": config_to_dict(cfg),
+        "model": net.state_dict(), "epoch": 1, "step": 1, "config": config_to_dict(cfg),
         "classes": ["normal", "tumor"], "feature_dim": 0, "wsipipe_version": "bench",
     })  # fmt: skip
 
 
-def _child(kinds: str, tile_dir: str, ckpt: str, out: str, threads: int) -> None:
+def _child(
+    kinds: str, tile_dir: str, ckpt: str, out: str, threads: int, warmup: bool = True
+) -> None:
     """Runs in a fresh interpreter: the runs named in ``kinds`` ("scan,heatmap,...") one
     after the other, after an untimed warm-up; prints a JSON line with each run's seconds."""
     import resource
@@ -132,37 +140,40 @@ def _child(kinds: str, tile_dir: str, ckpt: str, out: str, threads: int) -> None
         return {"kind": kind, "seconds": time.perf_counter() - t0, **info}
 
     names = kinds.split(",")
-    if len(names) > 1:
+    if warmup and len(names) > 1:
         one("scan")  # warm-up: first-call costs (allocator, conv algorithms, page cache)
     runs = [one(k) for k in names]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"runs": runs, "rss_mb": rss}))
 
 
-def _measure(kinds: str, tile_dir: Path, ckpt: Path, threads: int) -> dict:
+def _measure(kinds: str, tile_dir: Path, ckpt: Path, threads: int, warmup: bool = True) -> dict:
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r}); "
         "from benchmarks.bench_heatmap import _child; "
-        f"_child({kinds!r}, {str(tile_dir)!r}, {str(ckpt)!r}, {str(OUT / 'run')!r}, {threads})"
+        f"_child({kinds!r}, {str(tile_dir)!r}, {str(ckpt)!r}, {str(OUT / 'run')!r}, {threads}, "
+        f"{warmup})"
     )
     return run_in_subprocess(code, timeout=3600)
 
 
 def run(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
-    sizes = (2_000,) if quick else (10_000, 100_000)
     threads = 2
-    for n in sizes:
-        tile_dir, ckpt = _build(n)
+    cases = [(2_000, "tiny", 1)] if quick else [(10_000, "tiny", 3), (100_000, "tiny", 2)]
+    if not quick:
+        cases.append((5_000, "resnet18", 1))
+    for n, model, repeats in cases:
+        tile_dir, ckpt = _build(n, model)
+        case = f"{n // 1000}k tiles, {model}"
         # peak RSS: one run alone in a fresh process each
         rss = {k: _measure(k, tile_dir, ckpt, threads)["rss_mb"] for k in ("scan", "heatmap")}
         # time: alternate the two in one warmed-up process (a shared machine's load drifts);
         # keep each one's fastest run
-        repeats = 1 if quick else 2 if n > 50_000 else 3
-        runs = _measure(",".join(["scan", "heatmap"] * repeats), tile_dir, ckpt, threads)["runs"]
+        kinds = ",".join(["scan", "heatmap"] * repeats)
+        runs = _measure(kinds, tile_dir, ckpt, threads, warmup=model == "tiny")["runs"]
         scan = min((r for r in runs if r["kind"] == "scan"), key=lambda r: r["seconds"])
         heat = min((r for r in runs if r["kind"] == "heatmap"), key=lambda r: r["seconds"])
-        case = f"{n // 1000}k tiles"
         ratio = heat["seconds"] / scan["seconds"]
         rows += [
             Row("heatmap", case, "eval scan (wsipipe predict)", scan["seconds"], "s"),

@@ -41,7 +41,7 @@ def test_unknown_field_lists_valid_ones():
 
 @pytest.mark.parametrize(
     ("data", "msg"),
-    [({"n": "many"}, "`n` must be a number"), ({"n": 2.5}, "whole number"),
+    [({"n": "many"}, r"`n` must be a number"), ({"n": 2.5}, "whole number"),
      ({"flag": "perhaps"}, "true or false")],
 )  # fmt: skip
 def test_bad_values_name_the_field(data, msg):
@@ -65,7 +65,7 @@ def test_yaml_round_trip_and_hash(tmp_path):
 def test_bad_yaml_is_one_line_error(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("n: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid YAML"):
         load_yaml(p)
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")

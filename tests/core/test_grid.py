@@ -39,9 +39,7 @@ def test_tissue_fraction_exact_on_aligned_tiles():
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.integers(0, 2**31 - 1), st.floats(0.5, 40.0), st.integers(0, 300), st.integers(0, 300)
-)
+@given(st.integers(0, 2**31 - 1), st.floats(0.5, 40.0), st.integers(0, 300), st.integers(0, 300))
 def test_tissue_fraction_matches_fine_raster(seed, size, x, y):
     """Fractional-edge integration equals counting on a 10x finer raster of the same mask."""
     rng = np.random.default_rng(seed)

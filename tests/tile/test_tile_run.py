@@ -94,7 +94,7 @@ def test_real_aperio_slide_end_to_end(tmp_path):
 def test_jpeg2000_without_mpp_fails_clearly_then_works_with_override(tmp_path):
     slide = real_slide("tcga-cr-7395-01a-01-ts1.svs")
     out = tmp_path / "out"
-    code, text = tile(str(slide), "--out", str(out))
+    code, _ = tile(str(slide), "--out", str(out))
     assert code == 1
     st = statuses(out)["tcga-cr-7395-01a-01-ts1"]
     assert st["state"] == "failed"
@@ -124,9 +124,9 @@ def test_bad_slides_do_not_stop_the_batch(tmp_path):
     dicom = real_slide("pathml_small_dicom.dcm")
     truncated = tmp_path / "in" / "truncated.svs"
     truncated.parent.mkdir()
-    truncated.write_bytes(good.read_bytes()[: 300_000])
+    truncated.write_bytes(good.read_bytes()[:300_000])
     out = tmp_path / "out"
-    code, text = tile(str(dicom), str(truncated), str(good), "--out", str(out), "--tile-px", "128")
+    code, _ = tile(str(dicom), str(truncated), str(good), "--out", str(out), "--tile-px", "128")
     assert code == 1
     st = statuses(out)
     assert st["CMU-1-Small-Region"]["state"] == "done"
@@ -175,9 +175,9 @@ def test_user_tissue_geojson_replaces_segmentation(tmp_path):
     slide = real_slide("CMU-1-Small-Region.svs")
     geo_dir = tmp_path / "tissue"
     geo_dir.mkdir()
+    ring = [[0, 0], [1024, 0], [1024, 1024], [0, 1024], [0, 0]]
     square = {"type": "Feature", "properties": {},
-              "geometry": {"type": "Polygon",
-                           "coordinates": [[[0, 0], [1024, 0], [1024, 1024], [0, 1024], [0, 0]]]}}  # fmt: skip
+              "geometry": {"type": "Polygon", "coordinates": [ring]}}  # fmt: skip
     (geo_dir / "CMU-1-Small-Region.geojson").write_text(json.dumps([square]))
     out = tmp_path / "out"
     code, text = tile(str(slide), "--out", str(out), "--tissue-geojson-dir", str(geo_dir))

@@ -68,7 +68,7 @@ def heatmap_command(
     pyramid: Annotated[
         bool | None, Opt("--pyramid/--no-pyramid", help="Write the pyramidal TIFF [yes].")
     ] = None,
-    pyramid_mpp: Annotated[float | None, Opt(help="Pyramidal TIFF resolution, um/px [2].")] = None,
+    pyramid_mpp: Annotated[float | None, Opt(help="Pyramidal TIFF resolution, um/px [4].")] = None,
     pyramid_compression: Annotated[str | None, Opt(help="deflate | jpeg | none [deflate].")] = None,
     geojson: Annotated[
         bool | None, Opt("--geojson/--no-geojson", help="Write the tile GeoJSON [yes].")

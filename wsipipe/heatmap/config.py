@@ -53,7 +53,7 @@ class HeatmapConfig:
     top_k: int = 10  # tiles outlined on the overlay, shown in the gallery, and evaluated
     gallery_px: int = 192  # gallery cell size (px)
     pyramid: bool = True  # write the pyramidal TIFF
-    pyramid_mpp: float = 2.0  # heatmap TIFF resolution (um/px), rounded to an integer downsample
+    pyramid_mpp: float = 4.0  # heatmap TIFF resolution (um/px), rounded to an integer downsample
     pyramid_compression: Compression = "deflate"
     geojson: bool = True  # write the tile GeoJSON
     # ---- evaluation ---------------------------------------------------------------------

@@ -115,6 +115,8 @@ def _annotation_file(directory: Path, slide_id: str) -> Path | None:
 
 def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict[str, Any]]:
     """Score one slide and write its outputs into ``tmp``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from wsipipe.heatmap.scoring import predict_from_scan, score_pass
     from wsipipe.store import open_store
 
@@ -122,17 +124,24 @@ def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict
     cfg, lm = run.cfg, run.lm
     pos: int = job.inputs["pos"]
     spec = run.specs[pos]
-    sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings)
-    sel_idx = sp.scan.indices.cpu().numpy()
-    tiles = run.fetcher.submit(spec, sel_idx).result()
-    probs = predict_from_scan(lm, tiles, sp.scan).numpy().astype(np.float64)
-    t_score = time.perf_counter() - t0
-
     store_path = run.store_paths[job.slide_id]
-    with open_store(store_path) as store:
+    with open_store(store_path) as store, ThreadPoolExecutor(1) as pool:
         meta = store.meta
         coords = np.asarray(store.coords, dtype=np.int64)
         n = len(coords)
+        size = int(meta.tile_size_level0)
+        mpp = float(np.mean(meta.slide_mpp))
+        tissue = run.tissue_dir / f"{job.slide_id}.geojson" if run.tissue_dir else None
+        # the slide's thumbnail is read while the model scores the tiles
+        canvas_job = pool.submit(
+            load_canvas, meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue
+        )
+        sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings)
+        sel_idx = sp.scan.indices.cpu().numpy()
+        tiles = run.fetcher.submit(spec, sel_idx).result()
+        probs = predict_from_scan(lm, tiles, sp.scan).numpy().astype(np.float64)
+        t_score = time.perf_counter() - t0
+
         order = sp.attention.indices.numpy()
         if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
             raise RuntimeError(f"{store_path}: the pass scored {len(order)} of {n} tiles")
@@ -148,7 +157,6 @@ def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict
 
         extra: dict[str, np.ndarray] = {}
         evaluation: dict[str, Any] | None = None
-        size = int(meta.tile_size_level0)
         ann = _annotation_file(run.annotations, job.slide_id) if run.annotations else None
         if run.annotations is not None:
             from wsipipe.annotations import read_annotations
@@ -174,9 +182,7 @@ def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict
             per_head=per_head,
             extra=extra,
         )
-        mpp = float(np.mean(meta.slide_mpp))
-        tissue = run.tissue_dir / f"{job.slide_id}.geojson" if run.tissue_dir else None
-        canvas = load_canvas(meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue)
+        canvas = canvas_job.result()
         classes = lm.classes
         prediction = {
             "slide_id": job.slide_id,

@@ -82,7 +82,9 @@ def tissue_fractions(
     return np.clip(covered / area, 0.0, 1.0).astype(np.float32)
 
 
-def _integral(sat: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray):
+def _integral(
+    sat: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray
+) -> np.ndarray:
     """Sum of the mask over real-valued rectangles, via bilinear interpolation of the SAT.
 
     The SAT is piecewise bilinear in continuous coordinates for a piecewise-constant mask, so

@@ -45,7 +45,9 @@ from wsipipe.tile.tissue import segment_tissue
 CHUNK = 256  # tiles read/encoded/appended per step: bounds memory to CHUNK encoded tiles
 
 
-def tile_slide(spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1):
+def tile_slide(
+    spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1
+) -> tuple[dict[str, Path], dict[str, Any]]:
     """Tile one slide into ``tmp_dir``; return ({relative output: tmp path}, info)."""
     with _open(spec, cfg) as slide:
         mpp = slide.mpp  # raises MissingMppError with the fix when unknown
