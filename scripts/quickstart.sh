@@ -11,17 +11,17 @@ start=$SECONDS
 
 echo "== 1/4 synthetic cohort -> $OUT/cohort"
 if [ ! -f "$OUT/cohort/labels.csv" ]; then
-  wsipipe synth --out "$OUT/cohort" --n-slides 12 --seed 0
+  wsipipe synth --out "$OUT/cohort" --n-slides 32 --width 4096 --height 3072 --seed 0
 fi
 
 echo "== 2/4 tile -> $OUT/tiles"
 wsipipe tile "$OUT/cohort/slides" --out "$OUT/tiles" --workers 2
 
-echo "== 3/4 train (IPS, quickstart preset) -> $OUT/run"
+echo "== 3/4 train (IPS on frozen-encoder features, quickstart-features preset) -> $OUT/run"
 if [ ! -f "$OUT/run/checkpoints/best.pt" ]; then
   rm -rf "$OUT/run"
   wsipipe train --labels "$OUT/cohort/labels.csv" --stores "$OUT/tiles" --out "$OUT/run" \
-    --config quickstart
+    --config quickstart-features
 fi
 
 echo "== 4/4 heatmaps of the test slides -> $OUT/heatmaps"

@@ -207,10 +207,11 @@ def _register_optional() -> None:
 
     app.command("labels")(labels_command)
     if importlib.util.find_spec("wsipipe.train.cli") is not None:
-        from wsipipe.train.cli import predict_command, train_command
+        from wsipipe.train.cli import embed_command, predict_command, train_command
 
         app.command("train")(train_command)
         app.command("predict")(predict_command)
+        app.command("embed")(embed_command)
     if importlib.util.find_spec("wsipipe.heatmap.cli") is not None:
         from wsipipe.heatmap.cli import heatmap_command
 

@@ -13,6 +13,28 @@ import sys
 import torch
 
 
+def reset_peak() -> None:
+    """Reset this process's peak RSS (Linux: VmHWM) so the next reading covers only what
+    follows; a no-op where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def vm_hwm_mb() -> float:
+    """Peak RSS since the last reset (VmHWM) in MiB; the lifetime peak where unsupported."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     labels, stores, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     torch.set_num_threads(1)
@@ -36,7 +58,9 @@ def main() -> None:
     )
     trainer = Trainer(cfg)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reset_peak()
     recs = trainer.fit()
+    step_peak = vm_hwm_mb()
     del trainer
     gc.collect()
     main_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -47,6 +71,7 @@ def main() -> None:
                 "base_mb": base,
                 "main_mb": main_peak,
                 "workers_mb": workers_peak,
+                "step_mb": step_peak,
                 "tiles": recs[-1]["tiles_per_s"] * recs[-1]["train_s"],
             }
         )
