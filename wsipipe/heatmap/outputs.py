@@ -11,6 +11,9 @@ as {relative output path: file} for :mod:`wsipipe.jobs` to publish atomically:
     scores/<id>.csv         the per-tile table; scores/<id>.h5|.zarr the same arrays
     predictions/<id>.json   slide prediction, buffer sizes, checkpoint
     evaluation/<id>.json    attention vs annotated tumour (with --annotations)
+
+:func:`write_tables` then gathers the per-slide JSONs of a run into ``predictions.csv``,
+``evaluation.csv`` (with an ``overall`` row) and ``evaluation_summary.json``.
 """
 
 from __future__ import annotations

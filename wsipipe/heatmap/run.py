@@ -136,7 +136,7 @@ def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict
         canvas_job = pool.submit(
             load_canvas, meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue
         )
-        sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings)
+        sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings, n)
         sel_idx = sp.scan.indices.cpu().numpy()
         tiles = run.fetcher.submit(spec, sel_idx).result()
         probs = predict_from_scan(lm, tiles, sp.scan).numpy().astype(np.float64)

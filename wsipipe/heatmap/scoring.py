@@ -31,28 +31,52 @@ if TYPE_CHECKING:
     from wsipipe.train.model import SlideModel
 
 
+class _Rows:
+    """A growable (n, ...) tensor written chunk by chunk: one allocation for the whole slide
+    when the tile count is known (no trail of small tensors fragmenting the heap)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.buf: Tensor | None = None
+        self.n = 0
+
+    def add(self, rows: Tensor) -> None:
+        k = rows.shape[0]
+        if self.buf is None or self.n + k > self.buf.shape[0]:
+            size = max(self.capacity, self.n + k, 2 * self.n)
+            grown = rows.new_empty((size, *rows.shape[1:]))
+            if self.buf is not None:
+                grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n : self.n + k] = rows
+        self.n += k
+
+    def value(self) -> Tensor | None:
+        return None if self.buf is None else self.buf[: self.n]
+
+
 class _TapEncoder(nn.Module):
     """Wraps an encoder; records each chunk's attention logits (k, T, H) on the side."""
 
-    def __init__(self, encoder: nn.Module, aggregator: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, aggregator: nn.Module, n_tiles: int) -> None:
         super().__init__()
         self.inner = encoder
         self._agg: list[Any] = [aggregator]  # a plain list: not registered as a submodule
-        self.logits: list[Tensor] = []
+        self.logits = _Rows(n_tiles)  # (N, T, H), on the scan device
 
     def forward(self, x: Tensor) -> Tensor:
         emb = self.inner(x)  # (k, D), possibly under autocast
         with torch.autocast(emb.device.type, enabled=False):
             lg = self._agg[0].attention_logits(emb.float().unsqueeze(0))  # (1, T, H, k)
-        self.logits.append(lg[0].permute(2, 0, 1).float())  # (k, T, H)
+        self.logits.add(lg[0].permute(2, 0, 1))  # (k, T, H)
         return emb
 
 
-def _recording(chunks: Iterable[tuple[Tensor, Tensor]], seen: list[Tensor]) -> Iterator[Any]:
+def _recording(chunks: Iterable[tuple[Tensor, Tensor]], seen: _Rows) -> Iterator[Any]:
     """Pass non-empty chunks through, remembering their tile indices in order."""
     for idx, tiles in chunks:
         if idx.numel():
-            seen.append(idx.long().cpu())
+            seen.add(idx.long().cpu())
             yield idx, tiles
 
 
@@ -66,20 +90,25 @@ class SlidePass:
 
 
 def score_pass(
-    model: SlideModel, chunks: Iterable[tuple[Tensor, Tensor]], st: ScanSettings
+    model: SlideModel,
+    chunks: Iterable[tuple[Tensor, Tensor]],
+    st: ScanSettings,
+    n_tiles: int = 0,
 ) -> SlidePass:
-    """One eval-mode pass over a slide's chunks: all-tile attention + the IPS/DBPS scan."""
+    """One eval-mode pass over a slide's chunks: all-tile attention + the IPS/DBPS scan.
+
+    ``n_tiles`` (the slide's N, if known) sizes the logits buffer once."""
     from wsipipe.models import AttentionMap
     from wsipipe.train.engine import scan_slide
     from wsipipe.train.model import SlideModel
 
-    tap = _TapEncoder(model.encoder, model.aggregator)
-    seen: list[Tensor] = []
+    tap = _TapEncoder(model.encoder, model.aggregator, n_tiles)
+    seen = _Rows(n_tiles)
     result = scan_slide(SlideModel(tap, model.aggregator), _recording(chunks, seen), st)
-    if not seen:
+    lg, indices = tap.logits.value(), seen.value()
+    if lg is None or indices is None:
         raise ConfigError("heatmap: the slide yielded no tiles; re-run `wsipipe tile`")
-    logits = torch.cat(tap.logits).cpu()  # (N, T, H)
-    indices = torch.cat(seen)
+    logits = lg.float().cpu()  # (N, T, H)
     if logits.shape[0] != indices.shape[0]:  # internal invariant, not user input
         raise RuntimeError(f"tap saw {logits.shape[0]} tiles, the stream {indices.shape[0]}")
     norm = torch.logsumexp(logits, dim=0)  # (T, H)
