@@ -28,7 +28,6 @@ def tiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cohort.labels_csv, root / "tiles"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ips", "dbps"])
 def test_features_mode_learns_on_the_synthetic_cohort(
     tiled: tuple[Path, Path], tmp_path: Path, method: str

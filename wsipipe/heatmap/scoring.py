@@ -82,11 +82,10 @@ def _recording(chunks: Iterable[tuple[Tensor, Tensor]], seen: _Rows) -> Iterator
 
 @dataclass
 class SlidePass:
-    """Outcome of one slide's pass: attention over all tiles, the scan, the prediction."""
+    """Outcome of one slide's pass: attention over all tiles and the scan's selection."""
 
-    attention: AttentionMap  # logits (N, T, H) in scan order, indices (N,)
+    attention: AttentionMap  # logits (N, T, H) in scan order, indices (N,), log_norm (T, H)
     scan: ScanResult  # selected M (and DBPS S) tile indices
-    probs: Tensor | None = None  # (C,) class probabilities
 
 
 def score_pass(
