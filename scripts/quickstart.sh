@@ -11,17 +11,18 @@ start=$SECONDS
 
 echo "== 1/4 synthetic cohort -> $OUT/cohort"
 if [ ! -f "$OUT/cohort/labels.csv" ]; then
-  wsipipe synth --out "$OUT/cohort" --n-slides 32 --width 4096 --height 3072 --seed 0
+  wsipipe synth --out "$OUT/cohort" --n-slides 32 --width 4096 --height 3072 --seed 0 \
+    --tumour-fraction 0.15,0.35
 fi
 
 echo "== 2/4 tile -> $OUT/tiles"
 wsipipe tile "$OUT/cohort/slides" --out "$OUT/tiles" --workers 2
 
-echo "== 3/4 train (IPS on frozen-encoder features, quickstart-features preset) -> $OUT/run"
+echo "== 3/4 train end to end (IPS, ResNet-18 from scratch, quickstart preset) -> $OUT/run"
 if [ ! -f "$OUT/run/checkpoints/best.pt" ]; then
   rm -rf "$OUT/run"
   wsipipe train --labels "$OUT/cohort/labels.csv" --stores "$OUT/tiles" --out "$OUT/run" \
-    --config quickstart-features
+    --config quickstart
 fi
 
 echo "== 4/4 heatmaps of the test slides -> $OUT/heatmaps"

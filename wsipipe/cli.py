@@ -26,6 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts show defaults as "[heatmaps]": no rich markup, or it would eat them as tags
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 out = Console()
@@ -92,11 +94,32 @@ def synth(
     height: Annotated[int, typer.Option(help="Level-0 height in px.")] = 4608,
     mpp: Annotated[float, typer.Option(help="Microns per pixel written into the slides.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    tumour_fraction: Annotated[
+        str,
+        typer.Option(
+            help="Share of a positive slide's tissue that is tumour, LOW,HIGH (drawn per "
+            "slide); 0.15,0.35 gives macro-metastases.",
+        ),
+    ] = "0.05,0.16",
 ) -> None:
     """Generate a small CAMELYON-like cohort of pyramidal SVS slides with tumour annotations."""
+    from wsipipe.errors import ConfigError
     from wsipipe.synth import CohortConfig, generate_cohort
 
-    cfg = CohortConfig(n_slides=n_slides, width=width, height=height, mpp=mpp, seed=seed)
+    try:
+        lo, hi = (float(v) for v in tumour_fraction.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--tumour-fraction {tumour_fraction!r}: give two fractions LOW,HIGH, e.g. 0.05,0.16"
+        ) from None
+    cfg = CohortConfig(
+        n_slides=n_slides,
+        width=width,
+        height=height,
+        mpp=mpp,
+        seed=seed,
+        tumour_fraction=(lo, hi),
+    )
     cohort = generate_cohort(out_dir, cfg)
     out.print(f"slides:      {cohort.root / 'slides'} ({len(cohort.slides)} slides)")
     out.print(f"labels:      {cohort.labels_csv}")

@@ -161,6 +161,8 @@ def test_stratified_splits_small_and_uneven() -> None:
         ({"splits": (0.5, 0.5, 0.5)}, "sum to 1"),
         ({"splits": (1.2, -0.2, 0.0)}, "non-negative"),
         ({"seed": -1}, "seed"),
+        ({"tumour_fraction": (0.3, 0.1)}, "tumour_fraction"),
+        ({"tumour_fraction": (0.0, 0.2)}, "tumour_fraction"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
@@ -185,3 +187,37 @@ def test_module_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert sorted(p.name for p in (out / "slides").iterdir()) == ["synth_000.svs", "synth_001.svs"]
     assert main([str(out), "--mpp", "0"]) == 2
     assert "mpp" in capsys.readouterr().err
+
+
+def test_macro_tumour_fraction_gives_larger_burden() -> None:
+    """--tumour-fraction 0.15,0.35 (the quick start's): each positive 4096 x 3072 slide holds
+    well over 10 tiles' worth of tumour (256 px tiles), the default range far less."""
+
+    def burden(fr: tuple[float, float]) -> list[float]:
+        out = []
+        for seed in range(12):
+            lay = make_layout(4096, 3072, 0.5, seed, tumour=True, pen=False, tumour_fraction=fr)
+            tissue = lay.tissue_geometry()
+            tumour = shapely.union_all(lay.tumour_polygons)
+            assert tumour.within(shapely.union_all([s.polygon() for s in lay.sections]).buffer(1))
+            assert tumour.area / tissue.area < 0.4
+            out.append(tumour.area / 256**2)
+        return out
+
+    macro, default = burden((0.15, 0.35)), burden((0.05, 0.16))
+    assert min(macro) >= 8 and float(np.median(macro)) >= 12, macro
+    assert float(np.median(default)) < 0.7 * float(np.median(macro)), (default, macro)
+
+
+def test_synth_cli_tumour_fraction(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from wsipipe.cli import app
+
+    out = tmp_path / "c"
+    args = ["synth", "--out", str(out), "--n-slides", "2", "--width", "1024", "--height", "768"]
+    res = CliRunner().invoke(app, [*args, "--tumour-fraction", "0.15,0.35"])
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "slides").glob("*.svs"))) == 2
+    res = CliRunner().invoke(app, [*args, "--tumour-fraction", "0.2"])
+    assert isinstance(res.exception, ConfigError) and "LOW,HIGH" in str(res.exception)

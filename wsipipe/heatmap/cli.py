@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from wsipipe.cli_options import DeviceOpt, PrecisionOpt, WorkersOpt
+
 Opt = typer.Option
 
 
@@ -33,9 +35,9 @@ def heatmap_command(
         str | None, Opt(help="Folder of <slide_id>.geojson tissue polygons [<tile out>/tissue].")
     ] = None,
     config: Annotated[Path | None, Opt(help="YAML file with HeatmapConfig fields.")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N [auto].")] = None,
-    precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32 [auto].")] = None,
-    workers: Annotated[int | None, Opt(help="Tile-decoding loader processes [2].")] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    workers: WorkersOpt = None,
     threads: Annotated[int | None, Opt(help="Threads writing each slide's outputs [4].")] = None,
     chunk: Annotated[
         int | None, Opt(help="Tiles encoded per step [0 = the checkpoint's I].")

@@ -26,7 +26,7 @@ from shapely.geometry import Polygon
 
 from wsipipe.annotations import write_asap_xml, write_geojson_annotations
 from wsipipe.errors import ConfigError
-from wsipipe.synth.layout import make_layout
+from wsipipe.synth.layout import DEFAULT_TUMOUR_FRACTION, make_layout
 from wsipipe.synth.svs import write_svs
 from wsipipe.synth.tissue_render import TissueRenderer
 
@@ -54,6 +54,9 @@ class CohortConfig:
     seed: int = 0
     pen_fraction: float = 0.5  # fraction of slides with pen strokes
     splits: tuple[float, float, float] = (0.5, 0.25, 0.25)  # train/val/test, stratified
+    # share of a positive slide's tissue area covered by tumour, drawn uniformly per slide;
+    # the default gives small CAMELYON-like foci, (0.15, 0.35) macro-metastases
+    tumour_fraction: tuple[float, float] = DEFAULT_TUMOUR_FRACTION
 
     def __post_init__(self) -> None:
         if self.n_slides < 1:
@@ -76,6 +79,12 @@ class CohortConfig:
             raise ConfigError(
                 f"CohortConfig.splits={self.splits!r} must sum to 1 (train, val, test)"
             )
+        lo, hi = self.tumour_fraction
+        if not (len(self.tumour_fraction) == 2 and 0.0 < lo <= hi < 1.0):
+            raise ConfigError(
+                f"CohortConfig.tumour_fraction={self.tumour_fraction!r} must be two fractions "
+                "0 < low <= high < 1, e.g. (0.05, 0.16)"
+            )
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"CohortConfig.seed={self.seed} must be in 0..2**32-1")
 
@@ -89,13 +98,22 @@ class Cohort:
 
 
 def generate_slide(
-    path: str | Path, width: int, height: int, mpp: float, seed: int, tumour: bool, pen: bool
+    path: str | Path,
+    width: int,
+    height: int,
+    mpp: float,
+    seed: int,
+    tumour: bool,
+    pen: bool,
+    tumour_fraction: tuple[float, float] = DEFAULT_TUMOUR_FRACTION,
 ) -> list[Polygon]:
     """Write one synthetic slide (SVS) and return its tumour polygons in level-0 px.
 
     The polygons are empty for a negative slide (``tumour=False``).
     """
-    layout = make_layout(width, height, mpp, seed, tumour=tumour, pen=pen)
+    layout = make_layout(
+        width, height, mpp, seed, tumour=tumour, pen=pen, tumour_fraction=tumour_fraction
+    )
     write_svs(path, width, height, TissueRenderer(layout), mpp)
     return list(layout.tumour_polygons)
 
@@ -143,7 +161,9 @@ def _slide_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index, 0xC0]).generate_state(1)[0])
 
 
-def _job(args: tuple[str, int, int, float, int, bool, bool]) -> list[Polygon]:
+def _job(
+    args: tuple[str, int, int, float, int, bool, bool, tuple[float, float]],
+) -> list[Polygon]:
     return generate_slide(*args)
 
 
@@ -195,6 +215,7 @@ def generate_cohort(
             _slide_seed(cfg.seed, i),
             bool(positive[i]),
             bool(pen[i]),
+            cfg.tumour_fraction,
         )
         for i in range(n)
     ]

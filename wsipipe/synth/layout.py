@@ -223,41 +223,66 @@ def _sample_inside(
     return float(xs[hits[0]]), float(ys[hits[0]])
 
 
+DEFAULT_TUMOUR_FRACTION = (0.05, 0.16)
+
+
 def _make_tumours(
-    rng: np.random.Generator, sections: list[Blob], mpp: float
+    rng: np.random.Generator,
+    sections: list[Blob],
+    mpp: float,
+    fraction_range: tuple[float, float] = DEFAULT_TUMOUR_FRACTION,
 ) -> tuple[list[Blob], list[Polygon]]:
     tissue_area = sum(s.polygon().area for s in sections)
     n = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
-    fraction = rng.uniform(0.05, 0.16)
+    fraction = rng.uniform(*fraction_range)
     shares = rng.dirichlet(np.full(n, 2.0))
+    # foci are 150-500 um across at the default burden; a larger requested burden scales the
+    # upper size with it (same area share per focus), sections permitting
+    r_max = 250.0 / mpp * math.sqrt(max(1.0, fraction_range[1] / DEFAULT_TUMOUR_FRACTION[1]))
     foci: list[Blob] = []
     polys: list[Polygon] = []
     placed: list[tuple[float, float, float]] = []
-    for share in shares:
-        radius = math.sqrt(fraction * share * tissue_area / math.pi)
-        radius = float(np.clip(radius, 75.0 / mpp, 250.0 / mpp))  # 150-500 um across
+
+    def place(radius: float, clearance: float) -> None:
+        """One focus of about ``radius`` px in a random section, ``clearance * r`` inside it
+        and clear of the foci placed so far (shrunk up to 0.45x to fit; skipped if not)."""
         sec = sections[int(rng.integers(len(sections)))]
         radius = min(radius, 0.45 * min(sec.a, sec.b))
         harm = _harmonics(rng, 7, 0.2, decay=0.6)
         spot = None
         for shrink in (1.0, 0.8, 0.6, 0.45):
             r = radius * shrink
-            spot = _sample_inside(rng, sec, 1.5 * r, [(x, y, rr + r) for x, y, rr in placed])
+            spot = _sample_inside(rng, sec, clearance * r, [(x, y, rr + r) for x, y, rr in placed])
             if spot is not None:
                 radius = r
                 break
         if spot is None:
-            continue
+            return
         elong = rng.uniform(1.0, 1.5)
         a, b = radius * math.sqrt(elong), radius / math.sqrt(elong)
         s = _fit((a, b), harm, limit=1.4 * radius)
         blob = Blob(spot[0], spot[1], a * s, b * s, float(rng.uniform(0, np.pi)), harm)
         clipped = blob.polygon().intersection(sec.polygon())
         if clipped.is_empty:
-            continue
+            return
         foci.append(blob)
         placed.append((spot[0], spot[1], blob.radius))
         polys.append(clipped)
+
+    for share in shares:
+        radius = math.sqrt(fraction * share * tissue_area / math.pi)
+        place(float(np.clip(radius, 75.0 / mpp, r_max)), clearance=1.5)
+    # a burden above the default range (macro-metastases): small sections cap the foci, so
+    # top up with more foci (allowed nearer the section edge) until at least 80 % of the
+    # drawn burden is tumour, or 8 foci. The default range keeps its 1-3 small foci.
+    target = fraction * tissue_area
+    macro = fraction_range[1] > DEFAULT_TUMOUR_FRACTION[1]
+    while macro and len(foci) < 8 and sum(p.area for p in polys) < 0.8 * target:
+        missing = target - sum(p.area for p in polys)
+        before = len(foci)
+        place(float(np.clip(math.sqrt(missing / math.pi), 75.0 / mpp, r_max)), clearance=0.5)
+        if len(foci) == before:
+            break
     merged = shapely.union_all(polys) if polys else Polygon()
     parts = list(getattr(merged, "geoms", [merged]))
     return foci, [p for p in parts if isinstance(p, Polygon) and not p.is_empty]
@@ -353,13 +378,22 @@ def _make_stain(rng: np.random.Generator) -> Stain:
 
 
 def make_layout(
-    width: int, height: int, mpp: float, seed: int, tumour: bool, pen: bool
+    width: int,
+    height: int,
+    mpp: float,
+    seed: int,
+    tumour: bool,
+    pen: bool,
+    tumour_fraction: tuple[float, float] = DEFAULT_TUMOUR_FRACTION,
 ) -> SlideLayout:
     """Draw a slide's layout from ``seed``: 1-3 sections, holes, tumour foci, pen strokes.
 
     Tumour foci (positive slides) are 1-3 blobs ~150-500 um across (smaller when a section
-    is small) covering a small part of the tissue (median ~5 %, at most ~10-20 % on tiny
-    slides), placed well inside one section each and clear of holes.
+    is small) whose total area is drawn uniformly from ``tumour_fraction`` of the tissue
+    area (by default 5-16 %, before the size limits: a median ~5 %). Above the default range
+    (e.g. 0.15-0.35, macro-metastases) foci may be larger, and more foci (up to 8) are added
+    where small sections cap them, until 80 % of that area is reached. Foci lie inside one
+    section each and clear of holes.
     """
     if width < 16 or height < 16:
         raise ConfigError(f"slide size {width}x{height} too small; use >= 16 px")
@@ -368,7 +402,12 @@ def make_layout(
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x5EED])
     stain = _make_stain(rng)
     sections = _make_sections(rng, width, height)
-    foci, polys = _make_tumours(rng, sections, mpp) if tumour else ([], [])
+    lo, hi = tumour_fraction
+    if not (0.0 < lo <= hi < 1.0):
+        raise ConfigError(
+            f"tumour_fraction={tumour_fraction!r} must be two fractions 0 < low <= high < 1"
+        )
+    foci, polys = _make_tumours(rng, sections, mpp, (lo, hi)) if tumour else ([], [])
     holes = _make_holes(rng, sections, foci, mpp)
     pens = _make_pens(rng, sections, width, height) if pen else []
     base = float(rng.uniform(0, np.pi))

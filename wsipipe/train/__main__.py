@@ -12,7 +12,7 @@ from wsipipe.train.cli import train_command
 
 
 def main() -> None:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
     app.command()(train_command)
     try:
         app()

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from wsipipe.cli_options import DeviceOpt, PrecisionOpt, WorkersOpt
+
 Opt = typer.Option
 
 
@@ -134,11 +136,9 @@ def train_command(
         bool | None,
         Opt("--deterministic/--no-deterministic", help="Deterministic algorithms (default: no)."),
     ] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
-    precision: Annotated[
-        str | None, Opt(help="auto | bf16 | fp16 | fp32 (default auto: bf16 on CUDA, fp32 on CPU).")
-    ] = None,
-    workers: Annotated[int | None, Opt(help="Tile loader worker processes (default: 4).")] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    workers: WorkersOpt = None,
     prefetch: Annotated[int | None, Opt(help="Chunks prefetched per worker (default: 2).")] = None,
     progress: Annotated[
         bool | None, Opt("--progress/--no-progress", help="Progress bar (default: yes).")
@@ -222,8 +222,8 @@ def predict_command(
     store: Annotated[
         list[str] | None, Opt("--store", help="Explicit store path(s), repeatable.")
     ] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
-    workers: Annotated[int | None, Opt(help="Tile loader workers (default: the run's).")] = None,
+    device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     features_dir: Annotated[
         str | None, Opt(help="Features cache (features mode) (default: the run's).")
     ] = None,
@@ -253,9 +253,9 @@ def embed_command(
         str | None, Opt(help="Cache folder (default: <tile out>/features/<encoder>).")
     ] = None,
     embed_batch: Annotated[int | None, Opt(help="Tiles per chunk (default: 256).")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
-    precision: Annotated[str | None, Opt(help="auto | bf16 | fp16 | fp32 (default: auto).")] = None,
-    workers: Annotated[int | None, Opt(help="Tile loader workers (default: 4).")] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    workers: WorkersOpt = None,
     config: Annotated[str | None, Opt(help="YAML file or preset with these fields.")] = None,
 ) -> None:
     """Compute and cache each tile's frozen-encoder feature for features-mode training."""
