@@ -87,3 +87,30 @@ def test_metrics_log_truncates_on_resume(tmp_path: Path) -> None:
     assert json.loads(lines[0])["x"] is None  # NaN written as null
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["val_auc"] == "0.7"
+
+
+def test_metrics_log_writes_tensorboard_scalars(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLog(tmp_path)
+    assert log.enable_tensorboard(tmp_path / "tb")
+    log.append({"epoch": 1, "val_auc": 0.5, "train_loss": 0.9, "note": "x", "flag": True})
+    log.append({"epoch": 2, "val_auc": 0.75, "train_loss": 0.4, "note": "y", "flag": False})
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"val_auc", "train_loss"}  # numbers only, not epoch
+    auc = [(e.step, e.value) for e in acc.Scalars("val_auc")]
+    assert auc == [(1, 0.5), (2, 0.75)]
+
+
+def test_metrics_log_without_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    log = MetricsLog(tmp_path)
+    assert log.enable_tensorboard(tmp_path / "tb") is False
+    log.append({"epoch": 1, "val_auc": 0.5})
+    assert not (tmp_path / "tb").exists()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["val_auc"] == 0.5

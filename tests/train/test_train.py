@@ -168,3 +168,18 @@ def test_multiclass_and_features_mode(tmp_path: Path) -> None:
     mtime = feats[0].stat().st_mtime_ns  # a second run reuses the cache
     train(_cfg((labels, stores), tmp_path / "run2", mode="features", epochs=1, M=4, I=8))
     assert feats[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_compiled_encoder_trains_and_matches_eager(
+    cohort: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--compile``: torch.compile (inductor, needs a C compiler) on the encoder trains one
+    epoch and gives the eager run's validation predictions (same seed, same data)."""
+    eager = train(_cfg(cohort, tmp_path / "eager", epochs=1, deterministic=True))
+    compiled = train(
+        _cfg(cohort, tmp_path / "compiled", epochs=1, deterministic=True, compile=True)
+    )
+    assert compiled[-1]["val_n"] == eager[-1]["val_n"] == 8
+    assert compiled[-1]["val_loss"] == pytest.approx(eager[-1]["val_loss"], rel=1e-3, abs=1e-4)
+    assert compiled[-1]["train_loss"] == pytest.approx(eager[-1]["train_loss"], rel=1e-3, abs=1e-4)
