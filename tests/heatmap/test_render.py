@@ -178,6 +178,38 @@ def test_outlines_drawn_on_the_tile_border_only():
     assert img[10, 20].tolist() == [255, 255, 255]  # input untouched
 
 
+def _outlines_on_whole_image(img, spans, colour, width, labels):
+    """Reference: every rectangle and label drawn with PIL on the whole image."""
+    from PIL import Image, ImageDraw
+
+    pil = Image.fromarray(np.ascontiguousarray(img[..., :3]))
+    draw = ImageDraw.Draw(pil)
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(spans, dtype=np.int64).reshape(-1, 4)):
+        if x1 <= x0 or y1 <= y0:
+            continue
+        draw.rectangle([int(x0), int(y0), int(x1) - 1, int(y1) - 1], outline=colour, width=width)
+        if labels is not None and i < len(labels):
+            draw.text((int(x0) + width + 1, int(y0) + width), labels[i], fill=colour)
+    return np.asarray(pil)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_outlines_on_crops_equal_drawing_on_the_whole_image(width):
+    rng = np.random.default_rng(width)
+    img = rng.integers(0, 256, (120, 170, 3), dtype=np.uint8)
+    x0 = rng.integers(-20, 160, 12)
+    y0 = rng.integers(-20, 110, 12)
+    spans = np.stack([x0, y0, x0 + rng.integers(0, 40, 12), y0 + rng.integers(0, 40, 12)], 1)
+    spans[0] = [150, 100, 190, 140]  # past the bottom-right corner: labels clipped
+    spans[1] = [40, 40, 70, 70]
+    spans[2] = [50, 50, 80, 80]  # overlapping the previous one
+    labels = [str(i + 1) for i in range(10)]  # the last two spans unlabelled
+    for lab in (labels, None):
+        want = _outlines_on_whole_image(img, spans, (255, 0, 40), width, lab)
+        got = draw_outlines(img, spans, (255, 0, 40), width, lab)
+        assert np.array_equal(got, want)
+
+
 def test_colour_bar_runs_from_high_at_top_to_low_at_bottom():
     lut = colormap_lut("viridis")
     bar = colour_bar(200, lut, bar_width=10)

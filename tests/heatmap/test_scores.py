@@ -68,6 +68,39 @@ def test_h5_and_zarr_round_trip(tmp_path, suffix):
             assert f["coords"].attrs["name"] == "a"
 
 
+def _reference_csv(table: ScoreTable) -> bytes:
+    """Reference: every value formatted on its own, rows written by the csv module."""
+    import csv
+    import io
+
+    cols = table.columns()
+    text = [
+        [f"{v:.8g}" for v in c.tolist()] if c.dtype.kind == "f" else [str(v) for v in c.tolist()]
+        for c in cols.values()
+    ]
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(list(cols))
+    w.writerows(zip(*text, strict=True))
+    return buf.getvalue().encode()
+
+
+def test_csv_text_equals_the_csv_module_reference(tmp_path, monkeypatch):
+    import wsipipe.heatmap.scores as sc
+
+    monkeypatch.setattr(sc, "_CSV_CHUNK", 6)  # several chunks, one partial
+    t = _table(n=23)
+    t.score[[1, 2, 3]] = [np.nan, np.inf, -0.0]
+    t.extra["flag"] = np.arange(23) % 3 == 0  # bools: True / False, as str() writes them
+    write_scores_csv(tmp_path / "s.csv", t)
+    assert (tmp_path / "s.csv").read_bytes() == _reference_csv(t)
+    # a text column goes through the csv module's quoting
+    t.extra["note"] = np.array([f"a,{i}" for i in range(23)])
+    write_scores_csv(tmp_path / "t.csv", t)
+    assert (tmp_path / "t.csv").read_bytes() == _reference_csv(t)
+    assert b'"a,5"' in (tmp_path / "t.csv").read_bytes()
+
+
 def test_table_validates_shapes():
     t = _table()
     with pytest.raises(ValueError, match="score"):

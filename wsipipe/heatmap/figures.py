@@ -16,20 +16,43 @@ def draw_outlines(
     width: int = 2,
     labels: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Copy of ``img`` with rectangles around ``spans`` (k, 4) (and optional text labels)."""
+    """Copy of ``img`` with rectangles around ``spans`` (k, 4) (and optional text labels).
+
+    Each rectangle (and its label) is drawn on a crop around it, not on the whole image:
+    the same pixels (drawing is translation-invariant) without converting a large image.
+    """
     from PIL import Image, ImageDraw
 
-    pil = Image.fromarray(np.ascontiguousarray(img[..., :3]))
-    draw = ImageDraw.Draw(pil)
+    out = np.array(img[..., :3], dtype=np.uint8, copy=True)
+    h, w = out.shape[:2]
+    fill = tuple(int(c) for c in colour)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for i, (x0, y0, x1, y1) in enumerate(np.asarray(spans, dtype=np.int64).reshape(-1, 4)):
         if x1 <= x0 or y1 <= y0:
             continue
+        label = labels[i] if labels is not None and i < len(labels) else None
+        text_at = (int(x0) + width + 1, int(y0) + width)
+        lo_x, lo_y, hi_x, hi_y = int(x0), int(y0), int(x1), int(y1)
+        if label is not None:
+            tb = measure.textbbox(text_at, label)
+            lo_x, lo_y = min(lo_x, int(tb[0])), min(lo_y, int(tb[1]))
+            hi_x, hi_y = max(hi_x, int(tb[2])), max(hi_y, int(tb[3]))
+        # the crop (with a margin for anti-aliased text), clipped to the image
+        cx0, cy0 = max(0, lo_x - 4), max(0, lo_y - 4)
+        cx1, cy1 = min(w, hi_x + 4), min(h, hi_y + 4)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        crop = Image.fromarray(out[cy0:cy1, cx0:cx1])
+        draw = ImageDraw.Draw(crop)
         draw.rectangle(
-            [int(x0), int(y0), int(x1) - 1, int(y1) - 1], outline=tuple(colour), width=width
+            [int(x0) - cx0, int(y0) - cy0, int(x1) - 1 - cx0, int(y1) - 1 - cy0],
+            outline=fill,
+            width=width,
         )
-        if labels is not None and i < len(labels):
-            draw.text((int(x0) + width + 1, int(y0) + width), labels[i], fill=tuple(colour))
-    return np.asarray(pil)
+        if label is not None:
+            draw.text((text_at[0] - cx0, text_at[1] - cy0), label, fill=fill)
+        out[cy0:cy1, cx0:cx1] = np.asarray(crop)
+    return out
 
 
 def colour_bar(
@@ -69,11 +92,14 @@ def with_colour_bar(
 ) -> np.ndarray:
     """Place ``bar`` to the right of ``img`` (vertically centred); (h', w + bar_w, 3) uint8."""
     h = max(img.shape[0], bar.shape[0])
-    out = np.empty((h, img.shape[1] + bar.shape[1], 3), np.uint8)
-    out[:] = np.asarray(background, np.uint8)
-    out[: img.shape[0], : img.shape[1]] = img[..., :3]
+    ih, iw = img.shape[:2]
+    bg = np.asarray(background, np.uint8)
+    out = np.empty((h, iw + bar.shape[1], 3), np.uint8)
+    out[:ih, :iw] = img[..., :3]
+    out[ih:, :iw] = bg  # only the parts the image does not cover are filled
+    out[:, iw:] = bg
     top = (h - bar.shape[0]) // 2
-    out[top : top + bar.shape[0], img.shape[1] :] = bar
+    out[top : top + bar.shape[0], iw:] = bar
     return out
 
 

@@ -12,7 +12,7 @@ Each tile becomes one ``Feature`` with a closed square ``Polygon`` in slide leve
 In QuPath: File > Import objects from file (or drag the file onto the slide), then
 Measure > Show measurement maps > ``attention`` to colour the tiles by any measurement.
 
-The file is written feature by feature (never the whole document in memory as objects).
+The file is written a chunk of features at a time (never the whole document in memory).
 """
 
 from __future__ import annotations
@@ -40,14 +40,29 @@ def _column_text(values: np.ndarray) -> list[str]:
     """JSON texts of a column, vectorised by dtype (integers, bools, floats)."""
     v = np.asarray(values).reshape(-1)
     if v.dtype == bool:
-        return ["1" if b else "0" for b in v.tolist()]
+        return np.where(v, "1", "0").tolist()
     if np.issubdtype(v.dtype, np.integer):
-        return [str(i) for i in v.tolist()]
+        return list(map(str, v.tolist()))
     f = v.astype(np.float64)
-    text = [repr(x) for x in f.tolist()]
+    text = list(map(repr, f.tolist()))
     for i in np.flatnonzero(~np.isfinite(f)).tolist():
         text[i] = "null"
     return text
+
+
+def _corner_text(start: np.ndarray, size: float) -> list[str]:
+    """JSON texts of ``start + size`` (the far corner of each tile)."""
+    if float(size).is_integer() and (len(start) == 0 or np.abs(start).max() < 2**52):
+        return list(map(str, (start + int(size)).tolist()))
+    return [_num(v) for v in (start + float(size)).tolist()]
+
+
+def _escape(text: str) -> str:
+    """``text`` as a literal inside a %-format template."""
+    return text.replace("%", "%%")
+
+
+_CHUNK = 8192  # features formatted and written at a time
 
 
 def write_tiles_geojson(
@@ -63,7 +78,8 @@ def write_tiles_geojson(
 
     coords (N, 2) level-0 (x, y) top-left; size_level0: tile edge in level-0 px;
     measurements: name -> (N,) numbers; colors: (N, 3) uint8 or None; classification: an
-    optional QuPath class name given to every tile.
+    optional QuPath class name given to every tile. Features are formatted from one
+    template, ``_CHUNK`` at a time (the text of one chunk in memory at once).
     """
     xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     n = len(xy)
@@ -72,31 +88,32 @@ def write_tiles_geojson(
         if len(v) != n:
             raise ValueError(f"measurement {name!r} has {len(v)} values for {n} tiles")
     rgb = None if colors is None else np.asarray(colors, dtype=np.int64).reshape(-1, 3)
-    names = [json.dumps(str(name)) for name in cols]
     cls = f', "classification": {{"name": {json.dumps(classification)}}}' if classification else ""
-    otype = json.dumps(object_type)
+    # one %-template per feature (much faster than str.format); the fields, in order:
+    # the ring's corners x0 y0 x1 y0 x1 y1 x0 y1 x0 y0, index, [r g b], measurements
+    ring = "[[%s, %s], [%s, %s], [%s, %s], [%s, %s], [%s, %s]]"
+    meas = ", ".join(f'{{"name": {_escape(json.dumps(str(name)))}, "value": %s}}' for name in cols)
+    colour = "" if rgb is None else ', "color": [%s, %s, %s]'
+    template = (
+        '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [' + ring + "]}, "
+        '"properties": {"objectType": ' + _escape(json.dumps(object_type)) + ", "
+        '"name": "tile %s"' + colour + _escape(cls) + ', "measurements": [' + meas + "]}}\n"
+    )
 
-    texts = [_column_text(v) for v in cols.values()]
-    x0 = [str(v) for v in xy[:, 0].tolist()]
-    y0 = [str(v) for v in xy[:, 1].tolist()]
-    x1 = [_num(v) for v in (xy[:, 0] + float(size_level0)).tolist()]
-    y1 = [_num(v) for v in (xy[:, 1] + float(size_level0)).tolist()]
-    rgb_text = None if rgb is None else [f"{r}, {g}, {b}" for r, g, b in rgb.tolist()]
+    def chunk_text(s: int, e: int) -> str:
+        x, y = xy[s:e, 0], xy[s:e, 1]
+        x0, y0 = list(map(str, x.tolist())), list(map(str, y.tolist()))
+        x1, y1 = _corner_text(x, size_level0), _corner_text(y, size_level0)
+        fields = [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0, list(map(str, range(s, e)))]
+        if rgb is not None:
+            fields += [list(map(str, c.tolist())) for c in rgb[s:e].T]
+        fields += [_column_text(v[s:e]) for v in cols.values()]
+        return ",".join(map(template.__mod__, zip(*fields, strict=True)))
 
     def write(fh: IO[str]) -> None:
         fh.write('{"type": "FeatureCollection", "features": [\n')
-        for i in range(n):
-            xa, ya, xb, yb = x0[i], y0[i], x1[i], y1[i]
-            ring = f"[[{xa}, {ya}], [{xb}, {ya}], [{xb}, {yb}], [{xa}, {yb}], [{xa}, {ya}]]"
-            meas = ", ".join(
-                f'{{"name": {nm}, "value": {t[i]}}}' for nm, t in zip(names, texts, strict=True)
-            )
-            colour = "" if rgb_text is None else f', "color": [{rgb_text[i]}]'
-            fh.write(
-                f'{"," if i else ""}{{"type": "Feature", "geometry": {{"type": "Polygon", '
-                f'"coordinates": [{ring}]}}, "properties": {{"objectType": {otype}, '
-                f'"name": "tile {i}"{colour}{cls}, "measurements": [{meas}]}}}}\n'
-            )
+        for s in range(0, n, _CHUNK):
+            fh.write(("," if s else "") + chunk_text(s, min(n, s + _CHUNK)))
         fh.write("]}\n")
 
     if isinstance(path, (str, Path)):

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from wsipipe.heatmap.config import HeatmapConfig
 from wsipipe.heatmap.evaluate import METRICS, summarise
 from wsipipe.heatmap.figures import colour_bar, draw_outlines, gallery, with_colour_bar
 from wsipipe.heatmap.geojson import write_tiles_geojson
+from wsipipe.heatmap.grid import tile_grid
+from wsipipe.heatmap.png import write_png
 from wsipipe.heatmap.pyramid import PyramidGeometry, write_heatmap_tiff
 from wsipipe.heatmap.render import (
     blend_overlay,
@@ -103,12 +106,6 @@ def load_canvas(
     return SlideCanvas(w, h, mpp, thumb, float(ds), tissue, source)
 
 
-def _save_png(path: Path, img: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(img)).save(path, optimize=False, compress_level=6)
-
-
 def _ticks(table: ScoreTable, cfg: HeatmapConfig) -> list[tuple[float, str]]:
     n = len(table)
     if cfg.normalise == "rank":
@@ -131,7 +128,12 @@ def render_overlay(
     ds = canvas.thumb_ds
     spans = tile_spans(table.coords, size_level0, ds)
     sigma = cfg.smooth_um / (canvas.mpp * ds) if cfg.smooth_um > 0 else 0.0
-    img = blend_overlay(canvas.thumb, spans, table.score_norm, lut, cfg.alpha, sigma, canvas.tissue)
+    grid = None
+    if sigma <= 0 and (lattice := tile_grid(table.coords, size_level0)) is not None:
+        grid = lattice.image(ds, canvas.thumb.shape[1], canvas.thumb.shape[0])
+    img = blend_overlay(
+        canvas.thumb, spans, table.score_norm, lut, cfg.alpha, sigma, canvas.tissue, grid=grid
+    )
     top = top_k(table.score, cfg.top_k)
     tile_px = size_level0 / ds
     width = max(1, round(tile_px / 10))
@@ -160,6 +162,14 @@ def read_top_tiles(
         return np.stack([tr.read(int(coords[i, 0]), int(coords[i, 1])) for i in idx])
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def write_slide_outputs(
     tmp: Path,
     slide_id: str,
@@ -173,9 +183,9 @@ def write_slide_outputs(
 ) -> dict[str, Path]:
     """Write every output of one slide into ``tmp``; return {relative path: file}.
 
-    The independent writers (overlay, gallery, pyramid, GeoJSON, CSV) run on ``cfg.threads``
-    threads (numpy, zlib and PNG encoding release the GIL); the tables that record the
-    prediction are written last.
+    The independent writers (pyramid, overlay, gallery, then GeoJSON, CSV) run on up to
+    ``cfg.threads`` threads, at most one per CPU (numpy and zlib release the GIL); the tables
+    that record the prediction are written last.
     """
     meta = store.meta
     size = int(meta.tile_size_level0)
@@ -184,13 +194,25 @@ def write_slide_outputs(
     outputs: dict[str, Path] = {}
     notes: dict[str, Any] = {}
 
+    # Two phases, each writer of a phase on its own thread (at most one per CPU): first the
+    # writers whose work is long numpy / zlib calls that release the GIL, then the two
+    # pure-Python text writers. A text writer holds the GIL almost all the time, so a writer
+    # that needs it back after every TIFF tile (the pyramid) would stall beside it.
+    phases = [
+        (["pyramid"] if cfg.pyramid else []) + ["overlay", "gallery"],
+        (["geojson"] if cfg.geojson else []) + ["csv"],
+    ]
+    cpus = available_cpus()
+    workers = min(cfg.threads, max(len(p) for p in phases), cpus)
+    tiff_threads = max(1, min(4, cfg.threads, cpus - workers + 1))
+
     def out(rel: str) -> Path:
         path = tmp / rel.replace("/", "__")
         outputs[rel] = path
         return path
 
     def overlay() -> None:
-        _save_png(out(f"overlay/{slide_id}.png"), render_overlay(canvas, table, size, cfg))
+        write_png(out(f"overlay/{slide_id}.png"), render_overlay(canvas, table, size, cfg))
 
     def top_gallery() -> None:
         top = top_k(table.score, cfg.top_k)
@@ -203,14 +225,14 @@ def write_slide_outputs(
             f"#{r + 1} {table.score[i]:.2e}{' M' if table.selected[i] else ''}"
             for r, i in enumerate(top[: len(tiles)])
         ]
-        _save_png(out(f"gallery/{slide_id}.png"), gallery(tiles, captions, 5, cfg.gallery_px))
+        write_png(out(f"gallery/{slide_id}.png"), gallery(tiles, captions, 5, cfg.gallery_px))
 
     def pyramid() -> None:
         geo = PyramidGeometry.for_mpp(canvas.width, canvas.height, mpp, cfg.pyramid_mpp)
         notes.update(pyramid_mpp=geo.mpp, pyramid_downsample=geo.downsample)
         write_heatmap_tiff(
             out(f"pyramid/{slide_id}.tif"), geo, table.coords, size, table.score_norm, lut,
-            cfg.smooth_um, cfg.pyramid_compression, threads=min(cfg.threads, 4),
+            cfg.smooth_um, cfg.pyramid_compression, threads=tiff_threads,
         )  # fmt: skip
 
     def tiles_geojson() -> None:
@@ -228,18 +250,24 @@ def write_slide_outputs(
     def scores_csv() -> None:
         write_scores_csv(out(f"scores/{slide_id}.csv"), table)
 
-    tasks = [overlay, top_gallery, scores_csv]
-    tasks += [pyramid] if cfg.pyramid else []
-    tasks += [tiles_geojson] if cfg.geojson else []
-    if cfg.threads > 1:
+    by_name = {
+        "geojson": tiles_geojson,
+        "pyramid": pyramid,
+        "overlay": overlay,
+        "csv": scores_csv,
+        "gallery": top_gallery,
+    }
+    if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="heatmap") as pool:
-            for fut in [pool.submit(task) for task in tasks]:
-                fut.result()  # re-raises a writer's error
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap") as pool:
+            for phase in phases:
+                for fut in [pool.submit(by_name[name]) for name in phase]:
+                    fut.result()  # re-raises a writer's error
     else:
-        for task in tasks:
-            task()
+        for phase in phases:
+            for name in phase:
+                by_name[name]()
 
     prediction = {**prediction, **notes}
     attrs = {

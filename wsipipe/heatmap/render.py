@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from wsipipe.errors import ConfigError
+from wsipipe.heatmap.grid import GridImage
 
 NORMALISATIONS = ("rank", "percentile", "minmax")
 
@@ -290,34 +291,60 @@ def blend_overlay(
     sigma_px: float = 0.0,
     tissue: np.ndarray | None = None,
     stripe: int = 512,
+    grid: GridImage | None = None,
 ) -> np.ndarray:
     """Alpha-blend colour-mapped tile values over a thumbnail, only where tiles (and tissue) are.
 
     thumb (h, w, 3) uint8; spans in thumbnail px (:func:`tile_spans` with the thumbnail's
     downsample); values (N,) in [0, 1]; tissue (h, w) bool or None. Rendered in row stripes
     so temporary memory is O(stripe * w), whatever the slide size. Returns (h, w, 3) uint8.
+    ``grid``: the tiles' :class:`~wsipipe.heatmap.grid.GridImage` for this thumbnail (tiles
+    on a regular lattice, no smoothing): the same image by per-pixel lookup, not splatting.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"heatmap: alpha = {alpha} must be in [0, 1]")
     h, w = thumb.shape[:2]
     if tissue is not None and tissue.shape != (h, w):
         raise ValueError(f"tissue mask {tissue.shape} does not match thumbnail {(h, w)}")
+    if grid is not None and (len(grid.rows), len(grid.cols)) != (h, w):
+        raise ValueError(f"grid image {(len(grid.rows), len(grid.cols))} != thumbnail {(h, w)}")
+    n_lut = len(lut)
+    # pixel = rint(thumb * (1 - alpha) + colour * alpha) in float32; index -1 (the extra
+    # last row): thumb * 1 + 0, i.e. the thumbnail as it is -- no masking per pixel
+    colour = np.zeros((n_lut + 1, 3), np.float32)
+    colour[:n_lut] = lut
+    colour[:n_lut] *= alpha
+    keep = np.ones((n_lut + 1, 3), np.float32)
+    keep[:n_lut] = np.float32(1.0 - alpha)
+    cells = None
+    if grid is not None:
+        # LUT index of each cell; -1: no tile or a non-finite value (never coloured)
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        idx = np.where(np.isfinite(v), value_indices(v.astype(np.float32), n_lut), -1)
+        cells = (
+            grid.grid.table(idx.astype(np.int16), -1),
+            grid.grid.table(keep[idx], keep[-1]),
+            grid.grid.table(colour[idx], colour[-1]),
+        )
     out = np.array(thumb[..., :3], dtype=np.uint8, copy=True)
     for y in range(0, h, stripe):
         sh = min(stripe, h - y)
-        vals = render_values(spans, values, (0, y, w, sh), sigma_px)
-        valid = ~np.isnan(vals)
+        if grid is not None and cells is not None:
+            index = grid.lookup(cells[0], y, y + sh)
+        else:
+            vals = render_values(spans, values, (0, y, w, sh), sigma_px)
+            index = value_indices(vals, n_lut)
+            index[np.isnan(vals)] = -1
         if tissue is not None:
-            valid &= tissue[y : y + sh]
-        if not valid.any():
+            index = np.where(tissue[y : y + sh], index, -1)
+        if not (index >= 0).any():
             continue
+        if grid is not None and cells is not None and tissue is None:
+            k, c = grid.lookup(cells[1], y, y + sh), grid.lookup(cells[2], y, y + sh)
+        else:
+            k, c = np.take(keep, index, axis=0), np.take(colour, index, axis=0)
         base = out[y : y + sh]
-        # whole-stripe arithmetic, then one select: cheaper than gathering the valid pixels
-        colour = np.take(lut, value_indices(vals, len(lut)), axis=0).astype(np.float32)
-        colour *= alpha
-        blended = base.astype(np.float32)
-        blended *= 1.0 - alpha
-        blended += colour
-        np.rint(blended, out=blended)
-        out[y : y + sh] = np.where(valid[..., None], blended.astype(np.uint8), base)
+        blended = np.multiply(base, k, dtype=np.float32)
+        blended += c
+        np.rint(blended, out=base, casting="unsafe")
     return out

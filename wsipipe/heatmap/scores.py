@@ -87,19 +87,36 @@ class ScoreTable:
         return cols
 
 
+_CSV_CHUNK = 16384  # rows formatted and written at a time
+
+
 def write_scores_csv(path: str | Path, table: ScoreTable) -> None:
-    """The table as CSV (floats with 8 significant digits)."""
+    """The table as CSV (floats with 8 significant digits; the csv module's excel dialect).
+
+    Rows are formatted from one %-template (``%.8g`` for floats, ``str`` otherwise: numbers
+    never need quoting), a chunk at a time; columns of other kinds go through ``csv``.
+    """
     cols = table.columns()
-    text = []
-    for col in cols.values():
-        if np.issubdtype(col.dtype, np.floating):
-            text.append([f"{v:.8g}" for v in col.tolist()])
-        else:
-            text.append([str(v) for v in col.tolist()])
+    numeric = all(c.dtype.kind in "biuf" for c in cols.values())
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(list(cols))
-        writer.writerows(zip(*text, strict=True))
+        n = len(table)
+        if not numeric:  # e.g. a text extra column: let csv quote it
+            text = [_csv_text(c) for c in cols.values()]
+            writer.writerows(zip(*text, strict=True))
+            return
+        fmt = [("%.8g" if c.dtype.kind == "f" else "%s") for c in cols.values()]
+        row = ",".join(fmt) + writer.dialect.lineterminator
+        for s in range(0, n, _CSV_CHUNK):
+            fields = [c[s : s + _CSV_CHUNK].tolist() for c in cols.values()]
+            fh.write("".join(map(row.__mod__, zip(*fields, strict=True))))
+
+
+def _csv_text(col: np.ndarray) -> list[str]:
+    if np.issubdtype(col.dtype, np.floating):
+        return [f"{v:.8g}" for v in col.tolist()]
+    return [str(v) for v in col.tolist()]
 
 
 def read_scores_csv(path: str | Path) -> dict[str, np.ndarray]:

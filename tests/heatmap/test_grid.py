@@ -1,0 +1,88 @@
+"""Regular-lattice fast path: lookups give exactly the images splatting gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsipipe.heatmap.grid import tile_grid
+from wsipipe.heatmap.render import (
+    blend_overlay,
+    colorize,
+    colormap_lut,
+    render_values,
+    tile_spans,
+)
+
+
+def _lattice(rng: np.random.Generator, nx: int, ny: int, step: int, keep: float) -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(nx) * step, np.arange(ny) * step)
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
+    coords = coords[rng.random(len(coords)) < keep]  # holes: cells without a tile
+    return coords[rng.permutation(len(coords))] + np.array([3 * step, 2 * step])
+
+
+def test_tile_grid_accepts_lattices_only():
+    rng = np.random.default_rng(0)
+    coords = _lattice(rng, 9, 7, 256, 0.7)
+    grid = tile_grid(coords, 256)
+    assert grid is not None and grid.origin == tuple(coords.min(0).tolist())
+    assert tile_grid(coords, 300) is None  # pitch != footprint
+    assert tile_grid(coords + np.array([[1, 0]] + [[0, 0]] * (len(coords) - 1)), 256) is None
+    assert tile_grid(np.concatenate([coords, coords[:1]]), 256) is None  # a duplicate
+    assert tile_grid(np.array([[0, 0], [256 * 10_000, 0]]), 256) is None  # too sparse
+    assert tile_grid(np.zeros((0, 2), np.int64), 256) is None
+    assert tile_grid(coords, 255.5) is None
+
+
+@pytest.mark.parametrize("ds", [16.0, 19.8125, 7.3, 40.0, 300.0])
+def test_lookup_covers_the_pixels_splatting_covers(ds):
+    rng = np.random.default_rng(1)
+    coords = _lattice(rng, 12, 9, 256, 0.6)
+    values = rng.random(len(coords)).astype(np.float32)
+    values[:3] = np.nan  # never coloured
+    grid = tile_grid(coords, 256)
+    assert grid is not None
+    w, h = int(16 * 256 / ds), int(12 * 256 / ds)
+    lut = colormap_lut("jet")
+    want = colorize(
+        render_values(tile_spans(coords, 256, ds), values, (0, 0, w, h)), lut, (1, 2, 3)
+    )
+    colours = colorize(values, lut, (1, 2, 3))
+    table = grid.table(colours, (1, 2, 3))
+    got = grid.image(ds, w, h).lookup(table, 0, h)
+    assert np.array_equal(got, want)
+    # any window
+    assert np.array_equal(grid.image(ds, w, h).lookup(table, 3, h - 2, 5, w - 1), want[3:-2, 5:-1])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.35, 0.5, 1.0])
+@pytest.mark.parametrize("with_tissue", [False, True])
+def test_overlay_by_lookup_equals_overlay_by_splatting(alpha, with_tissue):
+    rng = np.random.default_rng(2)
+    coords = _lattice(rng, 20, 14, 512, 0.75)
+    values = rng.random(len(coords)).astype(np.float32)
+    values[5] = np.nan
+    ds = 512 / 13.7  # a fractional thumbnail downsample, as slide thumbnails have
+    h, w = int(17 * 512 / ds), int(24 * 512 / ds)
+    thumb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    tissue = rng.random((h, w)) < 0.8 if with_tissue else None
+    lut = colormap_lut("viridis")
+    spans = tile_spans(coords, 512, ds)
+    grid = tile_grid(coords, 512)
+    assert grid is not None
+    args = (thumb, spans, values, lut, alpha, 0.0, tissue)
+    want = blend_overlay(*args, stripe=37)
+    got = blend_overlay(*args, stripe=37, grid=grid.image(ds, w, h))
+    assert np.array_equal(got, want)
+    # the blend is the per-pixel float32 formula, untouched where no tile (or no tissue) is
+    i = int(np.flatnonzero(~np.isnan(values))[0])
+    x0, y0, x1, y1 = spans[i]
+    y, x = (y0 + y1) // 2, (x0 + x1) // 2
+    if tissue is None or tissue[y, x]:
+        c = lut[int(np.rint(values[i] * 255))].astype(np.float32) * np.float32(alpha)
+        b = thumb[y, x].astype(np.float32) * np.float32(1.0 - alpha)
+        assert got[y, x].tolist() == np.rint(b + c).astype(np.uint8).tolist()
+    covered = render_values(spans, values, (0, 0, w, h))
+    bare = np.isnan(covered) if tissue is None else np.isnan(covered) | ~tissue
+    assert np.array_equal(got[bare], thumb[bare])
