@@ -9,7 +9,7 @@ the measured process:
 * ``scan``: ``wsipipe predict`` on the store (IPS scan of all tiles + re-read of the M
   selected + aggregation) -- the evaluation scan a heatmap is compared with;
 * ``heatmap``: ``wsipipe heatmap`` on the store, all outputs (overlay PNG at 8 um/px capped
-  at 4096 px, pyramidal TIFF at 2 um/px, GeoJSON, gallery, score CSV + HDF5).
+  at 4096 px, pyramidal TIFF at 4 um/px, GeoJSON, gallery, score CSV + HDF5).
 
 The slide file itself is absent (a 100k-tile slide is 6.5 gigapixels), so the overlay is
 drawn on a blank canvas of the slide's extent: the thumbnail read is not included (it is the
