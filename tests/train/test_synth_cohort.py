@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wsipipe.train.config import load_train_config
+from wsipipe.train.config import TrainConfig, load_train_config
 from wsipipe.train.loop import train
 
 
@@ -39,21 +39,18 @@ def tiled_macro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return _tiled_cohort(tmp_path_factory.mktemp("synth_macro"), tumour_fraction=(0.15, 0.35))
 
 
+def _config(preset: str, tiled: tuple[Path, Path], out: Path, method: str) -> TrainConfig:
+    labels, tiles = tiled
+    overrides = {"labels": str(labels), "stores": str(tiles), "out": str(out), "method": method}
+    overrides |= {"progress": False, "tensorboard": False, "device": "cpu"}
+    return load_train_config(preset, overrides)
+
+
 @pytest.mark.parametrize("method", ["ips", "dbps"])
 def test_features_mode_learns_on_the_synthetic_cohort(
     tiled: tuple[Path, Path], tmp_path: Path, method: str
 ) -> None:
-    labels, tiles = tiled
-    overrides = {
-        "labels": str(labels),
-        "stores": str(tiles),
-        "out": str(tmp_path / "run"),
-        "method": method,
-        "progress": False,
-        "tensorboard": False,
-        "device": "cpu",
-    }
-    cfg = load_train_config("quickstart-features", overrides)
+    cfg = _config("quickstart-features", tiled, tmp_path / "run", method)
     recs = train(cfg)
     best = max(r["val_auc"] for r in recs)
     assert best >= 0.9 and recs[-1]["val_auc"] >= 0.9, [r["val_auc"] for r in recs]
@@ -66,19 +63,7 @@ def test_quickstart_preset_learns_end_to_end(
 ) -> None:
     """Pixel mode, the quick start's preset: ResNet-18 from scratch + aggregator (about 3 min
     each on 2 CPU cores). The validation loss must fall far below chance (ln 2 = 0.69)."""
-    labels, tiles = tiled_macro
-    cfg = load_train_config(
-        "quickstart",
-        {
-            "labels": str(labels),
-            "stores": str(tiles),
-            "out": str(tmp_path / "run"),
-            "method": method,
-            "progress": False,
-            "tensorboard": False,
-            "device": "cpu",
-        },
-    )
+    cfg = _config("quickstart", tiled_macro, tmp_path / "run", method)
     recs = train(cfg)
     aucs = [r["val_auc"] for r in recs]
     assert [r["epoch"] for r in recs] == list(range(1, cfg.epochs + 1)) and recs[-1]["val_n"] == 8
