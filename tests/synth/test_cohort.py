@@ -163,6 +163,7 @@ def test_stratified_splits_small_and_uneven() -> None:
         ({"seed": -1}, "seed"),
         ({"tumour_fraction": (0.3, 0.1)}, "tumour_fraction"),
         ({"tumour_fraction": (0.0, 0.2)}, "tumour_fraction"),
+        ({"tumour_fraction": (0.1, 0.2, 0.3)}, "tumour_fraction"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:

@@ -79,8 +79,8 @@ class CohortConfig:
             raise ConfigError(
                 f"CohortConfig.splits={self.splits!r} must sum to 1 (train, val, test)"
             )
-        lo, hi = self.tumour_fraction
-        if not (len(self.tumour_fraction) == 2 and 0.0 < lo <= hi < 1.0):
+        tf = tuple(self.tumour_fraction)
+        if not (len(tf) == 2 and all(math.isfinite(v) for v in tf) and 0.0 < tf[0] <= tf[1] < 1):
             raise ConfigError(
                 f"CohortConfig.tumour_fraction={self.tumour_fraction!r} must be two fractions "
                 "0 < low <= high < 1, e.g. (0.05, 0.16)"
