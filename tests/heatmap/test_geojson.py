@@ -31,7 +31,7 @@ def test_polygons_coincide_with_tiles_and_carry_measurements(tmp_path):
         assert poly.is_valid and shapely.equals(poly, box(x, y, x + 512, y + 512))
         assert poly.area == 512 * 512
         assert poly.exterior.is_ccw  # right-hand rule in (x, y) coordinates
-    assert np.allclose(meas["attention"], scores, rtol=1e-12)
+    assert np.allclose(meas["attention"], scores, rtol=6e-8, atol=0)  # 8 significant digits
     assert meas["rank"].tolist() == ranks.tolist()
     f = doc["features"][5]
     props = f["properties"]
@@ -55,7 +55,8 @@ def test_non_finite_values_become_null_and_empty_collection_is_valid():
 
 
 def _reference_geojson(coords, size, measurements, colors, object_type, classification):
-    """Reference: the feature-by-feature writer (json.dumps of each value)."""
+    """Reference: the feature-by-feature writer (each value on its own; floats to 8
+    significant digits, as the scores CSV)."""
     xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     names = [json.dumps(str(name)) for name in measurements]
     cls = f', "classification": {{"name": {json.dumps(classification)}}}' if classification else ""
@@ -66,7 +67,7 @@ def _reference_geojson(coords, size, measurements, colors, object_type, classifi
         if isinstance(v, (int, np.integer)):
             return str(int(v))
         f = float(v)
-        return repr(f) if np.isfinite(f) else "null"
+        return f"{f:.8g}" if np.isfinite(f) else "null"
 
     out = ['{"type": "FeatureCollection", "features": [\n']
     for i in range(len(xy)):
@@ -112,4 +113,5 @@ def test_text_equals_the_feature_by_feature_reference(monkeypatch, size):
         doc = json.loads(buf.getvalue())
         assert len(doc["features"]) == n
         m = doc["features"][4]["properties"]["measurements"]
-        assert m[0]["value"] == attention[4] and m[4]["name"] == 'odd "name" {with} %s %d'
+        assert m[0]["value"] == float(f"{attention[4]:.8g}")
+        assert m[4]["name"] == 'odd "name" {with} %s %d'

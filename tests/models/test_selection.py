@@ -188,3 +188,27 @@ def test_modes_restored_when_the_stream_fails() -> None:
         ips_scan(enc, agg, broken(), M=2)
     assert enc.training and agg.training and enc.bn.training
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("scan", ["ips", "dbps"])
+def test_chunk_hook_sees_every_tile_once_with_its_logits(scan: str) -> None:
+    """``on_chunk`` gets each chunk's indices and the (k, T, H) logits the scan ranks by."""
+    enc, agg = tiny_feature_encoder(F), tiny_aggregator(heads=4, n_token=2)
+    x = _features(97, 5)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(idx: torch.Tensor, lg: torch.Tensor) -> None:
+        seen.append((idx.clone(), lg.clone()))
+
+    kwargs = {"S": 8} if scan == "dbps" else {}
+    fn = dbps_scan if scan == "dbps" else ips_scan
+    res = fn(enc, agg, chunked(x, 10), M=6, on_chunk=hook, **kwargs)  # type: ignore[operator]
+    assert [len(i) for i, _ in seen] == [10] * 9 + [7]
+    idx = torch.cat([i for i, _ in seen])
+    lg = torch.cat([g for _, g in seen])
+    assert torch.equal(idx, torch.arange(97))
+    expected = one_shot_logits(enc, agg, x)  # (N, T, H)
+    assert lg.shape == expected.shape == (97, 2, 4) and lg.dtype == torch.float32
+    assert torch.allclose(lg, expected, atol=1e-5)
+    assert res.logits is not None  # the cached logits of M are the hook's rows
+    assert torch.allclose(res.logits, lg[res.indices], atol=1e-6)

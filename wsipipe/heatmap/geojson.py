@@ -5,7 +5,9 @@ Each tile becomes one ``Feature`` with a closed square ``Polygon`` in slide leve
 
 * ``objectType``: ``"tile"`` (QuPath creates tile objects; ``"detection"`` also works),
 * ``measurements``: a list of ``{"name": .., "value": ..}`` (the format every QuPath version
-  reads; 0.4+ also accepts a mapping) -- e.g. ``attention``, ``attention_norm``, ``rank``,
+  reads; 0.4+ also accepts a mapping) -- e.g. ``attention``, ``attention_norm``, ``rank``;
+  floats with 8 significant digits (QuPath keeps measurements as 32-bit floats; the exact
+  values are in the scores file), NaN/inf as ``null``,
 * ``color``: the tile's colour-map colour ``[r, g, b]``, so the tiles show coloured at once,
 * ``name``: ``"tile <index>"``.
 
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+
+from wsipipe.heatmap.rows import format_rows
 
 
 def _num(v: float) -> str:
@@ -36,24 +40,26 @@ def _num(v: float) -> str:
     return repr(f)
 
 
-def _column_text(values: np.ndarray) -> list[str]:
-    """JSON texts of a column, vectorised by dtype (integers, bools, floats)."""
+def _column(values: np.ndarray) -> tuple[str, Sequence[object]]:
+    """(%-conversion, values) of one measurement column: integers and bools as integers,
+    floats with 8 significant digits (the scores CSV's precision), NaN/inf as ``null``."""
     v = np.asarray(values).reshape(-1)
-    if v.dtype == bool:
-        return np.where(v, "1", "0").tolist()
-    if np.issubdtype(v.dtype, np.integer):
-        return list(map(str, v.tolist()))
+    if v.dtype == bool or np.issubdtype(v.dtype, np.integer):
+        return "%d", v.tolist()
     f = v.astype(np.float64)
-    text = list(map(repr, f.tolist()))
-    for i in np.flatnonzero(~np.isfinite(f)).tolist():
+    finite = np.isfinite(f)
+    if finite.all():
+        return "%.8g", f.tolist()
+    text = [f"{x:.8g}" for x in f.tolist()]
+    for i in np.flatnonzero(~finite).tolist():
         text[i] = "null"
-    return text
+    return "%s", text
 
 
-def _corner_text(start: np.ndarray, size: float) -> list[str]:
-    """JSON texts of ``start + size`` (the far corner of each tile)."""
+def _corner_text(start: np.ndarray, size: float) -> Sequence[object]:
+    """``start + size`` (the far corner of each tile): integers, or JSON number texts."""
     if float(size).is_integer() and (len(start) == 0 or np.abs(start).max() < 2**52):
-        return list(map(str, (start + int(size)).tolist()))
+        return (start + int(size)).tolist()
     return [_num(v) for v in (start + float(size)).tolist()]
 
 
@@ -89,31 +95,38 @@ def write_tiles_geojson(
             raise ValueError(f"measurement {name!r} has {len(v)} values for {n} tiles")
     rgb = None if colors is None else np.asarray(colors, dtype=np.int64).reshape(-1, 3)
     cls = f', "classification": {{"name": {json.dumps(classification)}}}' if classification else ""
-    # one %-template per feature (much faster than str.format); the fields, in order:
-    # the ring's corners x0 y0 x1 y0 x1 y1 x0 y1 x0 y0, index, [r g b], measurements
+    # one %-template per feature, applied to a whole chunk at once (:func:`format_rows`); the
+    # fields, in order: the ring's corners x0 y0 x1 y0 x1 y1 x0 y1 x0 y0, index, [r g b],
+    # measurements. Each feature starts with the "," that separates it from the previous one.
     ring = "[[%s, %s], [%s, %s], [%s, %s], [%s, %s], [%s, %s]]"
-    meas = ", ".join(f'{{"name": {_escape(json.dumps(str(name)))}, "value": %s}}' for name in cols)
-    colour = "" if rgb is None else ', "color": [%s, %s, %s]'
-    template = (
-        '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [' + ring + "]}, "
+    colour = "" if rgb is None else ', "color": [%d, %d, %d]'
+    head = (
+        ',{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [' + ring + "]}, "
         '"properties": {"objectType": ' + _escape(json.dumps(object_type)) + ", "
-        '"name": "tile %s"' + colour + _escape(cls) + ', "measurements": [' + meas + "]}}\n"
+        '"name": "tile %d"' + colour + _escape(cls) + ', "measurements": ['
     )
+    names = [f'{{"name": {_escape(json.dumps(str(name)))}, "value": ' for name in cols]
 
     def chunk_text(s: int, e: int) -> str:
         x, y = xy[s:e, 0], xy[s:e, 1]
-        x0, y0 = list(map(str, x.tolist())), list(map(str, y.tolist()))
+        x0, y0 = x.tolist(), y.tolist()
         x1, y1 = _corner_text(x, size_level0), _corner_text(y, size_level0)
-        fields = [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0, list(map(str, range(s, e)))]
+        fields: list[Sequence[object]] = [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0, list(range(s, e))]
         if rgb is not None:
-            fields += [list(map(str, c.tolist())) for c in rgb[s:e].T]
-        fields += [_column_text(v[s:e]) for v in cols.values()]
-        return ",".join(map(template.__mod__, zip(*fields, strict=True)))
+            fields += [c.tolist() for c in rgb[s:e].T]
+        conv = []
+        for v in cols.values():
+            spec, values = _column(v[s:e])
+            conv.append(spec)
+            fields.append(values)
+        meas = ", ".join(name + spec + "}" for name, spec in zip(names, conv, strict=True))
+        return format_rows(head + meas + "]}}\n", fields)
 
     def write(fh: IO[str]) -> None:
         fh.write('{"type": "FeatureCollection", "features": [\n')
         for s in range(0, n, _CHUNK):
-            fh.write(("," if s else "") + chunk_text(s, min(n, s + _CHUNK)))
+            text = chunk_text(s, min(n, s + _CHUNK))
+            fh.write(text if s else text[1:])  # no "," before the first feature
         fh.write("]}\n")
 
     if isinstance(path, (str, Path)):

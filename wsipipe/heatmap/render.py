@@ -309,28 +309,30 @@ def blend_overlay(
     if grid is not None and (len(grid.rows), len(grid.cols)) != (h, w):
         raise ValueError(f"grid image {(len(grid.rows), len(grid.cols))} != thumbnail {(h, w)}")
     n_lut = len(lut)
-    # pixel = rint(thumb * (1 - alpha) + colour * alpha) in float32; index -1 (the extra
-    # last row): thumb * 1 + 0, i.e. the thumbnail as it is -- no masking per pixel
+    # pixel = rint(thumb * keep + colour) in float32, per LUT index; index -1 (the extra last
+    # row, reached by mode="wrap"): keep 1, colour 0, i.e. the thumbnail as it is
     colour = np.zeros((n_lut + 1, 3), np.float32)
     colour[:n_lut] = lut
     colour[:n_lut] *= alpha
-    keep = np.ones((n_lut + 1, 3), np.float32)
+    keep = np.ones((n_lut + 1, 1), np.float32)  # one factor for the 3 channels
     keep[:n_lut] = np.float32(1.0 - alpha)
-    cells = None
+    cell_index = None
     if grid is not None:
         # LUT index of each cell; -1: no tile or a non-finite value (never coloured)
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         idx = np.where(np.isfinite(v), value_indices(v.astype(np.float32), n_lut), -1)
-        cells = (
-            grid.grid.table(idx.astype(np.int16), -1),
-            grid.grid.table(keep[idx], keep[-1]),
-            grid.grid.table(colour[idx], colour[-1]),
-        )
+        cell_index = grid.grid.table(idx.astype(np.int16), -1)
     out = np.array(thumb[..., :3], dtype=np.uint8, copy=True)
+    # per-pixel buffers allocated once and reused by every stripe: fresh multi-MB temporaries
+    # per stripe cost more in page faults than the arithmetic itself
+    rows = min(stripe, h)
+    k_buf = np.empty((rows, w, 1), np.float32)
+    c_buf = np.empty((rows, w, 3), np.float32)
+    f_buf = np.empty((rows, w, 3), np.float32)
     for y in range(0, h, stripe):
         sh = min(stripe, h - y)
-        if grid is not None and cells is not None:
-            index = grid.lookup(cells[0], y, y + sh)
+        if cell_index is not None and grid is not None:
+            index = grid.lookup(cell_index, y, y + sh)
         else:
             vals = render_values(spans, values, (0, y, w, sh), sigma_px)
             index = value_indices(vals, n_lut)
@@ -339,12 +341,10 @@ def blend_overlay(
             index = np.where(tissue[y : y + sh], index, -1)
         if not (index >= 0).any():
             continue
-        if grid is not None and cells is not None and tissue is None:
-            k, c = grid.lookup(cells[1], y, y + sh), grid.lookup(cells[2], y, y + sh)
-        else:
-            k, c = np.take(keep, index, axis=0), np.take(colour, index, axis=0)
+        k = np.take(keep, index, axis=0, out=k_buf[:sh], mode="wrap")  # (sh, w, 1)
+        c = np.take(colour, index, axis=0, out=c_buf[:sh], mode="wrap")  # (sh, w, 3)
         base = out[y : y + sh]
-        blended = np.multiply(base, k, dtype=np.float32)
+        blended = np.multiply(base, k, out=f_buf[:sh], dtype=np.float32)
         blended += c
         np.rint(blended, out=base, casting="unsafe")
     return out

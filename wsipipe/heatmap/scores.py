@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from wsipipe.errors import StoreError
+from wsipipe.heatmap.rows import format_rows
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,7 @@ def write_scores_csv(path: str | Path, table: ScoreTable) -> None:
         fmt = [("%.8g" if c.dtype.kind == "f" else "%s") for c in cols.values()]
         row = ",".join(fmt) + writer.dialect.lineterminator
         for s in range(0, n, _CSV_CHUNK):
-            fields = [c[s : s + _CSV_CHUNK].tolist() for c in cols.values()]
-            fh.write("".join(map(row.__mod__, zip(*fields, strict=True))))
+            fh.write(format_rows(row, [c[s : s + _CSV_CHUNK].tolist() for c in cols.values()]))
 
 
 def _csv_text(col: np.ndarray) -> list[str]:

@@ -1,10 +1,10 @@
 """Scoring a slide for its heatmap: ONE streaming pass in eval mode over all its tiles.
 
-The pass is the training stage's own evaluation scan (IPS or DBPS, :func:`scan_slide`) with
-a tap on the encoder: every chunk's embeddings are also turned into raw attention logits of
-the learned query(ies) (k, T, H) the moment they are computed, so that the exact softmax
-over ALL N tiles (running log-sum-exp, as :func:`wsipipe.models.stream_attention`) comes
-out of the same pass that selects the memory buffer M (and the DBPS auxiliary buffer S).
+The pass is the training stage's own evaluation scan (IPS or DBPS, :func:`scan_slide`), with
+a hook that keeps the raw attention logits (k, T, H) the scan computes for every chunk anyway
+(no extra compute): the exact softmax over ALL N tiles (log-sum-exp over the kept logits, as
+:func:`wsipipe.models.stream_attention`) comes out of the same pass that selects the memory
+buffer M (and the DBPS auxiliary buffer S).
 The slide prediction then re-reads only the M selected tiles (as ``wsipipe predict`` does).
 
 Memory: O(N * T * H) logits plus the scan's own O(M + I (+ S)) embeddings; never N
@@ -13,13 +13,13 @@ embeddings, never N tiles.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
@@ -55,31 +55,6 @@ class _Rows:
         return None if self.buf is None else self.buf[: self.n]
 
 
-class _TapEncoder(nn.Module):
-    """Wraps an encoder; records each chunk's attention logits (k, T, H) on the side."""
-
-    def __init__(self, encoder: nn.Module, aggregator: nn.Module, n_tiles: int) -> None:
-        super().__init__()
-        self.inner = encoder
-        self._agg: list[Any] = [aggregator]  # a plain list: not registered as a submodule
-        self.logits = _Rows(n_tiles)  # (N, T, H), on the scan device
-
-    def forward(self, x: Tensor) -> Tensor:
-        emb = self.inner(x)  # (k, D), possibly under autocast
-        with torch.autocast(emb.device.type, enabled=False):
-            lg = self._agg[0].attention_logits(emb.float().unsqueeze(0))  # (1, T, H, k)
-        self.logits.add(lg[0].permute(2, 0, 1))  # (k, T, H)
-        return emb
-
-
-def _recording(chunks: Iterable[tuple[Tensor, Tensor]], seen: _Rows) -> Iterator[Any]:
-    """Pass non-empty chunks through, remembering their tile indices in order."""
-    for idx, tiles in chunks:
-        if idx.numel():
-            seen.add(idx.long().cpu())
-            yield idx, tiles
-
-
 @dataclass
 class SlidePass:
     """Outcome of one slide's pass: attention over all tiles and the scan's selection."""
@@ -99,17 +74,18 @@ def score_pass(
     ``n_tiles`` (the slide's N, if known) sizes the logits buffer once."""
     from wsipipe.models import AttentionMap
     from wsipipe.train.engine import scan_slide
-    from wsipipe.train.model import SlideModel
 
-    tap = _TapEncoder(model.encoder, model.aggregator, n_tiles)
-    seen = _Rows(n_tiles)
-    result = scan_slide(SlideModel(tap, model.aggregator), _recording(chunks, seen), st)
-    lg, indices = tap.logits.value(), seen.value()
-    if lg is None or indices is None:
+    rows, seen = _Rows(n_tiles), _Rows(n_tiles)  # (N, T, H) logits, (N,) tile indices
+
+    def keep(idx: Tensor, lg: Tensor) -> None:  # on the scan device; one copy at the end
+        seen.add(idx)
+        rows.add(lg)
+
+    result = scan_slide(model, chunks, st, on_chunk=keep)
+    lg, idx = rows.value(), seen.value()
+    if lg is None or idx is None:
         raise ConfigError("heatmap: the slide yielded no tiles; re-run `wsipipe tile`")
-    logits = lg.float().cpu()  # (N, T, H)
-    if logits.shape[0] != indices.shape[0]:  # internal invariant, not user input
-        raise RuntimeError(f"tap saw {logits.shape[0]} tiles, the stream {indices.shape[0]}")
+    logits, indices = lg.float().cpu(), idx.long().cpu()  # (N, T, H), (N,)
     norm = torch.logsumexp(logits, dim=0)  # (T, H)
     return SlidePass(AttentionMap(logits=logits, indices=indices, log_norm=norm), result)
 

@@ -13,7 +13,7 @@ every ranking re-normalises cached logits over the current candidate set.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +39,14 @@ from wsipipe.models.batch import (
     random_patch_drop,
 )
 
+# called with every chunk's (tile indices (k,), raw attention logits (k, T, H) float32), on the
+# scan device, the moment they are computed: how a caller sees the logits of ALL N tiles
+# (e.g. the heatmap's softmax over the slide) without a second pass or any extra compute
+ChunkHook = Callable[[Tensor, Tensor], None]
+
 __all__ = [
     "Chunk",
+    "ChunkHook",
     "ScanBatch",
     "ScanResult",
     "collate_scan_results",
@@ -114,6 +120,7 @@ def _scan(
     S: int | None,
     device: torch.device | str | None,
     amp_dtype: torch.dtype | None,
+    on_chunk: ChunkHook | None = None,
 ) -> ScanResult:
     """IPS scan (``S is None``) or DBPS scan (``S >= 0``); see the module docstring.
 
@@ -133,6 +140,8 @@ def _scan(
         for idx, tiles in device_chunks(chunks, dev):
             emb = encode(encoder, tiles, dev, amp_dtype)  # (k, D)
             lg = chunk_logits(keys, emb)  # (k, T, H)
+            if on_chunk is not None:
+                on_chunk(idx, lg)
             n_tiles += int(idx.shape[0])
             mem = _cat(mem, (idx, lg, emb) if keep_emb else (idx, lg))  # M + k candidates
             if mem[0].shape[0] <= M:  # still filling the buffer
@@ -169,6 +178,7 @@ def ips_scan(
     M: int,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
+    on_chunk: ChunkHook | None = None,
 ) -> ScanResult:
     """Iterative Patch Selection over one slide's chunks -> the M' = min(M, N) selected tiles.
 
@@ -178,8 +188,9 @@ def ips_scan(
     triggers a ranking of the M + k candidates (softmax over them, averaged over heads and
     tokens) and keeps the top M. ``device`` defaults to the aggregator's; ``amp_dtype``
     (e.g. torch.bfloat16) runs the encoder under autocast (logits stay float32).
+    ``on_chunk`` (optional) sees every chunk's indices and logits (see :data:`ChunkHook`).
     """
-    return _scan(encoder, aggregator, chunks, M, None, device, amp_dtype)
+    return _scan(encoder, aggregator, chunks, M, None, device, amp_dtype, on_chunk)
 
 
 def dbps_scan(
@@ -190,10 +201,11 @@ def dbps_scan(
     S: int,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
+    on_chunk: ChunkHook | None = None,
 ) -> ScanResult:
     """Dual-Buffer Patch Selection: the IPS scan plus an auxiliary buffer of the S best
     sub-salient embeddings (candidates not kept in the top M, evicted ones included, merged
     with the previous auxiliary buffer and ranked by their cached logits re-normalised over
     the merged set). Small slides give S' = min(S, N - M') < S entries, never placeholders.
     """
-    return _scan(encoder, aggregator, chunks, M, S, device, amp_dtype)
+    return _scan(encoder, aggregator, chunks, M, S, device, amp_dtype, on_chunk)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from wsipipe.models import ScanResult
+    from wsipipe.models.selection import ChunkHook
     from wsipipe.train.data import Chunk, SlideSpec
 
 
@@ -41,15 +42,19 @@ class ScanSettings:
 
 
 def scan_slide(
-    model: SlideModel, chunks: Iterable[tuple[Tensor, Tensor]], st: ScanSettings
+    model: SlideModel,
+    chunks: Iterable[tuple[Tensor, Tensor]],
+    st: ScanSettings,
+    on_chunk: ChunkHook | None = None,
 ) -> ScanResult:
-    """Select the slide's M tiles (and S sub-salient embeddings for DBPS)."""
+    """Select the slide's M tiles (and S sub-salient embeddings for DBPS); ``on_chunk`` sees
+    every chunk's tile indices and attention logits (:data:`wsipipe.models.ChunkHook`)."""
     from wsipipe.models import CrossAttentionAggregator, dbps_scan, ips_scan
 
     agg = cast(CrossAttentionAggregator, model.aggregator)
     if st.method == "dbps":
-        return dbps_scan(model.encoder, agg, chunks, st.M, st.S, st.device, st.amp_dtype)
-    return ips_scan(model.encoder, agg, chunks, st.M, st.device, st.amp_dtype)
+        return dbps_scan(model.encoder, agg, chunks, st.M, st.S, st.device, st.amp_dtype, on_chunk)
+    return ips_scan(model.encoder, agg, chunks, st.M, st.device, st.amp_dtype, on_chunk)
 
 
 def collate(
