@@ -11,6 +11,10 @@ the measured process:
 * ``heatmap``: ``wsipipe heatmap`` on the store, all outputs (overlay PNG at 8 um/px capped
   at 4096 px, pyramidal TIFF at 4 um/px, GeoJSON, gallery, score CSV + HDF5).
 
+Full mode adds a cohort case, 4 slides of 25k tiles in one run: there the heatmap writes
+slide k's outputs while slide k+1 is scored (and ``predict`` re-reads slide k's M tiles
+while slide k+1 is scanned), so the outputs are partly hidden even on 2 CPU cores.
+
 The slide file itself is absent (a 100k-tile slide is 6.5 gigapixels), so the overlay is
 drawn on a blank canvas of the slide's extent: the thumbnail read is not included (it is the
 slide reader's cost, see bench_read). Peak RSS: each alone in a fresh process (its
@@ -38,29 +42,39 @@ TILE0, TILE_PX, MPP = 256, 32, 0.5
 ENCODER = "test_resnet.r160_in1k"
 
 
-def _build(n: int, model: str = "tiny") -> tuple[Path, Path]:
-    """(tile dir with stores/slide<n>.h5, checkpoint of ``model``); built once and cached."""
+def _build(n: int, model: str = "tiny", slides: int = 1) -> tuple[Path, Path]:
+    """(tile dir with ``slides`` stores of n tiles each, checkpoint of ``model``); built once
+    and cached."""
+    ckpt = OUT / f"ckpt_{model}.pt"
+    if not ckpt.exists():
+        _checkpoint(ckpt, model)
+    if slides == 1:
+        tile_dir = OUT / f"tiles_{n}"
+        _store(tile_dir / "stores" / f"slide{n}.h5", n, seed=0)
+    else:
+        tile_dir = OUT / f"tiles_{slides}x{n}"
+        for i in range(slides):
+            _store(tile_dir / "stores" / f"slide{n}_{i}.h5", n, seed=i)
+    return tile_dir, ckpt
+
+
+def _store(store: Path, n: int, seed: int) -> None:
     import numpy as np
 
     from wsipipe.store import StoreMeta, create_store, encode_tile
 
-    tile_dir = OUT / f"tiles_{n}"
-    store = tile_dir / "stores" / f"slide{n}.h5"
-    ckpt = OUT / f"ckpt_{model}.pt"
-    if not ckpt.exists():
-        _checkpoint(ckpt, model)
     if store.exists():
-        return tile_dir, ckpt
+        return
     store.parent.mkdir(parents=True, exist_ok=True)
     side = math.ceil(math.sqrt(n))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     templates = []
     for i in range(64):  # tiles differ (so attention differs), encoded once each
         base = np.array([225, 160, 190]) - (i % 8) * 12
         img = base + rng.normal(0, 10, (TILE_PX, TILE_PX, 3))
         templates.append(encode_tile(np.clip(img, 0, 255).astype(np.uint8), "jpeg"))
     meta = StoreMeta(
-        slide_id=f"slide{n}", slide_path=str(OUT / "absent.svs"), slide_size=1,
+        slide_id=store.stem, slide_path=str(OUT / "absent.svs"), slide_size=1,
         slide_md5_1mb="0" * 32, reader="openslide", slide_mpp=(MPP, MPP), mpp_source="file",
         target_mpp=TILE0 * MPP / TILE_PX, tile_px=TILE_PX, level=0, downsample=1.0,
         read_px=TILE0, tile_size_level0=TILE0, overlap_px=0, pixels="jpeg", jpeg_quality=90,
@@ -74,7 +88,6 @@ def _build(n: int, model: str = "tiny") -> tuple[Path, Path]:
             pick = rng.integers(0, len(templates), len(idx))
             w.append(coords, [templates[j] for j in pick], np.ones(len(idx), np.float32))
     tmp.rename(store)
-    return tile_dir, ckpt
 
 
 def _checkpoint(path: Path, model: str) -> None:
@@ -133,10 +146,12 @@ def _child(
             predict(ckpt, out, tile_dir, overrides={"workers": 0, "device": "cpu"})
         else:
             cfg = HeatmapConfig(checkpoint=ckpt, stores=tile_dir, out=out, workers=0, device="cpu")
-            (o,) = run_heatmaps(cfg)
-            if o.state != "done":
-                raise SystemExit(f"heatmap failed: {o.reason}")
-            info = dict(o.info)
+            outcomes = run_heatmaps(cfg)
+            for o in outcomes:
+                if o.state != "done":
+                    raise SystemExit(f"heatmap failed: {o.slide_id}: {o.reason}")
+            for key in ("score_seconds", "render_seconds"):  # summed over the slides
+                info[key] = sum(float(o.info[key]) for o in outcomes)
         return {"kind": kind, "seconds": time.perf_counter() - t0, **info}
 
     names = kinds.split(",")
@@ -160,12 +175,16 @@ def _measure(kinds: str, tile_dir: Path, ckpt: Path, threads: int, warmup: bool 
 def run(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
     threads = 2
-    cases = [(2_000, "tiny", 1)] if quick else [(10_000, "tiny", 3), (100_000, "tiny", 2)]
+    # (tiles per slide, model, timed repeats, slides)
+    cases = [(2_000, "tiny", 1, 1)]
     if not quick:
-        cases.append((5_000, "resnet18", 1))
-    for n, model, repeats in cases:
-        tile_dir, ckpt = _build(n, model)
+        cases = [(10_000, "tiny", 3, 1), (100_000, "tiny", 2, 1), (25_000, "tiny", 2, 4)]
+        cases.append((5_000, "resnet18", 1, 1))
+    for n, model, repeats, slides in cases:
+        tile_dir, ckpt = _build(n, model, slides)
         case = f"{n // 1000}k tiles, {model}"
+        if slides > 1:
+            case = f"{slides} slides x {case}"
         # peak RSS: one run alone in a fresh process each
         rss = {k: _measure(k, tile_dir, ckpt, threads)["rss_mb"] for k in ("scan", "heatmap")}
         # time: alternate the two in one warmed-up process (a shared machine's load drifts);
@@ -175,6 +194,7 @@ def run(quick: bool = False) -> list[Row]:
         scan = min((r for r in runs if r["kind"] == "scan"), key=lambda r: r["seconds"])
         heat = min((r for r in runs if r["kind"] == "heatmap"), key=lambda r: r["seconds"])
         ratio = heat["seconds"] / scan["seconds"]
+        overlap = " (summed over slides; each overlaps the next slide's scoring)"
         rows += [
             Row("heatmap", case, "eval scan (wsipipe predict)", scan["seconds"], "s"),
             Row(
@@ -186,7 +206,14 @@ def run(quick: bool = False) -> list[Row]:
                 f"{ratio:.2f}x the scan (goal <= 1.2x)",
             ),
             Row("heatmap", case, "  of which scoring pass", float(heat["score_seconds"]), "s"),
-            Row("heatmap", case, "  of which outputs", float(heat["render_seconds"]), "s"),
+            Row(
+                "heatmap",
+                case,
+                "  of which outputs",
+                float(heat["render_seconds"]),
+                "s",
+                overlap if slides > 1 else "",
+            ),
             Row("heatmap", case, "peak RSS scan", rss["scan"], "MiB"),
             Row("heatmap", case, "peak RSS heatmap", rss["heatmap"], "MiB", "goal <= 2048 MiB"),
         ]

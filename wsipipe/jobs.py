@@ -24,7 +24,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -72,6 +72,16 @@ class Outcome:
 # A stage's work function: builds every output in `tmp_dir` and returns
 # ({output name relative to the out dir: file or directory inside tmp_dir}, info dict).
 WorkFn = Callable[[Job, Path], tuple[dict[str, Path], dict[str, Any]]]
+# A work function in two stages: the first runs in the caller's thread and returns the
+# second, which returns what a WorkFn returns. :func:`run_staged_jobs` runs job k's second
+# stage in a background thread while job k+1's first stage runs (e.g. the heatmap: slide k's
+# outputs are written while slide k+1 is scored).
+FinishFn = Callable[[], tuple[dict[str, Path], dict[str, Any]]]
+StagedWorkFn = Callable[[Job, Path], FinishFn]
+
+
+def _ready(result: tuple[dict[str, Path], dict[str, Any]]) -> FinishFn:
+    return lambda: result
 
 
 @dataclass(frozen=True)
@@ -174,40 +184,49 @@ class JobRunner:
 
     # ---- one job -----------------------------------------------------------------------
     def run_one(self, job: Job, work: WorkFn) -> Outcome:
+        started = self.begin(job, lambda j, tmp: _ready(work(j, tmp)))
+        return started if isinstance(started, Outcome) else started.finish()
+
+    def begin(self, job: Job, first: StagedWorkFn) -> Outcome | Started:
+        """Run the first stage of ``job`` under its lock.
+
+        Returns the job's :class:`Outcome` when it ends here (skipped, or failed and
+        recorded), else a :class:`Started` that holds the lock until its ``finish()``.
+        """
         start = time.perf_counter()
         if not self.overwrite and self.is_done(job.slide_id):
             return Outcome(job.slide_id, "skipped", "already done")
         tmp_dir = self.out_dir / ".tmp" / f"{job.slide_id}.{os.getpid()}"
+        held = contextlib.ExitStack()
+        locked = False
         try:
-            with self.lock(job.slide_id):
-                # Re-check under the lock: a concurrent run may have finished it meanwhile.
-                if not self.overwrite and self.is_done(job.slide_id):
-                    return Outcome(job.slide_id, "skipped", "already done")
-                shutil.rmtree(tmp_dir, ignore_errors=True)
-                tmp_dir.mkdir(parents=True)
-                outputs, info = work(job, tmp_dir)
-                published = [publish(src, self.out_dir / rel) for rel, src in outputs.items()]
-                outcome = Outcome(
-                    job.slide_id, "done", seconds=time.perf_counter() - start, info=info
-                )
-                rels = [str(p.relative_to(self.out_dir)) for p in published]
-                self.write_status(outcome, rels)
-                return outcome
-        except WsipipeError as exc:
-            outcome = Outcome(
-                job.slide_id, "failed", _one_line(str(exc)), time.perf_counter() - start
-            )
-        except Exception as exc:  # a bug or an unexpected library error: record, continue
-            reason = f"internal error {type(exc).__name__}: {_one_line(str(exc))}"
-            outcome = Outcome(
-                job.slide_id,
-                "failed",
-                reason,
-                time.perf_counter() - start,
-                info={"traceback": traceback.format_exc()},
-            )
-        finally:
+            held.enter_context(self.lock(job.slide_id))
+            locked = True
+            # Re-check under the lock: a concurrent run may have finished it meanwhile.
+            if not self.overwrite and self.is_done(job.slide_id):
+                held.close()
+                return Outcome(job.slide_id, "skipped", "already done")
             shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir.mkdir(parents=True)
+            finish = first(job, tmp_dir)
+        except BaseException as exc:
+            if locked:  # the temp folder is ours only once the lock is
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+            held.close()
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stop the run
+                raise
+            return self._failed(job, exc, start)
+        return Started(self, job, tmp_dir, start, held, finish)
+
+    def _failed(self, job: Job, exc: Exception, start: float) -> Outcome:
+        """Record ``exc`` as the job's failure (one line; a traceback for internal errors)."""
+        seconds = time.perf_counter() - start
+        if isinstance(exc, WsipipeError):
+            outcome = Outcome(job.slide_id, "failed", _one_line(str(exc)), seconds)
+        else:  # a bug or an unexpected library error: record, continue
+            reason = f"internal error {type(exc).__name__}: {_one_line(str(exc))}"
+            trace = "".join(traceback.format_exception(exc))
+            outcome = Outcome(job.slide_id, "failed", reason, seconds, info={"traceback": trace})
         self._record_failure(outcome)
         return outcome
 
@@ -220,6 +239,36 @@ class JobRunner:
             atomic_write_text(path, json.dumps({**outcome.info, "reason": outcome.reason}))
             return
         self.write_status(outcome)
+
+
+@dataclass
+class Started:
+    """A job whose first stage succeeded: its lock is held and its outputs are half built in
+    ``tmp_dir`` until :meth:`finish` (call it exactly once, from any one thread)."""
+
+    runner: JobRunner
+    job: Job
+    tmp_dir: Path
+    start: float
+    held: contextlib.ExitStack  # the slide's lock
+    second: FinishFn
+
+    def finish(self) -> Outcome:
+        """Run the second stage, publish the outputs, write the status; release the lock."""
+        runner, job = self.runner, self.job
+        try:
+            outputs, info = self.second()
+            published = [publish(src, runner.out_dir / rel) for rel, src in outputs.items()]
+            outcome = Outcome(job.slide_id, "done", seconds=time.perf_counter() - self.start,
+                              info=info)  # fmt: skip
+            runner.write_status(outcome, [str(p.relative_to(runner.out_dir)) for p in published])
+            return outcome
+        except Exception as exc:
+            failure = exc
+        finally:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.held.close()
+        return runner._failed(job, failure, self.start)
 
 
 def publish(src: Path, dst: Path) -> Path:
@@ -287,6 +336,48 @@ def run_jobs(
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
+    return outcomes
+
+
+def run_staged_jobs(
+    runner: JobRunner,
+    jobs: Sequence[Job],
+    first: StagedWorkFn,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    overlap: bool = True,
+) -> list[Outcome]:
+    """Run ``jobs`` in order in this process. With ``overlap``, pipelined: job k's second
+    stage runs in one background thread while job k+1's first stage runs here (at most one
+    second stage in flight, so at most two jobs' data in memory); without, each job's two
+    stages run back to back here. Outcomes come in job order; a failure in either stage
+    fails that job only."""
+    outcomes: list[Outcome] = []
+
+    def record(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+
+    if not overlap:
+        for job in jobs:
+            started = runner.begin(job, first)
+            record(started if isinstance(started, Outcome) else started.finish())
+        return outcomes
+    with ThreadPoolExecutor(1, thread_name_prefix=f"{runner.stage}-finish") as pool:
+        pending: Future[Outcome] | None = None
+        try:
+            for job in jobs:
+                started = runner.begin(job, first)
+                if pending is not None:
+                    record(pending.result())
+                    pending = None
+                if isinstance(started, Outcome):
+                    record(started)
+                else:
+                    pending = pool.submit(started.finish)
+        finally:  # an interrupt still lets the job in flight finish (or fail) cleanly
+            if pending is not None:
+                record(pending.result())
     return outcomes
 
 

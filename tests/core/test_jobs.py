@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from wsipipe.errors import ConfigError, SlideError
-from wsipipe.jobs import Job, JobRunner, check_slide_id, run_jobs, write_summary
+from wsipipe.jobs import (
+    Job,
+    JobRunner,
+    Started,
+    check_slide_id,
+    run_jobs,
+    run_staged_jobs,
+    write_summary,
+)
 
 
 def good_work(job: Job, tmp: Path):
@@ -106,6 +114,95 @@ def test_parallel_batch_continues_past_failures(tmp_path):
     assert [o.state for o in outcomes] == ["failed", "failed"]
     summary = write_summary(tmp_path, outcomes)
     assert summary.read_text().splitlines()[0].startswith("slide_id,state,seconds,reason")
+
+
+class _Staged:
+    """A two-stage work function that logs the order in which stages start and end."""
+
+    def __init__(self, fail: dict[str, str] | None = None) -> None:
+        import threading
+
+        self.log: list[str] = []
+        self.fail = fail or {}
+        self.main = threading.get_ident()
+        self.second_threads: set[int] = set()
+
+    def __call__(self, job: Job, tmp: Path):
+        import threading
+        import time
+
+        sid = job.slide_id
+        self.log.append(f"first {sid}")
+        if self.fail.get(sid) == "first":
+            raise SlideError(f"{sid}.svs: unreadable; re-copy the slide")
+        (tmp / "half.txt").write_text("half")
+
+        def second():
+            self.second_threads.add(threading.get_ident())
+            self.log.append(f"second {sid} start")
+            time.sleep(0.05)  # long enough for the next job's first stage to run meanwhile
+            assert (tmp / "half.txt").exists()  # the first stage's files are still there
+            if self.fail.get(sid) == "second":
+                raise ValueError("writer broke")
+            (tmp / "a.txt").write_text(sid)
+            self.log.append(f"second {sid} end")
+            return {f"out/{sid}.txt": tmp / "a.txt"}, {"n": 1}
+
+        return second
+
+
+def test_staged_jobs_overlap_and_publish_in_order(tmp_path):
+    r = JobRunner(tmp_path, "heatmap", "h1")
+    work = _Staged()
+    outcomes = run_staged_jobs(r, [Job("a"), Job("b"), Job("c")], work)
+    assert [(o.slide_id, o.state) for o in outcomes] == [
+        ("a", "done"),
+        ("b", "done"),
+        ("c", "done"),
+    ]
+    for sid in "abc":
+        assert (tmp_path / f"out/{sid}.txt").read_text() == sid
+        assert json.loads((tmp_path / f"status/{sid}.json").read_text())["state"] == "done"
+    # b's first stage ran while a's second stage was running (the pipelining)
+    assert work.log.index("first b") < work.log.index("second a end")
+    assert work.main not in work.second_threads  # second stages run off the main thread
+    assert not any((tmp_path / ".tmp").iterdir()) and not any((tmp_path / "locks").iterdir())
+    again = run_staged_jobs(r, [Job("a"), Job("b")], _Staged())
+    assert [o.state for o in again] == ["skipped", "skipped"]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_staged_failures_fail_their_job_only_and_leave_nothing(tmp_path, overlap):
+    r = JobRunner(tmp_path, "heatmap", "h1")
+    work = _Staged(fail={"a": "first", "b": "second"})
+    outcomes = run_staged_jobs(r, [Job("a"), Job("b"), Job("c")], work, overlap=overlap)
+    assert [o.state for o in outcomes] == ["failed", "failed", "done"]
+    assert "unreadable" in outcomes[0].reason
+    assert outcomes[1].reason.startswith("internal error ValueError: writer broke")
+    assert "Traceback" in json.loads((tmp_path / "status/b.json").read_text())["traceback"]
+    assert not (tmp_path / "out/a.txt").exists() and not (tmp_path / "out/b.txt").exists()
+    assert not any((tmp_path / ".tmp").iterdir())
+    assert not any((tmp_path / "locks").iterdir())  # every lock released, failed ones too
+
+
+def test_staged_without_overlap_runs_each_job_to_the_end_in_this_thread(tmp_path):
+    work = _Staged()
+    outcomes = run_staged_jobs(JobRunner(tmp_path, "heatmap", "h1"), [Job("a"), Job("b")], work,
+                               overlap=False)  # fmt: skip
+    assert [o.state for o in outcomes] == ["done", "done"]
+    assert work.log == ["first a", "second a start", "second a end", "first b",
+                        "second b start", "second b end"]  # fmt: skip
+    assert work.second_threads == {work.main}
+
+
+def test_staged_lock_is_held_until_the_second_stage_ends(tmp_path):
+    r = JobRunner(tmp_path, "heatmap", "h1")
+    started = r.begin(Job("a"), _Staged())
+    assert isinstance(started, Started)
+    # a concurrent run meanwhile finds the slide locked
+    assert r.run_one(Job("a"), good_work).state == "failed"
+    assert started.finish().state == "done"
+    assert not (tmp_path / "locks/a.lock").exists()
 
 
 @pytest.mark.parametrize("bad", ["../evil", "a/b", "", ".hidden", ".."])

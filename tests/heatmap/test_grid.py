@@ -75,14 +75,14 @@ def test_overlay_by_lookup_equals_overlay_by_splatting(alpha, with_tissue):
     want = blend_overlay(*args, stripe=37)
     got = blend_overlay(*args, stripe=37, grid=grid.image(ds, w, h))
     assert np.array_equal(got, want)
-    # the blend is the per-pixel float32 formula, untouched where no tile (or no tissue) is
+    # the blend is the per-pixel formula (to a grey level); untouched where no tile or tissue is
     i = int(np.flatnonzero(~np.isnan(values))[0])
     x0, y0, x1, y1 = spans[i]
     y, x = (y0 + y1) // 2, (x0 + x1) // 2
     if tissue is None or tissue[y, x]:
         c = lut[int(np.rint(values[i] * 255))].astype(np.float32) * np.float32(alpha)
         b = thumb[y, x].astype(np.float32) * np.float32(1.0 - alpha)
-        assert got[y, x].tolist() == np.rint(b + c).astype(np.uint8).tolist()
+        assert np.abs(got[y, x].astype(float) - (b + c)).max() <= 1.0  # fixed-point blend
     covered = render_values(spans, values, (0, 0, w, h))
     bare = np.isnan(covered) if tissue is None else np.isnan(covered) | ~tissue
     assert np.array_equal(got[bare], thumb[bare])

@@ -168,6 +168,27 @@ def test_overlay_planted_pattern_renders_where_it_should():
         blend_overlay(thumb, sp, values, lut, alpha=1.5)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.77, 1.0])
+def test_blend_is_within_one_grey_level_of_the_exact_formula(alpha):
+    """The fixed-point blend: every (thumbnail value, colour) pair, exact at alpha 0 and 1."""
+    v = np.arange(256)
+    thumb = np.stack(np.broadcast_arrays(v[:, None], v[None, :], 255 - v[None, :]), -1)
+    thumb = thumb.astype(np.uint8)  # (256, 256, 3): rows x columns of grey levels
+    lut = np.stack([v, 255 - v, (v * 7) % 256], 1).astype(np.uint8)  # 256 distinct colours
+    coords = _grid(256, 1, 1)  # one tile per pixel column, LUT index = column
+    values = np.arange(256, dtype=np.float32) / 255
+    sp = tile_spans(coords, 1, 1.0)
+    sp[:, 3] = 256  # each tile spans its whole column
+    out = blend_overlay(thumb, sp, values, lut, alpha=alpha).astype(float)
+    exact = thumb * (1 - alpha) + lut[None, :, :].astype(float) * alpha
+    err = np.abs(out - exact)
+    assert err.max() <= 1.0 and err.mean() < 0.5  # a grey level at most; mostly exact
+    if alpha == 0.0:
+        assert np.array_equal(out, thumb)
+    if alpha == 1.0:
+        assert np.array_equal(out, np.broadcast_to(lut[None], thumb.shape))
+
+
 def test_outlines_drawn_on_the_tile_border_only():
     img = np.full((50, 50, 3), 255, np.uint8)
     out = draw_outlines(img, np.array([[10, 10, 30, 30]]), (255, 0, 255), width=2)

@@ -196,3 +196,38 @@ def test_overlay_resolution_is_clamped_to_a_useful_size():
     assert overlay_mpp(cfg, 500, 400, 0.5) == 0.5
     with pytest.raises(ConfigError, match="overlay_min_px"):
         HeatmapConfig(overlay_min_px=5000)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_slide_failing_while_its_outputs_are_written_fails_alone(tmp_path, monkeypatch, overlap):
+    """A failure in the output stage (here a broken annotation file) fails that slide only,
+    publishes nothing of it, and a re-run after the fix redoes just that slide. With
+    ``overlap`` (what a GPU run does) slide k's outputs are written while k+1 is scored."""
+    import wsipipe.heatmap.run as hr
+
+    staged = hr.run_staged_jobs
+    monkeypatch.setattr(
+        hr, "run_staged_jobs", lambda *a, **k: staged(*a, **{**k, "overlap": overlap})
+    )
+    synth.make_slide_dir(tmp_path, ("a", "b", "c"))
+    synth.make_checkpoint(tmp_path / "ck.pt")
+    good = (tmp_path / "annotations" / "b.xml").read_text()
+    (tmp_path / "annotations" / "b.xml").write_text("<ASAP_Annotations><Annotations>")
+    outcomes = run_heatmaps(_cfg(tmp_path))
+    assert [(o.slide_id, o.state) for o in outcomes] == [
+        ("a", "done"), ("b", "failed"), ("c", "done"),
+    ]  # fmt: skip
+    failed = outcomes[1]
+    assert "b.xml" in failed.reason and "not well-formed XML" in failed.reason
+    out = tmp_path / "out"
+    assert [p.relative_to(out).as_posix() for p in out.glob("*/b.*")] == ["status/b.json"]
+    assert (out / "overlay" / "c.png").exists()
+    assert not any((out / ".tmp").iterdir()) and not any((out / "locks").iterdir())
+    done_c = (out / "status" / "c.json").stat().st_mtime_ns
+    (tmp_path / "annotations" / "b.xml").write_text(good)
+    again = run_heatmaps(_cfg(tmp_path))
+    assert sorted((o.slide_id, o.state) for o in again) == [
+        ("a", "skipped"), ("b", "done"), ("c", "skipped"),
+    ]  # fmt: skip
+    assert (out / "status" / "c.json").stat().st_mtime_ns == done_c
+    assert (out / "overlay" / "b.png").exists()

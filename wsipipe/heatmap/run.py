@@ -8,7 +8,9 @@ slide prediction; then the outputs of :mod:`wsipipe.heatmap.outputs` are written
 
 Runs through :mod:`wsipipe.jobs` (skip done slides, lock, atomic publish, failure records).
 The model is loaded once; one DataLoader (the training stage's chunk loader) streams the
-tiles of all slides to do, decoding in worker processes. Output layout under ``--out``::
+tiles of all slides to do, decoding in worker processes. On a GPU, slides are pipelined:
+slide k's outputs are written on a background thread while slide k+1 is scored, so the
+outputs cost no GPU time. Output layout under ``--out``::
 
     config.yaml             resolved HeatmapConfig + checkpoint + its training config
     overlay/ gallery/ pyramid/ geojson/ scores/ predictions/ evaluation/   (per slide)
@@ -24,7 +26,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +39,10 @@ from wsipipe.config import config_to_dict, save_config
 from wsipipe.errors import ConfigError
 from wsipipe.heatmap.config import RUNTIME_FIELDS, HeatmapConfig
 from wsipipe.heatmap.evaluate import evaluate_slide, tumour_fraction
-from wsipipe.heatmap.outputs import load_canvas, write_slide_outputs, write_tables
+from wsipipe.heatmap.outputs import SlideCanvas, load_canvas, write_slide_outputs, write_tables
 from wsipipe.heatmap.render import normalise_scores, score_ranks
 from wsipipe.heatmap.scores import ScoreTable
-from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
+from wsipipe.jobs import Job, JobRunner, Outcome, run_staged_jobs, write_summary
 
 _ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 
@@ -98,11 +102,31 @@ class _Run:
     store_paths: dict[str, Path]
     chunks: _SlideChunks
     fetcher: Any  # TileFetcher
+    canvases: ThreadPoolExecutor  # reads slide thumbnails while the model scores
     tissue_dir: Path | None
     annotations: Path | None
 
-    def work(self, job: Job, tmp: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-        return heatmap_slide(self, job, tmp)
+    def close(self) -> None:
+        self.fetcher.close()
+        self.canvases.shutdown(wait=True)
+
+
+@dataclass
+class _Scored:
+    """One slide after its scoring pass: what its outputs are made of (all O(N) arrays)."""
+
+    slide_id: str
+    store_path: Path
+    coords: np.ndarray  # (N, 2) level-0 top-lefts
+    size: int  # tile footprint, level-0 px
+    score: np.ndarray  # (N,) attention, softmax over all N tiles, mean over heads/tokens
+    per_head: np.ndarray  # (N, T * H)
+    selected: np.ndarray  # (N,) bool: in M
+    aux: np.ndarray  # (N,) bool: in the DBPS auxiliary buffer S
+    probs: np.ndarray  # (C,) slide prediction
+    canvas: Future[SlideCanvas]
+    started: float
+    score_seconds: float
 
 
 def _annotation_file(directory: Path, slide_id: str) -> Path | None:
@@ -113,103 +137,115 @@ def _annotation_file(directory: Path, slide_id: str) -> Path | None:
     return None
 
 
-def heatmap_slide(run: _Run, job: Job, tmp: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Score one slide and write its outputs into ``tmp``."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def score_slide(run: _Run, job: Job, tmp: Path) -> Callable[[], tuple[dict[str, Path], Any]]:
+    """Stage 1 (this thread: the model and the tile stream): the slide's scoring pass and
+    prediction. Returns stage 2, which writes the outputs into ``tmp`` (:func:`finish_slide`)
+    and may run in another thread while the next slide is scored."""
     from wsipipe.heatmap.scoring import predict_from_scan, score_pass
     from wsipipe.store import open_store
 
     t0 = time.perf_counter()
     cfg, lm = run.cfg, run.lm
     pos: int = job.inputs["pos"]
-    spec = run.specs[pos]
     store_path = run.store_paths[job.slide_id]
-    with open_store(store_path) as store, ThreadPoolExecutor(1) as pool:
+    with open_store(store_path) as store:
         meta = store.meta
         coords = np.asarray(store.coords, dtype=np.int64)
-        n = len(coords)
-        size = int(meta.tile_size_level0)
-        mpp = float(np.mean(meta.slide_mpp))
-        tissue = run.tissue_dir / f"{job.slide_id}.geojson" if run.tissue_dir else None
-        # the slide's thumbnail is read while the model scores the tiles
-        canvas_job = pool.submit(
-            load_canvas, meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue
+    n = len(coords)
+    size = int(meta.tile_size_level0)
+    mpp = float(np.mean(meta.slide_mpp))
+    tissue = run.tissue_dir / f"{job.slide_id}.geojson" if run.tissue_dir else None
+    # the slide's thumbnail is read while the model scores the tiles
+    canvas = run.canvases.submit(
+        load_canvas, meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue
+    )
+    sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings, n)
+    sel_idx = sp.scan.indices.cpu().numpy()
+    tiles = run.fetcher.submit(run.specs[pos], sel_idx).result()
+    probs = predict_from_scan(lm, tiles, sp.scan).numpy().astype(np.float64)
+
+    order = sp.attention.indices.numpy()
+    if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
+        raise RuntimeError(f"{store_path}: the pass scored {len(order)} of {n} tiles")
+    score = np.empty(n, np.float64)
+    score[order] = sp.attention.scores().double().numpy()
+    per_head = np.empty((n, sp.attention.logits.shape[2]), np.float64)
+    per_head[order] = sp.attention.per_head().double().numpy()
+    selected = np.zeros(n, bool)
+    selected[sel_idx] = True
+    aux = np.zeros(n, bool)
+    if sp.scan.aux_indices is not None:
+        aux[sp.scan.aux_indices.cpu().numpy()] = True
+    scored = _Scored(
+        job.slide_id, store_path, coords, size, score, per_head, selected, aux, probs, canvas,
+        t0, time.perf_counter() - t0,
+    )  # fmt: skip
+    return lambda: finish_slide(run, scored, tmp)
+
+
+def finish_slide(run: _Run, s: _Scored, tmp: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Stage 2: evaluation against the annotations, the score table and every output file."""
+    from wsipipe.store import open_store
+
+    t1 = time.perf_counter()
+    cfg, lm = run.cfg, run.lm
+    extra: dict[str, np.ndarray] = {}
+    evaluation: dict[str, Any] | None = None
+    if run.annotations is not None:
+        from wsipipe.annotations import read_annotations
+
+        ann = _annotation_file(run.annotations, s.slide_id)
+        tumour, exclusion = read_annotations(ann) if ann else ([], [])
+        frac = tumour_fraction(s.coords, s.size, tumour, exclusion)
+        extra["tumour_fraction"] = frac
+        ev = evaluate_slide(
+            s.slide_id, s.score, frac, s.selected, s.aux, cfg.top_k, cfg.tumour_threshold
         )
-        sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings, n)
-        sel_idx = sp.scan.indices.cpu().numpy()
-        tiles = run.fetcher.submit(spec, sel_idx).result()
-        probs = predict_from_scan(lm, tiles, sp.scan).numpy().astype(np.float64)
-        t_score = time.perf_counter() - t0
+        evaluation = {**ev.to_row(), "annotations": str(ann) if ann else None}
 
-        order = sp.attention.indices.numpy()
-        if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
-            raise RuntimeError(f"{store_path}: the pass scored {len(order)} of {n} tiles")
-        score = np.empty(n, np.float64)
-        score[order] = sp.attention.scores().double().numpy()
-        per_head = np.empty((n, sp.attention.logits.shape[2]), np.float64)
-        per_head[order] = sp.attention.per_head().double().numpy()
-        selected = np.zeros(n, bool)
-        selected[sel_idx] = True
-        aux = np.zeros(n, bool)
-        if sp.scan.aux_indices is not None:
-            aux[sp.scan.aux_indices.cpu().numpy()] = True
-
-        extra: dict[str, np.ndarray] = {}
-        evaluation: dict[str, Any] | None = None
-        ann = _annotation_file(run.annotations, job.slide_id) if run.annotations else None
-        if run.annotations is not None:
-            from wsipipe.annotations import read_annotations
-
-            tumour, exclusion = read_annotations(ann) if ann else ([], [])
-            frac = tumour_fraction(coords, size, tumour, exclusion)
-            extra["tumour_fraction"] = frac
-            ev = evaluate_slide(
-                job.slide_id, score, frac, selected, aux, cfg.top_k, cfg.tumour_threshold
-            )
-            evaluation = {**ev.to_row(), "annotations": str(ann) if ann else None}
-
-        table = ScoreTable(
-            tile_index=np.arange(n, dtype=np.int64),
-            coords=coords,
-            score=score,
-            score_norm=normalise_scores(
-                score, cfg.normalise, cfg.percentile_low, cfg.percentile_high
-            ),
-            rank=score_ranks(score),
-            selected=selected,
-            aux=aux,
-            per_head=per_head,
-            extra=extra,
-        )
-        canvas = canvas_job.result()
-        classes = lm.classes
-        prediction = {
-            "slide_id": job.slide_id,
-            "pred": classes[int(np.argmax(probs))],
-            "probs": dict(zip(classes, probs.tolist(), strict=True)),
-            "n_tiles": n,
-            "n_selected": int(selected.sum()),
-            "n_aux": int(aux.sum()),
-            "method": lm.train_cfg.method,
-            "M": lm.train_cfg.M,
-            "I": lm.settings.I,
-            "S": lm.train_cfg.n_aux,
-            "checkpoint": str(lm.checkpoint),
-            "epoch": lm.epoch,
-            "thumbnail": canvas.source,
-            "wsipipe_version": __version__,
-        }
+    n = len(s.coords)
+    table = ScoreTable(
+        tile_index=np.arange(n, dtype=np.int64),
+        coords=s.coords,
+        score=s.score,
+        score_norm=normalise_scores(
+            s.score, cfg.normalise, cfg.percentile_low, cfg.percentile_high
+        ),
+        rank=score_ranks(s.score),
+        selected=s.selected,
+        aux=s.aux,
+        per_head=s.per_head,
+        extra=extra,
+    )
+    canvas = s.canvas.result()
+    classes = lm.classes
+    prediction = {
+        "slide_id": s.slide_id,
+        "pred": classes[int(np.argmax(s.probs))],
+        "probs": dict(zip(classes, s.probs.tolist(), strict=True)),
+        "n_tiles": n,
+        "n_selected": int(s.selected.sum()),
+        "n_aux": int(s.aux.sum()),
+        "method": lm.train_cfg.method,
+        "M": lm.train_cfg.M,
+        "I": lm.settings.I,
+        "S": lm.train_cfg.n_aux,
+        "checkpoint": str(lm.checkpoint),
+        "epoch": lm.epoch,
+        "thumbnail": canvas.source,
+        "wsipipe_version": __version__,
+    }
+    with open_store(s.store_path) as store:  # the gallery re-reads the top-k tiles
         outputs = write_slide_outputs(
-            tmp, job.slide_id, table, canvas, store, store_path.suffix, prediction, evaluation,
+            tmp, s.slide_id, table, canvas, store, s.store_path.suffix, prediction, evaluation,
             cfg,
         )  # fmt: skip
     info: dict[str, Any] = {
         "n_tiles": n,
         "pred": prediction["pred"],
-        "prob": round(float(probs.max()), 4),
-        "score_seconds": round(t_score, 3),
-        "render_seconds": round(time.perf_counter() - t0 - t_score, 3),
+        "prob": round(float(s.probs.max()), 4),
+        "score_seconds": round(s.score_seconds, 3),
+        "render_seconds": round(time.perf_counter() - t1, 3),
     }
     if evaluation is not None:
         for key in ("auc", "topk_in_tumour", "tumour_selected"):
@@ -289,9 +325,14 @@ def run_heatmaps(
         )
         jobs = [Job(sid, {"pos": i}) for i, sid in enumerate(todo)]
         try:
-            outcomes += run_jobs(runner, jobs, run.work, workers=1, on_outcome=on_outcome)
+            # On a GPU, slide k's outputs are written (by the CPU) while slide k+1 is scored.
+            # On the CPU the two would compete for the same cores (measured: no faster, a
+            # little slower with the GIL), so there the stages run back to back.
+            overlap = lm.settings.device.type != "cpu"
+            first = partial(score_slide, run)
+            outcomes += run_staged_jobs(runner, jobs, first, on_outcome, overlap=overlap)
         finally:
-            run.fetcher.close()
+            run.close()
             del run
     _write_config(out, cfg, ckpt, fingerprint, lm)
     write_summary(out, outcomes)
@@ -351,9 +392,9 @@ def _prepare(
     )
     chunks = _SlideChunks(loader, sampler, plan_chunks(range(len(specs)), specs, lm.settings.I))
     fetcher = TileFetcher(tcfg.input_px, pin)
-    ann = annotations
+    canvases = ThreadPoolExecutor(1, thread_name_prefix="heatmap-thumbnail")
     tdir = tissue_dir if tissue_dir.is_dir() else None
-    return lm, _Run(cfg, lm, specs, stores, chunks, fetcher, tdir, ann)
+    return lm, _Run(cfg, lm, specs, stores, chunks, fetcher, canvases, tdir, annotations)
 
 
 def _write_config(
