@@ -58,12 +58,13 @@ def test_lookup_covers_the_pixels_splatting_covers(ds):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.35, 0.5, 1.0])
 @pytest.mark.parametrize("with_tissue", [False, True])
-def test_overlay_by_lookup_equals_overlay_by_splatting(alpha, with_tissue):
+@pytest.mark.parametrize("tile_px", [13.7, 1.3])  # runs of identical rows, or mostly single
+def test_overlay_by_lookup_equals_overlay_by_splatting(alpha, with_tissue, tile_px):
     rng = np.random.default_rng(2)
     coords = _lattice(rng, 20, 14, 512, 0.75)
     values = rng.random(len(coords)).astype(np.float32)
     values[5] = np.nan
-    ds = 512 / 13.7  # a fractional thumbnail downsample, as slide thumbnails have
+    ds = 512 / tile_px  # a fractional thumbnail downsample, as slide thumbnails have
     h, w = int(17 * 512 / ds), int(24 * 512 / ds)
     thumb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     tissue = rng.random((h, w)) < 0.8 if with_tissue else None

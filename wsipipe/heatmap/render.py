@@ -282,6 +282,33 @@ def render_values(
 # ---- overlay --------------------------------------------------------------------------------
 
 
+def _blend_runs(
+    out: np.ndarray,
+    y: int,
+    cells: np.ndarray,
+    counts: np.ndarray,
+    keep: np.ndarray,
+    colour: np.ndarray,
+    tissue: np.ndarray | None,
+    buf: np.ndarray,
+) -> None:
+    """:func:`blend_overlay` on pixel rows y.. that come in runs sharing their LUT indices
+    (cells (r, w), counts (r,)): the fixed-point factors are looked up once per run (r rows,
+    not every pixel) and broadcast over the run's rows."""
+    if not (cells >= 0).any():
+        return
+    k_rows = np.take(keep, cells, axis=0, mode="wrap")  # (r, w, 1)
+    c_rows = np.take(colour, cells, axis=0, mode="wrap")  # (r, w, 3)
+    for k, c, n in zip(k_rows, c_rows, counts.tolist(), strict=True):
+        base = out[y : y + n]
+        blended = np.multiply(base, k, out=buf[:n], dtype=np.uint16)
+        blended += c
+        blended >>= 8
+        where = True if tissue is None else tissue[y : y + n, :, None]
+        np.copyto(base, blended, casting="unsafe", where=where)
+        y += n
+
+
 def blend_overlay(
     thumb: np.ndarray,
     spans: np.ndarray,
@@ -336,7 +363,11 @@ def blend_overlay(
     for y in range(0, h, stripe):
         sh = min(stripe, h - y)
         if cell_index is not None and grid is not None:
-            index = grid.lookup(cell_index, y, y + sh)
+            cells, counts = grid.runs(cell_index, y, y + sh)  # (r, w) distinct pixel rows
+            if 2 * len(counts) <= sh:  # runs of 2+ identical rows: blend a run at a time
+                _blend_runs(out, y, cells, counts, keep, colour, tissue, f_buf)
+                continue
+            index = np.repeat(cells, counts, axis=0)
         else:
             vals = render_values(spans, values, (0, y, w, sh), sigma_px)
             index = value_indices(vals, n_lut)
