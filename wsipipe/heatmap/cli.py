@@ -129,18 +129,21 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
 
     con = Console()
     table = Table(title=f"wsipipe heatmap -> {out_dir}")
+    # (header, info key); the evaluation columns only when some slide was evaluated
+    cols = [("tiles", "n_tiles"), ("pred", "pred"), ("prob", "prob")]
+    if any("auc" in o.info for o in outcomes):
+        cols += [("auc", "auc"), ("top-k in tumour", "topk_in_tumour")]
     table.add_column("slide", no_wrap=True)
-    for col in ("state", "tiles", "pred", "prob", "auc", "top-k in tumour", "s"):
-        table.add_column(col)
+    table.add_column("state", no_wrap=True)
+    for header, _ in cols:
+        table.add_column(header, no_wrap=True)
+    table.add_column("seconds", no_wrap=True)
     table.add_column("reason", overflow="fold")
     colours = {"done": "green", "skipped": "cyan", "failed": "red"}
     for o in sorted(outcomes, key=lambda o: o.slide_id):
-        i = o.info
-        table.add_row(
-            o.slide_id, f"[{colours[o.state]}]{o.state}[/]", str(i.get("n_tiles", "")),
-            str(i.get("pred", "")), str(i.get("prob", "")), str(i.get("auc", "")),
-            str(i.get("topk_in_tumour", "")), f"{o.seconds:.1f}", o.reason,
-        )  # fmt: skip
+        values = [str(o.info.get(key, "")) for _, key in cols]
+        state = f"[{colours[o.state]}]{o.state}[/]"
+        table.add_row(o.slide_id, state, *values, f"{o.seconds:.1f}", o.reason)
     con.print(table)
     overlays = sorted((out_dir / "overlay").glob("*.png")) if (out_dir / "overlay").is_dir() else []
     for p in overlays:
