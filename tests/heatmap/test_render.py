@@ -124,6 +124,41 @@ def test_splat_mean_matches_brute_force(seed):
     assert np.array_equal(np.nan_to_num(sub, nan=-1), np.nan_to_num(got[9:39, 5:25], nan=-1))
 
 
+@pytest.mark.parametrize("sigma", [1.5, 4.0])
+def test_smoothing_is_the_normalised_convolution_with_a_three_fold_box(sigma):
+    """Reference: a box of radius r applied three times along each axis (zeros beyond the
+    edges at every pass) to the masked values and to the mask, by explicit shifted sums;
+    their ratio where the mask's weight is over half a pixel, NaN elsewhere."""
+    from wsipipe.heatmap.render import _box_radius
+
+    rng = np.random.default_rng(4)
+    img = rng.random((23, 31)).astype(np.float32)
+    img[rng.random(img.shape) < 0.3] = np.nan
+    img[:, 25:] = np.nan  # a band of glass
+    r = _box_radius(sigma)
+    valid = ~np.isnan(img)
+
+    def conv(a):
+        for axis in (1, 0):
+            for _ in range(3):
+                pad = [(0, 0), (0, 0)]
+                pad[axis] = (r, r)
+                p, out = np.pad(a, pad), np.zeros_like(a)
+                for j in range(2 * r + 1):
+                    sl = [slice(None), slice(None)]
+                    sl[axis] = slice(j, j + a.shape[axis])
+                    out += p[tuple(sl)]
+                a = out
+        return a
+
+    num, den = conv(np.where(valid, img, 0.0)), conv(valid.astype(float))
+    want = np.where(valid & (den > 0.5), num / np.where(den > 0, den, 1), np.nan)
+    got = smooth_valid(img, sigma)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.allclose(got[valid], want[valid], atol=1e-6)
+    assert not np.allclose(got[valid], img[valid], atol=1e-3)  # it did smooth
+
+
 def test_smoothing_keeps_holes_and_joins_regions_seamlessly():
     coords = _grid(8, 6, 64)
     values = (np.arange(len(coords)) % 5 / 4.0).astype(np.float32)

@@ -221,36 +221,29 @@ def _box_radius(sigma_px: float) -> int:
     return round((float(np.sqrt(4.0 * sigma_px * sigma_px + 1.0)) - 1.0) / 2.0)
 
 
-def _box_sum(a: np.ndarray, r: int, axis: int) -> np.ndarray:
-    """Sum over a window of 2r + 1 along ``axis`` (-1 or -2; zeros beyond the edges)."""
-    n = a.shape[axis]
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (r + 1, r)
-    c = np.cumsum(np.pad(a, pad), axis=axis)
-    if axis == -1:
-        return c[..., 2 * r + 1 :] - c[..., :n]
-    return c[..., 2 * r + 1 :, :] - c[..., :n, :]
-
-
 def smooth_valid(values: np.ndarray, sigma_px: float) -> np.ndarray:
     """Gaussian-like smoothing of an (h, w) map with NaN holes (normalised convolution).
 
     Three passes of a box filter per axis (std ~ ``sigma_px``; O(1) per pixel whatever the
-    sigma). Only valid pixels contribute and only valid pixels get a value (NaN stays NaN),
-    so the smoothing never bleeds colour onto glass.
+    sigma; zeros beyond the edges). Only valid pixels contribute and only valid pixels get a
+    value (NaN stays NaN), so the smoothing never bleeds colour onto glass.
     """
+    from scipy.ndimage import uniform_filter1d
+
     r = _box_radius(sigma_px) if sigma_px > 0 else 0
     if r < 1:
         return values
     valid = ~np.isnan(values)
-    # numerator (masked values) and denominator (valid weights) filtered together: (2, h, w)
+    # numerator (masked values) and denominator (valid weights) filtered together: (2, h, w);
+    # running box means (scipy), so both carry the same factor (2r + 1)^-6
     acc = np.stack([np.where(valid, values, 0.0), valid]).astype(np.float64)
     for axis in (-1, -2):
         for _ in range(3):
-            acc = _box_sum(acc, r, axis)
+            acc = uniform_filter1d(acc, 2 * r + 1, axis=axis, mode="constant", cval=0.0)
     num, den = acc[0], acc[1]
+    enough = den * float(2 * r + 1) ** 6 > 0.5  # at least half a valid pixel's weight
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(valid & (den > 0.5), num / np.maximum(den, 1e-12), np.nan)
+        out = np.where(valid & enough, num / np.maximum(den, 1e-300), np.nan)
     return out.astype(np.float32)
 
 
