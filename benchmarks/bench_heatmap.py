@@ -11,7 +11,9 @@ the measured process:
 * ``heatmap``: ``wsipipe heatmap`` on the store, all outputs (overlay PNG at 8 um/px capped
   at 4096 px, pyramidal TIFF at 4 um/px, GeoJSON, gallery, score CSV + HDF5).
 
-Full mode adds a cohort case, 4 slides of 25k tiles in one run (per-slide costs such as
+Full mode adds a case of 100k overlapping tiles (laid every 192 level-0 px, 25 % overlap:
+the overlay and pyramid average the tiles covering each pixel) and a cohort case, 4 slides
+of 25k tiles in one run (per-slide costs such as
 the overlay's fixed size weigh more there). On the CPU its slides run one after the other;
 on a GPU the heatmap writes slide k's outputs while slide k+1 is scored.
 
@@ -44,23 +46,24 @@ TILE0, TILE_PX, MPP = 256, 32, 0.5
 ENCODER = "test_resnet.r160_in1k"
 
 
-def _build(n: int, model: str = "tiny", slides: int = 1) -> tuple[Path, Path]:
-    """(tile dir with ``slides`` stores of n tiles each, checkpoint of ``model``); built once
-    and cached."""
+def _build(n: int, model: str = "tiny", slides: int = 1, pitch: int = TILE0) -> tuple[Path, Path]:
+    """(tile dir with ``slides`` stores of n tiles each, laid every ``pitch`` level-0 px
+    (< TILE0: overlapping tiles), checkpoint of ``model``); built once and cached."""
     ckpt = OUT / f"ckpt_{model}.pt"
     if not ckpt.exists():
         _checkpoint(ckpt, model)
+    suffix = "" if pitch == TILE0 else f"_pitch{pitch}"
     if slides == 1:
-        tile_dir = OUT / f"tiles_{n}"
-        _store(tile_dir / "stores" / f"slide{n}.h5", n, seed=0)
+        tile_dir = OUT / f"tiles_{n}{suffix}"
+        _store(tile_dir / "stores" / f"slide{n}.h5", n, seed=0, pitch=pitch)
     else:
-        tile_dir = OUT / f"tiles_{slides}x{n}"
+        tile_dir = OUT / f"tiles_{slides}x{n}{suffix}"
         for i in range(slides):
-            _store(tile_dir / "stores" / f"slide{n}_{i}.h5", n, seed=i)
+            _store(tile_dir / "stores" / f"slide{n}_{i}.h5", n, seed=i, pitch=pitch)
     return tile_dir, ckpt
 
 
-def _store(store: Path, n: int, seed: int) -> None:
+def _store(store: Path, n: int, seed: int, pitch: int = TILE0) -> None:
     import numpy as np
 
     from wsipipe.store import StoreMeta, create_store, encode_tile
@@ -79,14 +82,15 @@ def _store(store: Path, n: int, seed: int) -> None:
         slide_id=store.stem, slide_path=str(OUT / "absent.svs"), slide_size=1,
         slide_md5_1mb="0" * 32, reader="openslide", slide_mpp=(MPP, MPP), mpp_source="file",
         target_mpp=TILE0 * MPP / TILE_PX, tile_px=TILE_PX, level=0, downsample=1.0,
-        read_px=TILE0, tile_size_level0=TILE0, overlap_px=0, pixels="jpeg", jpeg_quality=90,
+        read_px=TILE0, tile_size_level0=TILE0, overlap_px=(TILE0 - pitch) * TILE_PX // TILE0,
+        pixels="jpeg", jpeg_quality=90,
         wsipipe_version="bench", config={},
     )  # fmt: skip
     tmp = store.with_name(store.name + ".tmp")
     with create_store(tmp, "h5", meta) as w:
         for s in range(0, n, 4096):
             idx = np.arange(s, min(n, s + 4096))
-            coords = np.stack([idx % side, idx // side], axis=1).astype(np.int64) * TILE0
+            coords = np.stack([idx % side, idx // side], axis=1).astype(np.int64) * pitch
             pick = rng.integers(0, len(templates), len(idx))
             w.append(coords, [templates[j] for j in pick], np.ones(len(idx), np.float32))
     tmp.rename(store)
@@ -177,16 +181,23 @@ def _measure(kinds: str, tile_dir: Path, ckpt: Path, threads: int, warmup: bool 
 def run(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
     threads = 2
-    # (tiles per slide, model, timed repeats, slides)
-    cases = [(2_000, "tiny", 1, 1)]
+    # (tiles per slide, model, timed repeats, slides, tile pitch in level-0 px)
+    cases = [(2_000, "tiny", 1, 1, TILE0)]
     if not quick:
-        cases = [(10_000, "tiny", 3, 1), (100_000, "tiny", 3, 1), (25_000, "tiny", 3, 4)]
-        cases.append((5_000, "resnet18", 1, 1))
-    for n, model, repeats, slides in cases:
-        tile_dir, ckpt = _build(n, model, slides)
+        cases = [
+            (10_000, "tiny", 3, 1, TILE0),
+            (100_000, "tiny", 3, 1, TILE0),
+            (100_000, "tiny", 2, 1, TILE0 * 3 // 4),  # tiled with 25 % overlap
+            (25_000, "tiny", 3, 4, TILE0),
+            (5_000, "resnet18", 1, 1, TILE0),
+        ]
+    for n, model, repeats, slides, pitch in cases:
+        tile_dir, ckpt = _build(n, model, slides, pitch)
         case = f"{n // 1000}k tiles, {model}"
         if slides > 1:
             case = f"{slides} slides x {case}"
+        if pitch != TILE0:
+            case = f"{n // 1000}k tiles, {100 * (TILE0 - pitch) // TILE0} % overlap, {model}"
         # peak RSS: one run alone in a fresh process each
         rss = {k: _measure(k, tile_dir, ckpt, threads)["rss_mb"] for k in ("scan", "heatmap")}
         # time: alternate the two in one warmed-up process (a shared machine's load drifts);

@@ -15,9 +15,9 @@ so it covers the slide's full physical extent at ``mpp = slide_mpp * downsample`
 overlays it exactly on the slide.
 
 Memory: every TIFF tile is rendered on its own from the O(N) tile scores -- by a per-pixel
-lookup in a per-cell colour table when the tiles lie on a regular non-overlapping grid (the
-tiler's layout), else by averaging the tiles found through a bucket index -- so no level is
-ever held whole in memory.
+lookup in a table of colours when the tiles lie on a lattice (the tiler's layout, with or
+without overlap; :mod:`wsipipe.heatmap.grid`), else by averaging the tiles found through a
+bucket index -- so no level is ever held whole in memory.
 
 Viewing it over the slide (the transform is a pure scale by ``Downsample``, recorded in the
 description together with the slide's size):
@@ -47,7 +47,7 @@ import numpy as np
 import tifffile
 
 from wsipipe.errors import ConfigError
-from wsipipe.heatmap.grid import GridImage, TileGrid, tile_grid
+from wsipipe.heatmap.grid import TileGrid, tile_grid
 from wsipipe.heatmap.png import zlib_compress
 from wsipipe.heatmap.render import colorize, render_values, smoothing_margin, tile_spans
 
@@ -185,16 +185,21 @@ def _level_tiles(
 
 
 def _grid_level_tiles(
-    grid: TileGrid, colours: np.ndarray, ds: float, width: int, height: int, tile: int
+    grid: TileGrid,
+    values: np.ndarray,
+    lut: np.ndarray,
+    background: Sequence[int],
+    ds: float,
+    width: int,
+    height: int,
+    tile: int,
 ) -> Iterator[np.ndarray]:
-    """Yield the tiles of one level by per-pixel lookup of the per-cell ``colours`` table
+    """Yield the tiles of one level by per-pixel lookup in the level's table of colours
     (fast path of a :class:`~wsipipe.heatmap.grid.TileGrid`)."""
     tw, th = -(-width // tile) * tile, -(-height // tile) * tile
-    level = grid.image(ds, width, height)
-    # padding beyond the level's edge (edge tiles): no cell, i.e. background
-    rows = np.concatenate([level.rows, np.full(th - height, grid.gh, np.int64)])
-    cols = np.concatenate([level.cols, np.full(tw - width, grid.gw, np.int64)])
-    image = GridImage(grid, rows, cols)
+    # padding beyond the level's edge (edge tiles): no tile, i.e. background
+    image = grid.image(ds, width, height).padded(th, tw)
+    colours = colorize(image.table(values), lut, background)  # (classes, 3)
     for ty in range(0, th, tile):
         # a whole row of tiles in two array operations (few GIL round trips per tile)
         rows, counts = image.runs(colours, ty, ty + tile)  # (runs, tw, 3)
@@ -285,15 +290,12 @@ def write_heatmap_tiff(
     big = geo.width * geo.height * 3 > 2**31
     out = Path(path)
     grid = tile_grid(coords, size_level0) if smooth_um <= 0 else None
-    colours = None
-    if grid is not None:
-        colours = grid.table(colorize(values, lut, background), background)
     batch = max(1, _BUFFER_BYTES // (geo.tile * geo.tile * 3))
     with tifffile.TiffWriter(out, bigtiff=big) as tif:
         for index, (w, h, ds) in enumerate(levels):
             tiles: Iterator[np.ndarray]
-            if grid is not None and colours is not None:
-                tiles = _grid_level_tiles(grid, colours, ds, w, h, geo.tile)
+            if grid is not None:
+                tiles = _grid_level_tiles(grid, values, lut, background, ds, w, h, geo.tile)
             else:
                 spans = tile_spans(coords, size_level0, ds)
                 sigma = smooth_um / (geo.slide_mpp * ds) if smooth_um > 0 else 0.0
@@ -310,9 +312,8 @@ def write_heatmap_tiff(
                 **common,  # type: ignore[arg-type]
             )
             if index == 0:
-                lattice = None if grid is None or colours is None else (grid, colours)
                 _write_thumbnail(
-                    tif, geo, coords, size_level0, values, lut, smooth_um, background, lattice
+                    tif, geo, coords, size_level0, values, lut, smooth_um, background, grid
                 )
 
 
@@ -325,14 +326,14 @@ def _write_thumbnail(
     lut: np.ndarray,
     smooth_um: float,
     background: Sequence[int],
-    lattice: tuple[TileGrid, np.ndarray] | None = None,
+    grid: TileGrid | None = None,
 ) -> None:
     factor = max(1, math.ceil(max(geo.width, geo.height) / _THUMB_MAX))
     w, h = max(1, geo.width // factor), max(1, geo.height // factor)
     ds = geo.downsample * factor
-    if lattice is not None:  # (grid, per-cell colours): lookup, as the levels
-        grid, colours = lattice
-        thumb = grid.image(ds, w, h).lookup(colours, 0, h)
+    if grid is not None:  # lookup, as the levels
+        image = grid.image(ds, w, h)
+        thumb = image.lookup(colorize(image.table(values), lut, background), 0, h)
     else:
         sigma = smooth_um / (geo.slide_mpp * ds) if smooth_um > 0 else 0.0
         vals = render_values(tile_spans(coords, size_level0, ds), values, (0, 0, w, h), sigma)

@@ -342,10 +342,9 @@ def blend_overlay(
     colour[:n_lut] = np.asarray(lut, np.uint16) * (256 - k_fix) + 128
     cell_index = None
     if grid is not None:
-        # LUT index of each cell; -1: no tile or a non-finite value (never coloured)
-        v = np.asarray(values, dtype=np.float64).reshape(-1)
-        idx = np.where(np.isfinite(v), value_indices(v.astype(np.float32), n_lut), -1)
-        cell_index = grid.grid.table(idx.astype(np.int16), -1)
+        # LUT index of each (row class, column class); -1: no tile or no finite value there
+        cls = grid.table(values)
+        cell_index = np.where(np.isnan(cls), -1, value_indices(cls, n_lut)).astype(np.int16)
     out = np.array(thumb[..., :3], dtype=np.uint8, copy=True)
     # per-pixel buffers allocated once and reused by every stripe: fresh multi-MB temporaries
     # per stripe cost more in page faults than the arithmetic itself
