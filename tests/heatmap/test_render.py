@@ -244,8 +244,11 @@ def _outlines_on_whole_image(img, spans, colour, width, labels):
         if x1 <= x0 or y1 <= y0:
             continue
         draw.rectangle([int(x0), int(y0), int(x1) - 1, int(y1) - 1], outline=colour, width=width)
-        if labels is not None and i < len(labels):
-            draw.text((int(x0) + width + 1, int(y0) + width), labels[i], fill=colour)
+        if labels is not None and i < len(labels):  # white on a plate of the outline colour
+            at = (int(x0) + width + 1, int(y0) + width)
+            b = draw.textbbox(at, labels[i])
+            draw.rectangle([b[0] - 1, b[1] - 1, b[2], b[3]], fill=colour)
+            draw.text(at, labels[i], fill=(255, 255, 255))
     return np.asarray(pil)
 
 

@@ -49,8 +49,12 @@ def draw_outlines(
             outline=fill,
             width=width,
         )
-        if label is not None:
-            draw.text((text_at[0] - cx0, text_at[1] - cy0), label, fill=fill)
+        if label is not None:  # on a plate of the outline's colour, in the contrasting one
+            at = (text_at[0] - cx0, text_at[1] - cy0)
+            plate = draw.textbbox(at, label)
+            draw.rectangle([plate[0] - 1, plate[1] - 1, plate[2], plate[3]], fill=fill)
+            ink = (0, 0, 0) if sum(fill) > 382 else (255, 255, 255)
+            draw.text(at, label, fill=ink)
         out[cy0:cy1, cx0:cx1] = np.asarray(crop)
     return out
 
