@@ -85,7 +85,7 @@ def test_overlapping_tiles_are_averaged_as_splatting_averages_them(ds, pitch):
     assert (image.lookup(table, 0, h) != want).any(axis=-1).mean() < 1e-3
     if pitch < 256 and ds <= 16:  # overlaps are visible at this resolution: really averaged
         singles = np.isin(got, values)
-        assert 0.01 < (~singles & ~np.isnan(got)).mean()
+        assert (~singles & ~np.isnan(got)).mean() > 0.01
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.35, 0.5, 1.0])

@@ -75,18 +75,3 @@ def test_slide_chunks_skip_leftovers_of_failed_or_skipped_slides():
     assert got == [0, 1, 2]
     # slide 2 skipped entirely (done by a concurrent run): slide 3 still arrives
     assert [int(i) for i, _ in sc.slide(3)] == [0, 1]
-
-
-@pytest.mark.parametrize("capacity", [0, 3, 10, 100])
-def test_rows_buffer_grows_and_keeps_order(capacity):
-    from wsipipe.heatmap.scoring import _Rows
-
-    rows = _Rows(capacity)
-    assert rows.value() is None
-    parts = [torch.arange(s, s + k).float().view(-1, 1) for s, k in ((0, 4), (4, 1), (5, 5))]
-    for p in parts:
-        rows.add(p)
-    got = rows.value()
-    assert got is not None and torch.equal(got, torch.arange(10).float().view(-1, 1))
-    if capacity >= 10:
-        assert rows.buf is not None and rows.buf.shape[0] == capacity  # one allocation

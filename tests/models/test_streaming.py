@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,3 +54,18 @@ def test_stream_modes_restored_and_empty() -> None:
     assert enc.training and agg.training
     empty = stream_attention(enc, agg, iter([]))
     assert empty.scores().shape == (0,) and empty.per_head().shape == (0, 2)
+
+
+@pytest.mark.parametrize("capacity", [0, 3, 10, 100])
+def test_rows_buffer_grows_and_keeps_order(capacity: int) -> None:
+    from wsipipe.models.streaming import _Rows
+
+    rows = _Rows(capacity)
+    assert rows.value() is None
+    parts = [torch.arange(s, s + k).float().view(-1, 1) for s, k in ((0, 4), (4, 1), (5, 5))]
+    for p in parts:
+        rows.add(p)
+    got = rows.value()
+    assert got is not None and torch.equal(got, torch.arange(10).float().view(-1, 1))
+    if capacity >= 10:
+        assert rows.buf is not None and rows.buf.shape[0] == capacity  # one allocation

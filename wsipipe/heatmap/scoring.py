@@ -1,10 +1,10 @@
 """Scoring a slide for its heatmap: ONE streaming pass in eval mode over all its tiles.
 
 The pass is the training stage's own evaluation scan (IPS or DBPS, :func:`scan_slide`), with
-a hook that keeps the raw attention logits (k, T, H) the scan computes for every chunk anyway
-(no extra compute): the exact softmax over ALL N tiles (log-sum-exp over the kept logits, as
-:func:`wsipipe.models.stream_attention`) comes out of the same pass that selects the memory
-buffer M (and the DBPS auxiliary buffer S).
+a hook that feeds the raw attention logits (k, T, H) the scan computes for every chunk anyway
+(no extra compute) to an :class:`~wsipipe.models.AttentionStream`: its running log-sum-exp
+gives the exact softmax over ALL N tiles, out of the same pass that selects the memory buffer
+M (and the DBPS auxiliary buffer S).
 The slide prediction then re-reads only the M selected tiles (as ``wsipipe predict`` does).
 
 Memory: O(N * T * H) logits plus the scan's own O(M + I (+ S)) embeddings; never N
@@ -16,43 +16,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-import torch
 from torch import Tensor
 
 from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
 
 if TYPE_CHECKING:
-    from wsipipe.models import AttentionMap, ScanResult
+    from wsipipe.models import AttentionMap, CrossAttentionAggregator, ScanResult
     from wsipipe.train.config import TrainConfig
     from wsipipe.train.engine import ScanSettings
     from wsipipe.train.model import SlideModel
-
-
-class _Rows:
-    """A growable (n, ...) tensor written chunk by chunk: one allocation for the whole slide
-    when the tile count is known (no trail of small tensors fragmenting the heap)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self.buf: Tensor | None = None
-        self.n = 0
-
-    def add(self, rows: Tensor) -> None:
-        k = rows.shape[0]
-        if self.buf is None or self.n + k > self.buf.shape[0]:
-            size = max(self.capacity, self.n + k, 2 * self.n)
-            grown = rows.new_empty((size, *rows.shape[1:]))
-            if self.buf is not None:
-                grown[: self.n] = self.buf[: self.n]
-            self.buf = grown
-        self.buf[self.n : self.n + k] = rows
-        self.n += k
-
-    def value(self) -> Tensor | None:
-        return None if self.buf is None else self.buf[: self.n]
 
 
 @dataclass
@@ -72,22 +47,15 @@ def score_pass(
     """One eval-mode pass over a slide's chunks: all-tile attention + the IPS/DBPS scan.
 
     ``n_tiles`` (the slide's N, if known) sizes the logits buffer once."""
-    from wsipipe.models import AttentionMap
+    from wsipipe.models import AttentionStream
     from wsipipe.train.engine import scan_slide
 
-    rows, seen = _Rows(n_tiles), _Rows(n_tiles)  # (N, T, H) logits, (N,) tile indices
-
-    def keep(idx: Tensor, lg: Tensor) -> None:  # on the scan device; one copy at the end
-        seen.add(idx)
-        rows.add(lg)
-
-    result = scan_slide(model, chunks, st, on_chunk=keep)
-    lg, idx = rows.value(), seen.value()
-    if lg is None or idx is None:
+    stream = AttentionStream(n_tiles)  # fed the logits the scan computes for every chunk
+    result = scan_slide(model, chunks, st, on_chunk=stream.add)
+    if stream.n_tiles == 0:
         raise ConfigError("heatmap: the slide yielded no tiles; re-run `wsipipe tile`")
-    logits, indices = lg.float().cpu(), idx.long().cpu()  # (N, T, H), (N,)
-    norm = torch.logsumexp(logits, dim=0)  # (T, H)
-    return SlidePass(AttentionMap(logits=logits, indices=indices, log_norm=norm), result)
+    agg = cast("CrossAttentionAggregator", model.aggregator).cfg
+    return SlidePass(stream.result(agg.n_token, agg.heads), result)
 
 
 # ---- the model of a checkpoint ------------------------------------------------------------

@@ -17,13 +17,15 @@ from wsipipe.models.batch import (
     random_patch_drop,
 )
 from wsipipe.models.encoders import FeatureEncoder, PatchEncoder, create_encoder
-from wsipipe.models.selection import Chunk, ScanResult, dbps_scan, ips_scan
-from wsipipe.models.streaming import AttentionMap, stream_attention
+from wsipipe.models.selection import Chunk, ChunkHook, ScanResult, dbps_scan, ips_scan
+from wsipipe.models.streaming import AttentionMap, AttentionStream, stream_attention
 
 __all__ = [
     "AggregatorConfig",
     "AttentionMap",
+    "AttentionStream",
     "Chunk",
+    "ChunkHook",
     "CrossAttentionAggregator",
     "FeatureEncoder",
     "PatchEncoder",

@@ -62,6 +62,69 @@ class AttentionMap:
         return self.probs().mean(dim=2)
 
 
+class _Rows:
+    """A growable (n, ...) tensor written chunk by chunk: one allocation for the whole slide
+    when the tile count is known (no trail of small tensors fragmenting the heap)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.buf: Tensor | None = None
+        self.n = 0
+
+    def add(self, rows: Tensor) -> None:
+        k = rows.shape[0]
+        if self.buf is None or self.n + k > self.buf.shape[0]:
+            size = max(self.capacity, self.n + k, 2 * self.n)
+            grown = rows.new_empty((size, *rows.shape[1:]))
+            if self.buf is not None:
+                grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n : self.n + k] = rows
+        self.n += k
+
+    def value(self) -> Tensor | None:
+        return None if self.buf is None else self.buf[: self.n]
+
+
+class AttentionStream:
+    """A slide's attention, chunk by chunk: :meth:`add` keeps each chunk's tile indices (k,)
+    and raw logits (k, T, H) and updates the running log-sum-exp (T, H) over the tiles seen
+    so far (the streaming softmax normaliser); :meth:`result` is the :class:`AttentionMap`.
+
+    ``add`` has the signature of a scan's chunk hook (:data:`wsipipe.models.ChunkHook`), so
+    the IPS / DBPS scans can feed it the logits they compute anyway. ``capacity`` (the
+    slide's N, if known) sizes the buffers once.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._logits = _Rows(capacity)  # (N, T, H), on the scan device
+        self._indices = _Rows(capacity)  # (N,)
+        self.lse: Tensor | None = None  # (T, H)
+
+    def add(self, idx: Tensor, lg: Tensor) -> None:
+        chunk_lse = torch.logsumexp(lg, dim=0)  # (T, H)
+        self.lse = chunk_lse if self.lse is None else torch.logaddexp(self.lse, chunk_lse)
+        self._logits.add(lg)
+        self._indices.add(idx)
+
+    @property
+    def n_tiles(self) -> int:
+        return self._indices.n
+
+    def result(self, n_token: int, heads: int) -> AttentionMap:
+        """The map on the CPU (empty, with a -inf normaliser, when no tile was added)."""
+        lg, idx = self._logits.value(), self._indices.value()
+        if lg is None or idx is None or self.lse is None:
+            return AttentionMap(
+                logits=torch.empty(0, n_token, heads),
+                indices=torch.empty(0, dtype=torch.int64),
+                log_norm=torch.full((n_token, heads), float("-inf")),
+            )
+        return AttentionMap(
+            logits=lg.float().cpu(), indices=idx.long().cpu(), log_norm=self.lse.float().cpu()
+        )
+
+
 def stream_attention(
     encoder: nn.Module,
     aggregator: CrossAttentionAggregator,
@@ -73,24 +136,9 @@ def stream_attention(
     and aggregator in eval mode without gradients (previous modes restored), running
     log-sum-exp over the logits. Returns the map on the CPU."""
     dev = resolve_device(aggregator, device)
-    logits: list[Tensor] = []  # per chunk (k, T, H), on the device
-    indices: list[Tensor] = []
-    lse: Tensor | None = None  # (T, H) running log-sum-exp
+    stream = AttentionStream()
     with eval_no_grad(encoder, aggregator):
         keys = scan_keys(aggregator, dev)  # (D, T, H)
         for idx, tiles in device_chunks(chunks, dev):
-            lg = chunk_logits(keys, encode(encoder, tiles, dev, amp_dtype))  # (k, T, H)
-            chunk_lse = torch.logsumexp(lg, dim=0)  # (T, H)
-            lse = chunk_lse if lse is None else torch.logaddexp(lse, chunk_lse)
-            logits.append(lg)
-            indices.append(idx)
-    if lse is None:
-        t, h = aggregator.cfg.n_token, aggregator.cfg.heads
-        return AttentionMap(
-            logits=torch.empty(0, t, h),
-            indices=torch.empty(0, dtype=torch.int64),
-            log_norm=torch.full((t, h), float("-inf")),
-        )
-    return AttentionMap(
-        logits=torch.cat(logits).cpu(), indices=torch.cat(indices).cpu(), log_norm=lse.cpu()
-    )
+            stream.add(idx, chunk_logits(keys, encode(encoder, tiles, dev, amp_dtype)))
+    return stream.result(aggregator.cfg.n_token, aggregator.cfg.heads)
