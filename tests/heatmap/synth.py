@@ -87,10 +87,12 @@ def make_slide_dir(root: Path, ids: tuple[str, ...] = ("a", "b"), pixels: str = 
 
 
 def make_checkpoint(path: Path, method: str = "ips", M: int = 6, I: int = 16, S: int = 5,  # noqa: E741
-                    seed: int = 0) -> Path:  # fmt: skip
-    """A checkpoint of a tiny random model in the training stage's format."""
+                    seed: int = 0, mode: str = "pixels") -> Path:  # fmt: skip
+    """A checkpoint of a tiny random model in the training stage's format (``mode``
+    "features": an aggregator over the frozen ENCODER's cached features)."""
     import torch
 
+    from wsipipe.models import create_encoder
     from wsipipe.train.checkpoint import save_checkpoint
     from wsipipe.train.config import TrainConfig
     from wsipipe.train.model import build_model
@@ -98,13 +100,14 @@ def make_checkpoint(path: Path, method: str = "ips", M: int = 6, I: int = 16, S:
     cfg = TrainConfig(
         encoder=ENCODER, pretrained=False, dim=32, heads=2, dim_head=16, dim_inner=64,
         method=method, M=M, I=I, S=S, device="cpu", workers=0, channels_last=False,
-        batch_size=2, epochs=2, warmup_epochs=0.5,
+        batch_size=2, epochs=2, warmup_epochs=0.5, mode=mode,  # type: ignore[arg-type]
     )  # fmt: skip
+    fdim = create_encoder(ENCODER, pretrained=False).num_features if mode == "features" else 0
     torch.manual_seed(seed)
-    model = build_model(cfg, 2)
+    model = build_model(cfg, 2, fdim)
     save_checkpoint(path, {
         "model": model.state_dict(), "epoch": 1, "step": 1, "config": config_to_dict(cfg),
-        "classes": ["normal", "tumor"], "feature_dim": 0, "wsipipe_version": "test",
+        "classes": ["normal", "tumor"], "feature_dim": fdim, "wsipipe_version": "test",
     })  # fmt: skip
     return path
 

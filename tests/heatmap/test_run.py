@@ -231,3 +231,32 @@ def test_a_slide_failing_while_its_outputs_are_written_fails_alone(tmp_path, mon
     ]  # fmt: skip
     assert (out / "status" / "c.json").stat().st_mtime_ns == done_c
     assert (out / "overlay" / "b.png").exists()
+
+
+def test_features_mode_checkpoint_uses_its_feature_cache(tmp_path):
+    """A features-mode checkpoint scores the cached features of the frozen encoder (embedded
+    on first use into --features-dir, never into the tiling output); its scores are the exact
+    softmax of the model over those features."""
+    synth.make_slide_dir(tmp_path, ("a", "b"))
+    ck = synth.make_checkpoint(tmp_path / "ck.pt", mode="features")
+    cache = tmp_path / "feature-cache"
+    outcomes = run_heatmaps(_cfg(tmp_path, annotations="", features_dir=str(cache)))
+    assert sorted((o.slide_id, o.state) for o in outcomes) == [("a", "done"), ("b", "done")]
+    assert sorted(p.name for p in cache.rglob("*.npy")) == ["a.npy", "b.npy"]
+    assert not (tmp_path / "tile" / "features").exists()
+    feats = torch.from_numpy(np.load(next(cache.rglob("a.npy")))).float()  # (N, F)
+    lm = load_model(ck, "cpu")
+    chunks = ((torch.arange(s, min(len(feats), s + 16)), feats[s : s + 16])
+              for s in range(0, len(feats), 16))  # fmt: skip
+    ref = stream_attention(lm.model.encoder, lm.model.aggregator, chunks)
+    cols = read_scores_csv(tmp_path / "out" / "scores" / "a.csv")
+    assert len(cols["score"]) == len(feats) == len(synth.tile_coords())
+    assert np.allclose(cols["score"], ref.scores().numpy(), rtol=1e-5, atol=1e-9)
+    assert cols["selected"].sum() == 6
+    # a second run reads the cache (same features: same scores)
+    again = run_heatmaps(
+        _cfg(tmp_path, annotations="", features_dir=str(cache), out=str(tmp_path / "o2"))
+    )
+    assert [o.state for o in again] == ["done", "done"]
+    cols2 = read_scores_csv(tmp_path / "o2" / "scores" / "a.csv")
+    assert np.array_equal(cols2["score"], cols["score"])

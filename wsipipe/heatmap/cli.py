@@ -34,6 +34,13 @@ def heatmap_command(
     tissue_dir: Annotated[
         str | None, Opt(help="Folder of <slide_id>.geojson tissue polygons [<tile out>/tissue].")
     ] = None,
+    features_dir: Annotated[
+        str | None,
+        Opt(
+            help="Features-mode checkpoints: feature cache to use and extend [the training "
+            "run's, by default <tile out>/features/]."
+        ),
+    ] = None,
     config: Annotated[Path | None, Opt(help="YAML file with HeatmapConfig fields.")] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -93,6 +100,7 @@ def heatmap_command(
     overrides: dict[str, Any] = {
         "checkpoint": checkpoint, "stores": stores, "out": out,
         "slides": ids or None, "annotations": annotations, "tissue_dir": tissue_dir,
+        "features_dir": features_dir,
         "device": device, "precision": precision, "workers": workers, "threads": threads,
         "chunk": chunk, "normalise": normalise, "colormap": colormap, "alpha": alpha,
         "smooth_um": smooth_um, "overlay_mpp": overlay_mpp, "top_k": top_k, "pyramid": pyramid,
@@ -129,21 +137,24 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
 
     con = Console()
     table = Table(title=f"wsipipe heatmap -> {out_dir}")
-    # (header, info key); the evaluation columns only when some slide was evaluated
+    # (header, info key); the evaluation columns only when some slide was evaluated (top-k:
+    # the fraction of the top-k attended tiles inside tumour), the reason when one failed
     cols = [("tiles", "n_tiles"), ("pred", "pred"), ("prob", "prob")]
     if any("auc" in o.info for o in outcomes):
-        cols += [("auc", "auc"), ("top-k in tumour", "topk_in_tumour")]
+        cols += [("auc", "auc"), ("top-k", "topk_in_tumour")]
+    reasons = any(o.reason for o in outcomes)
     table.add_column("slide", no_wrap=True)
-    table.add_column("state", no_wrap=True)
+    table.add_column("state", min_width=7)
     for header, _ in cols:
-        table.add_column(header, no_wrap=True)
-    table.add_column("seconds", no_wrap=True)
-    table.add_column("reason", overflow="fold")
+        table.add_column(header, min_width=len(header))
+    table.add_column("s", min_width=4)
+    if reasons:
+        table.add_column("reason", overflow="fold", ratio=1)
     colours = {"done": "green", "skipped": "cyan", "failed": "red"}
     for o in sorted(outcomes, key=lambda o: o.slide_id):
         values = [str(o.info.get(key, "")) for _, key in cols]
         state = f"[{colours[o.state]}]{o.state}[/]"
-        table.add_row(o.slide_id, state, *values, f"{o.seconds:.1f}", o.reason)
+        table.add_row(o.slide_id, state, *values, f"{o.seconds:.1f}", *([o.reason] * reasons))
     con.print(table)
     overlays = sorted((out_dir / "overlay").glob("*.png")) if (out_dir / "overlay").is_dir() else []
     for p in overlays:

@@ -34,6 +34,9 @@ class HeatmapConfig:
     slides: tuple[str, ...] = ()  # slide ids to map; () = every store in --stores
     annotations: str = ""  # folder of <slide_id>.xml (ASAP) / .geojson / .json (QuPath)
     tissue_dir: str = ""  # folder of <slide_id>.geojson tissue polygons; "" = <tile out>/tissue
+    # features-mode checkpoints: the feature cache to read (and extend with slides the training
+    # did not embed); "" = the checkpoint's own setting (default: <tile out>/features/...)
+    features_dir: str = ""
     # ---- scoring (runtime; the model comes from the checkpoint) ---------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Precision = "auto"  # encoder autocast; auto = bf16 on CUDA, fp32 on CPU
@@ -108,4 +111,4 @@ def _bad(name: str, value: Any, why: str) -> None:
 
 
 #: Fields that do not change what a slide's outputs contain (the checkpoint FILE is hashed).
-RUNTIME_FIELDS = ("checkpoint", "out", "slides", "device", "workers", "threads")
+RUNTIME_FIELDS = ("checkpoint", "out", "slides", "device", "workers", "threads", "features_dir")

@@ -377,6 +377,8 @@ def _prepare(
 
     lm = load_model(cfg.checkpoint, cfg.device, cfg.precision, cfg.chunk)
     tcfg = replace(lm.train_cfg, workers=cfg.workers)
+    if cfg.features_dir:
+        tcfg = replace(tcfg, features_dir=cfg.features_dir)
     check_tile_sizes(specs, tcfg.input_px, str(stores_dir))
     dev, amp = lm.settings.device, lm.settings.amp_dtype
     specs, fdim = prepare_specs(specs, stores_dir, tcfg, dev, amp, DistInfo())
