@@ -259,8 +259,8 @@ class Started:
         try:
             outputs, info = self.second()
             published = [publish(src, runner.out_dir / rel) for rel, src in outputs.items()]
-            outcome = Outcome(job.slide_id, "done", seconds=time.perf_counter() - self.start,
-                              info=info)  # fmt: skip
+            seconds = time.perf_counter() - self.start
+            outcome = Outcome(job.slide_id, "done", seconds=seconds, info=info)
             runner.write_status(outcome, [str(p.relative_to(runner.out_dir)) for p in published])
             return outcome
         except Exception as exc:
