@@ -120,12 +120,11 @@ class _Scored:
     coords: np.ndarray  # (N, 2) level-0 top-lefts
     size: int  # tile footprint, level-0 px
     score: np.ndarray  # (N,) attention, softmax over all N tiles, mean over heads/tokens
-    per_head: np.ndarray  # (N, T * H)
+    per_head: np.ndarray  # (N, H): per-head softmax over all N tiles, mean over tokens
     selected: np.ndarray  # (N,) bool: in M
     aux: np.ndarray  # (N,) bool: in the DBPS auxiliary buffer S
     probs: np.ndarray  # (C,) slide prediction
     canvas: Future[SlideCanvas]
-    started: float
     score_seconds: float
 
 
@@ -178,7 +177,7 @@ def score_slide(run: _Run, job: Job, tmp: Path) -> Callable[[], tuple[dict[str, 
         aux[sp.scan.aux_indices.cpu().numpy()] = True
     scored = _Scored(
         job.slide_id, store_path, coords, size, score, per_head, selected, aux, probs, canvas,
-        t0, time.perf_counter() - t0,
+        time.perf_counter() - t0,
     )  # fmt: skip
     return lambda: finish_slide(run, scored, tmp)
 
