@@ -13,6 +13,7 @@ show the mean of their values; pixels covered by none are NaN ("no tile": not co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -293,13 +294,20 @@ def _blend_runs(
     k_rows = np.take(keep, cells, axis=0, mode="wrap")  # (r, w, 1)
     c_rows = np.take(colour, cells, axis=0, mode="wrap")  # (r, w, 3)
     for k, c, n in zip(k_rows, c_rows, counts.tolist(), strict=True):
-        base = out[y : y + n]
-        blended = np.multiply(base, k, out=buf[:n], dtype=np.uint16)
-        blended += c
-        blended >>= 8
         where = True if tissue is None else tissue[y : y + n, :, None]
-        np.copyto(base, blended, casting="unsafe", where=where)
+        _blend_into(out[y : y + n], k, c, buf[:n], where)
         y += n
+
+
+def _blend_into(
+    base: np.ndarray, keep: np.ndarray, colour: np.ndarray, buf: np.ndarray, where: Any = True
+) -> None:
+    """base (n, w, 3) uint8 <- (base * keep + colour) >> 8 (uint16 fixed point, see
+    :func:`blend_overlay`; <= 255 by construction) where ``where``; ``buf``: scratch."""
+    blended = np.multiply(base, keep, out=buf, dtype=np.uint16)
+    blended += colour
+    blended >>= 8
+    np.copyto(base, blended, casting="unsafe", where=where)
 
 
 def blend_overlay(
@@ -370,9 +378,5 @@ def blend_overlay(
             continue
         k = np.take(keep, index, axis=0, out=k_buf[:sh], mode="wrap")  # (sh, w, 1)
         c = np.take(colour, index, axis=0, out=c_buf[:sh], mode="wrap")  # (sh, w, 3)
-        base = out[y : y + sh]
-        blended = np.multiply(base, k, out=f_buf[:sh], dtype=np.uint16)
-        blended += c
-        blended >>= 8
-        np.copyto(base, blended, casting="unsafe")  # <= 255 by construction
+        _blend_into(out[y : y + sh], k, c, f_buf[:sh])
     return out
