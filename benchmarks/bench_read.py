@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.common import Row, format_table
 from wsipipe.slide import open_slide
-from wsipipe.slide.testing import synthetic_rgb, write_aperio_like
+from wsipipe.testing.slides import synthetic_rgb, write_aperio_like
 
 SIZE = 8192
 TILE = 256

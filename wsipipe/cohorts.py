@@ -25,9 +25,8 @@ from typing import Annotated
 
 import typer
 
-from wsipipe.config import atomic_write_text
 from wsipipe.errors import ConfigError
-from wsipipe.jobs import check_slide_id
+from wsipipe.fileio import atomic_write_text, check_slide_id
 
 SPLITS = ("train", "val", "test")
 MAX_LISTED = 8  # offending items listed in one error message

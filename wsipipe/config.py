@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write_text
 
 T = TypeVar("T")
 
@@ -166,15 +166,6 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
             raise ConfigError(f"{source}: `{name}` must be a mapping, got {value!r}")
         return dict(value)
     return value
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and os.replace."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
 
 
 def save_config(cfg: Any, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:

@@ -31,25 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from wsipipe import __version__
-from wsipipe.config import atomic_write_text
-from wsipipe.errors import ConfigError, LockedError, WsipipeError
-
-SAFE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
-
-
-def check_slide_id(slide_id: str, source: str = "slide id") -> str:
-    """Slide ids are file-name-safe names, never paths (``../x`` must not escape ``--out``)."""
-    if (
-        not slide_id
-        or slide_id in (".", "..")
-        or slide_id.startswith(".")
-        or not set(slide_id) <= SAFE_ID_CHARS
-    ):
-        raise ConfigError(
-            f"{source}: slide id {slide_id!r} is not a plain name; use letters, digits, "
-            "'.', '_', '-', '+' only (no '/', no leading '.')"
-        )
-    return slide_id
+from wsipipe.errors import LockedError, WsipipeError
+from wsipipe.fileio import atomic_write_text, pid_alive, publish
 
 
 @dataclass(frozen=True)
@@ -166,7 +149,7 @@ class JobRunner:
                 return
             if age < 60:
                 raise LockedError(self._lock_message(path, slide_id))
-        elif info.get("host") != socket.gethostname() or _pid_alive(int(info.get("pid", -1))):
+        elif info.get("host") != socket.gethostname() or pid_alive(int(info.get("pid", -1))):
             raise LockedError(self._lock_message(path, slide_id, info))
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -269,38 +252,6 @@ class Started:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.held.close()
         return runner._failed(job, failure, self.start)
-
-
-def publish(src: Path, dst: Path) -> Path:
-    """Move a finished file or directory into place atomically, replacing an old one.
-
-    A directory cannot be swapped in one rename: the old one is first renamed aside, the new
-    one renamed in, then the old one deleted, so a crash leaves either version intact.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        aside = dst.with_name(f".{dst.name}.old.{os.getpid()}")
-        if dst.exists():
-            os.replace(dst, aside)
-        os.replace(src, dst)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        os.replace(src, dst)
-    return dst
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _one_line(text: str) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from wsipipe.errors import ConfigError, SlideError
+from wsipipe.fileio import check_slide_id
 from wsipipe.jobs import (
     Job,
     JobRunner,
     Started,
-    check_slide_id,
     run_jobs,
     run_staged_jobs,
     write_summary,

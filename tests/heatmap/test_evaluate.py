@@ -11,7 +11,6 @@ from shapely.geometry import Polygon, box
 from wsipipe.errors import ConfigError
 from wsipipe.heatmap.evaluate import (
     evaluate_slide,
-    roc_auc,
     summarise,
     topk_fraction,
     tumour_fraction,
@@ -36,23 +35,6 @@ def test_tumour_fraction_with_exclusion_holes():
     assert tumour_fraction(coords, 100, []).tolist() == [0.0] * 16
     tri = Polygon([(0, 0), (100, 0), (0, 100)])
     assert tumour_fraction(coords[:1], 100, [tri])[0] == pytest.approx(0.5)
-
-
-def _pairwise_auc(s, y):
-    pos, neg = s[y], s[~y]
-    diff = pos[:, None] - neg[None, :]
-    return ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
-
-
-def test_roc_auc_matches_pairwise_definition_with_ties():
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        y = rng.random(200) < 0.3
-        s = np.round(rng.random(200) + y * 0.3, 1)  # many ties
-        assert roc_auc(s, y) == pytest.approx(_pairwise_auc(s, y), abs=1e-12)
-    assert roc_auc([0.2, 0.9], [False, True]) == 1.0
-    assert roc_auc([0.9, 0.2], [False, True]) == 0.0
-    assert math.isnan(roc_auc([0.1, 0.2], [True, True]))
 
 
 def test_topk_and_slide_evaluation_values():

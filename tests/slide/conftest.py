@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsipipe.slide.testing import synthetic_rgb, write_aperio_like
+from wsipipe.testing.slides import synthetic_rgb, write_aperio_like
 
 # Level 0 has partial edge tiles on the right (1296 = 5*256 + 16) and at the bottom
 # (1008 = 3*256 + 240); both sizes divide by 16, so levels at 4x and 16x are exact.

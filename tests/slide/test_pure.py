@@ -111,7 +111,7 @@ def test_stripes_partition_rows(max_pixels: int) -> None:
 
 def _rgb_coded_like_aperio(image: np.ndarray) -> tuple[bytes, bytes]:
     """(tables, abbreviated tile) with component ids 0,1,2 and no APP markers."""
-    from wsipipe.slide.testing import _aperio_markers
+    from wsipipe.testing.slides import _aperio_markers
 
     full = bytes(imagecodecs.jpeg8_encode(image, level=90, colorspace="RGB", outcolorspace="RGB"))
     return split_tables(_aperio_markers(full))

@@ -12,7 +12,6 @@ from wsipipe.heatmap.config import HeatmapConfig
 from wsipipe.heatmap.evaluate import (
     SlideEvaluation,
     evaluate_slide,
-    roc_auc,
     summarise,
     topk_fraction,
     tumour_fraction,
@@ -43,7 +42,6 @@ __all__ = [
     "normalise_scores",
     "read_scores",
     "read_tiles_geojson",
-    "roc_auc",
     "score_ranks",
     "splat_mean",
     "summarise",

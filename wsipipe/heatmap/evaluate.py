@@ -30,7 +30,7 @@ import shapely
 from shapely.geometry import Polygon
 
 from wsipipe.errors import ConfigError
-from wsipipe.heatmap.render import average_ranks
+from wsipipe.stats import roc_auc
 
 
 def tumour_fraction(
@@ -62,18 +62,6 @@ def tumour_fraction(
         inter = shapely.intersection(boxes[hits], region)
         out[hits] = np.clip(shapely.area(inter) / (s * s), 0.0, 1.0)
     return out
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC of ``scores`` for binary ``labels`` (ties count 1/2); NaN with one class."""
-    y = np.asarray(labels, dtype=bool).reshape(-1)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = average_ranks(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def topk_fraction(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -134,7 +122,7 @@ def evaluate_slide(
         n_tiles=len(y),
         n_tumour_tiles=n_t,
         k=kk,
-        auc=roc_auc(scores, y),
+        auc=roc_auc(y, scores),
         topk_in_tumour=hits / kk if n_t else math.nan,
         topk_in_tumour_norm=hits / min(kk, n_t) if n_t else math.nan,
         topk_touching_tumour=topk_fraction(scores, frac > 0, kk) if n_t else math.nan,

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from wsipipe.config import atomic_write_text
+from wsipipe.fileio import atomic_write_text
 from wsipipe.heatmap.config import HeatmapConfig
 from wsipipe.heatmap.evaluate import METRICS, summarise
 from wsipipe.heatmap.figures import colour_bar, draw_outlines, gallery, with_colour_bar

@@ -37,22 +37,26 @@ description together with the slide's size):
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from wsipipe.errors import ConfigError
 from wsipipe.heatmap.grid import TileGrid, tile_grid
 from wsipipe.heatmap.png import zlib_compress
 from wsipipe.heatmap.render import colorize, render_values, smoothing_margin, tile_spans
+from wsipipe.slide.aperio_writer import (
+    LEVEL_FACTOR,
+    AperioTiffWriter,
+    level_description,
+    level_shapes,
+    thumbnail_description,
+)
 
 COMPRESSIONS = ("deflate", "jpeg", "none")
-_LEVEL_FACTOR = 4
 _THUMB_MAX = 512  # longest side of the thumbnail page
 _BUFFER_BYTES = 16 * 2**20  # tiles handed to the compression threads at a time
 _ZLIB_LEVEL = 2  # zlib-ng level of deflate tiles (its fast strategy: steady speed)
@@ -115,14 +119,8 @@ class PyramidGeometry:
 
     def levels(self) -> list[tuple[int, int, int]]:
         """(width, height, slide level-0 px per px) of each level, level 0 first."""
-        out = [(self.width, self.height, self.downsample)]
-        while max(out[-1][:2]) > self.min_level_size:
-            w, h, d = out[-1]
-            nw, nh = w // _LEVEL_FACTOR, h // _LEVEL_FACTOR
-            if nw < 1 or nh < 1:
-                break
-            out.append((nw, nh, d * _LEVEL_FACTOR))
-        return out
+        shapes = level_shapes(self.width, self.height, self.min_level_size)
+        return [(w, h, self.downsample * LEVEL_FACTOR**i) for i, (w, h) in enumerate(shapes)]
 
 
 def _bucket_index(
@@ -227,17 +225,21 @@ def _encoded(
             yield from pool.map(encode, chunk)
 
 
+def _fields(geo: PyramidGeometry) -> list[tuple[str, str]]:
+    return [("AppMag", f"{10.0 / geo.mpp:.6g}"), ("MPP", f"{geo.mpp:.8g}")]
+
+
 def _description(geo: PyramidGeometry, w: int, h: int, level: int, compression: str) -> str:
-    w0, h0, t = geo.width, geo.height, geo.tile
-    head = f"Aperio Image Library v12.0.15 \r\n{w0}x{h0} [0,0 {w0}x{h0}] ({t}x{t})"
-    if level > 0:
-        head += f" -> {w}x{h}"
-    mag = 10.0 / geo.mpp
-    return (
-        f"{head} {compression.upper()}/RGB|AppMag = {mag:.6g}|MPP = {geo.mpp:.8g}"
-        f"|wsipipe = heatmap|SlideWidth = {geo.slide_width}|SlideHeight = {geo.slide_height}"
-        f"|Downsample = {geo.downsample}"
-    )
+    extra = [
+        ("wsipipe", "heatmap"),
+        ("SlideWidth", str(geo.slide_width)),
+        ("SlideHeight", str(geo.slide_height)),
+        ("Downsample", str(geo.downsample)),
+    ]
+    return level_description(
+        geo.width, geo.height, geo.tile, f"{compression.upper()}/RGB",
+        _fields(geo) + extra, (w, h) if level > 0 else None,
+    )  # fmt: skip
 
 
 def write_heatmap_tiff(
@@ -270,28 +272,17 @@ def write_heatmap_tiff(
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     if len(coords) != len(values):
         raise ValueError(f"{len(coords)} coords but {len(values)} values")
-    res = 1e4 / geo.mpp  # px per cm
     comp: dict[str, object] = {"compression": None}
     if compression == "deflate":
         comp = {"compression": "zlib"}  # the tiles come compressed (:func:`_deflate`)
     elif compression == "jpeg":
         comp = {"compression": "jpeg", "compressionargs": {"level": jpeg_quality}}
-    common: dict[str, object] = {
-        "photometric": "rgb",
-        "resolution": (res, res),
-        "resolutionunit": "CENTIMETER",
-        "metadata": None,
-        "software": False,
-        "maxworkers": max(1, threads),
-        "buffersize": _BUFFER_BYTES,
-        **comp,
-    }
+    tiled = {"maxworkers": max(1, threads), "buffersize": _BUFFER_BYTES, **comp}
     levels = geo.levels()
-    big = geo.width * geo.height * 3 > 2**31
-    out = Path(path)
     grid = tile_grid(coords, size_level0) if smooth_um <= 0 else None
     batch = max(1, _BUFFER_BYTES // (geo.tile * geo.tile * 3))
-    with tifffile.TiffWriter(out, bigtiff=big) as tif:
+    page = {"photometric": "rgb"}
+    with AperioTiffWriter(path, geo.width, geo.height, geo.mpp, geo.tile, page, tiled) as tif:
         for index, (w, h, ds) in enumerate(levels):
             tiles: Iterator[np.ndarray]
             if grid is not None:
@@ -303,14 +294,7 @@ def write_heatmap_tiff(
             data: Iterator[np.ndarray] | Iterator[bytes] = tiles
             if compression == "deflate":  # compressed here, written as they are by tifffile
                 data = _encoded(tiles, _deflate, threads, batch)
-            tif.write(
-                data,
-                shape=(h, w, 3),
-                dtype=np.uint8,
-                tile=(geo.tile, geo.tile),
-                description=_description(geo, w, h, index, compression),
-                **common,  # type: ignore[arg-type]
-            )
+            tif.level(data, (h, w, 3), _description(geo, w, h, index, compression))
             if index == 0:
                 _write_thumbnail(
                     tif, geo, coords, size_level0, values, lut, smooth_um, background, grid
@@ -318,7 +302,7 @@ def write_heatmap_tiff(
 
 
 def _write_thumbnail(
-    tif: tifffile.TiffWriter,
+    tif: AperioTiffWriter,
     geo: PyramidGeometry,
     coords: np.ndarray,
     size_level0: float,
@@ -338,26 +322,5 @@ def _write_thumbnail(
         sigma = smooth_um / (geo.slide_mpp * ds) if smooth_um > 0 else 0.0
         vals = render_values(tile_spans(coords, size_level0, ds), values, (0, 0, w, h), sigma)
         thumb = colorize(vals, lut, background)
-    tif.write(
-        thumb,
-        photometric="rgb",
-        rowsperstrip=16,
-        compression="zlib",
-        description=(
-            f"Aperio Image Library v12.0.15 \r\n{geo.width}x{geo.height} -> {w}x{h} - "
-            f"|AppMag = {10.0 / geo.mpp:.6g}|MPP = {geo.mpp:.8g}"
-        ),
-        metadata=None,
-        software=False,
-    )
-
-
-def write_heatmap_tiff_atomic(path: str | Path, *args: object, **kwargs: object) -> None:
-    """:func:`write_heatmap_tiff` to a temp name in the same folder, then ``os.replace``."""
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        write_heatmap_tiff(tmp, *args, **kwargs)  # type: ignore[arg-type]
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    desc = thumbnail_description(geo.width, geo.height, (w, h), _fields(geo))
+    tif.thumbnail(thumb, desc, compression="zlib")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 
 from wsipipe.errors import ConfigError
 from wsipipe.heatmap.grid import GridImage
@@ -82,21 +83,6 @@ def score_ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """(N,) float64 ascending ranks 1..N, ties sharing their mean rank (like rankdata)."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    order = np.argsort(v, kind="stable")
-    sv = v[order]
-    # boundaries of runs of equal values
-    new = np.concatenate([[True], sv[1:] != sv[:-1], [True]])
-    starts = np.flatnonzero(new)
-    run = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
-    mean_rank = (starts[:-1] + starts[1:] + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(len(v), np.float64)
-    ranks[order] = mean_rank[run]
-    return ranks
-
-
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices (into ``scores``) of the k highest scores, best first (stable for ties)."""
     s = np.asarray(scores, dtype=np.float64)
@@ -126,7 +112,7 @@ def normalise_scores(
     if n == 1:
         return np.ones(1, np.float32)
     if method == "rank":
-        return ((average_ranks(s) - 1.0) / (n - 1)).astype(np.float32)
+        return ((rankdata(s) - 1.0) / (n - 1)).astype(np.float32)
     if method == "percentile":
         if not 0.0 <= low < high <= 100.0:
             raise ConfigError(

@@ -257,7 +257,7 @@ def finish_slide(run: _Run, s: _Scored, tmp: Path) -> tuple[dict[str, Path], dic
 
 
 def _slide_ids(cfg: HeatmapConfig, stores_dir: Path) -> dict[str, Path]:
-    from wsipipe.jobs import check_slide_id
+    from wsipipe.fileio import check_slide_id
     from wsipipe.train.data import find_store, list_stores
 
     if not cfg.slides:

@@ -1,12 +1,7 @@
 """Write a tiled, pyramidal, JPEG-compressed Aperio-style SVS from a render callback.
 
-Layout of the file (as Aperio scanners write it, so that OpenSlide reports vendor
-``aperio`` and tifffile/tiffslide recognise an SVS series):
-
-* page 0: level 0, tiled JPEG, ImageDescription ``Aperio Image Library ... |AppMag = ..|MPP = ..``
-* page 1: a small stripped (untiled) JPEG thumbnail (OpenSlide's associated image
-  ``thumbnail``; tifffile's SVS parser expects it at this position)
-* pages 2..: lower levels at downsample 4, 16, ... (tiled JPEG, NewSubfileType 0)
+The page layout is Aperio's (:mod:`wsipipe.slide.aperio_writer`): level 0, a stripped JPEG
+thumbnail, then levels at downsample 4, 16, ...; OpenSlide reports vendor ``aperio``.
 
 Level 0 is rendered and written tile by tile through an iterator; it is never whole in
 memory. Lower levels are exact 4x4 block averages of the rendered level 0: level 1 is
@@ -24,76 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_path
+from wsipipe.slide.aperio_writer import (
+    LEVEL_FACTOR,
+    AperioTiffWriter,
+    block_average,
+    level_description,
+    level_shapes,
+    thumbnail_description,
+)
 
 __all__ = ["RenderFn", "block_average", "level_shapes", "write_svs"]
 
 #: render(x, y, w, h, downsample) -> (h, w, 3) uint8, (x, y) the top-left in level-0 px.
 RenderFn = Callable[[int, int, int, int, float], np.ndarray]
 
-_LEVEL_FACTOR = 4
 _THUMB_MAX = 768  # longest side of the thumbnail page, px
 _RAM_LIMIT_BYTES = 256 * 2**20  # larger level-1 buffers go to a memory-mapped temp file
 _RENDER_BLOCK = 1024  # level-0 px rendered per call along x (several tiles at once)
-
-
-def level_shapes(width: int, height: int, min_level_size: int) -> list[tuple[int, int]]:
-    """(width, height) of each pyramid level: level 0, then //4 while the last is too large.
-
-    A further level is added while the longest side of the last one exceeds
-    ``min_level_size`` (and the new level is at least 1 px).
-    """
-    shapes = [(width, height)]
-    while max(shapes[-1]) > min_level_size:
-        w, h = shapes[-1]
-        nw, nh = w // _LEVEL_FACTOR, h // _LEVEL_FACTOR
-        if nw < 1 or nh < 1:
-            break
-        shapes.append((nw, nh))
-    return shapes
-
-
-def block_average(img: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks of an (H, W, C) uint8 image, rounded to uint8.
-
-    Trailing rows/columns that do not fill a whole block are dropped: output is
-    (H // factor, W // factor, C).
-    """
-    h, w = img.shape[0] // factor, img.shape[1] // factor
-    if factor * factor * 255 < 2**16:  # exact integer sums of strided views (fast path)
-        src = img[: h * factor, : w * factor]
-        rows = src[0::factor].astype(np.uint16)
-        for k in range(1, factor):
-            rows += src[k::factor]
-        acc = rows[:, 0::factor].copy()
-        for k in range(1, factor):
-            acc += rows[:, k::factor]
-        half = (factor * factor) // 2
-        return ((acc + half) // (factor * factor)).astype(np.uint8)
-    blocks = img[: h * factor, : w * factor].reshape(h, factor, w, factor, -1)
-    return (blocks.mean(axis=(1, 3), dtype=np.float64) + 0.5).astype(np.uint8)
-
-
-def _aperio_description(
-    width: int,
-    height: int,
-    tile: int,
-    quality: int,
-    mpp: float,
-    mag: float,
-    level: int,
-    level_w: int,
-    level_h: int,
-) -> str:
-    head = (
-        f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile})"
-    )
-    if level > 0:
-        head += f" -> {level_w}x{level_h}"
-    mag_text = f"{mag:g}"
-    return f"{head} JPEG/RGB Q={quality}|AppMag = {mag_text}|MPP = {mpp:.6g}"
 
 
 def _check_args(
@@ -143,7 +88,7 @@ def _level0_tiles(
 
     While doing so, write the 4x4 block average of each rendered row band into ``level1``.
     """
-    f = _LEVEL_FACTOR
+    f = LEVEL_FACTOR
     block_w = max(tile, (_RENDER_BLOCK // tile) * tile)
     for y in range(0, height, tile):
         th = min(tile, height - y)
@@ -224,37 +169,28 @@ def write_svs(
     mag = float(app_mag) if app_mag is not None else round(10.0 / mpp, 3)
     shapes = level_shapes(width, height, min_level_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     scratch: list[Path] = []
-    f = _LEVEL_FACTOR
+    f = LEVEL_FACTOR
     # Level 1 is accumulated while level 0 is written; it feeds every smaller level and the
     # thumbnail (without a pyramid it serves the thumbnail only).
     level1_shape = (height // f, width // f, 3)
-    res = 1e4 / mpp  # px per cm
-    common: dict[str, Any] = {
+    page: dict[str, Any] = {
         "photometric": "rgb",
         "compression": "jpeg",
         "compressionargs": {"level": quality},
-        "metadata": None,
-        "software": False,
     }
-    tiled: dict[str, Any] = {
-        **common,
-        "dtype": np.uint8,
-        "tile": (tile, tile),
-        "resolution": (res, res),
-        "resolutionunit": "CENTIMETER",
-    }
+    fields = [("AppMag", f"{mag:g}"), ("MPP", f"{mpp:.6g}")]
+    codec = f"JPEG/RGB Q={quality}"
     try:
         level1 = _alloc(level1_shape, out.parent, scratch)
-        with tifffile.TiffWriter(tmp_out, bigtiff=width * height * 3 > 2**31) as tif:
-            tif.write(
+        with (
+            atomic_path(out) as tmp_out,
+            AperioTiffWriter(tmp_out, width, height, mpp, tile, page) as tif,
+        ):
+            tif.level(
                 _level0_tiles(render, width, height, tile, level1),
-                shape=(height, width, 3),
-                description=_aperio_description(
-                    width, height, tile, quality, mpp, mag, 0, width, height
-                ),
-                **tiled,
+                (height, width, 3),
+                level_description(width, height, tile, codec, fields),
             )
             levels: list[np.ndarray] = [level1]
             for w, h in shapes[2:]:
@@ -262,28 +198,18 @@ def write_svs(
                 _downsample_into(levels[-1], nxt, f)
                 levels.append(nxt)
             thumb = _thumbnail(levels[-1])
-            tif.write(
+            tif.thumbnail(
                 thumb,
-                rowsperstrip=16,
-                description=(
-                    f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
-                    f"{thumb.shape[1]}x{thumb.shape[0]} - |AppMag = {mag:g}|MPP = {mpp:.6g}"
-                ),
-                **common,
+                thumbnail_description(width, height, (thumb.shape[1], thumb.shape[0]), fields),
             )
             for index, arr in enumerate(levels[: len(shapes) - 1], start=1):
                 lw, lh = shapes[index]
-                tif.write(
+                tif.level(
                     _array_tiles(arr, tile),
-                    shape=(lh, lw, 3),
-                    description=_aperio_description(
-                        width, height, tile, quality, mpp, mag, index, lw, lh
-                    ),
-                    **tiled,
+                    (lh, lw, 3),
+                    level_description(width, height, tile, codec, fields, (lw, lh)),
                 )
-        del levels, level1
-        os.replace(tmp_out, out)
+            del levels, level1
     finally:
         for p in scratch:
             p.unlink(missing_ok=True)
-        tmp_out.unlink(missing_ok=True)

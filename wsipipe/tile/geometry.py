@@ -10,8 +10,6 @@ centre is (even-odd rule, so holes are holes).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from shapely.geometry.base import BaseGeometry
 from skimage.measure import find_contours
 
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write_bytes
 
 TISSUE_COLOR = (80, 200, 80)  # QuPath class colour of the tissue annotations (RGB)
 
@@ -265,19 +264,3 @@ def write_geojson(path: str | Path, obj: dict) -> None:
     """Write ``obj`` as JSON atomically: a temporary file in the same folder, then
     ``os.replace``, so readers never see a half-written file. Creates the parent folder."""
     atomic_write_bytes(Path(path), json.dumps(obj, separators=(",", ":")).encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling file and ``os.replace`` (the file
-    gets the usual umask permissions, unlike ``tempfile.mkstemp``'s 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsipipe.errors import ConfigError
-from wsipipe.jobs import check_slide_id
+from wsipipe.fileio import check_slide_id
 
 # File name endings of whole-slide images that OpenSlide or tiffslide can open.
 SLIDE_SUFFIXES = (

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsipipe.tile.geometry import atomic_write_bytes
+from wsipipe.fileio import atomic_write_bytes
 from wsipipe.tile.tissue import to_rgb
 
 TISSUE_COLOR = (0, 220, 0)

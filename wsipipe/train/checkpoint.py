@@ -10,7 +10,6 @@ A checkpoint is a plain dict of tensors and builtins (no pickled classes):
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write
 
 FORMAT = "wsipipe-train-1"
 
@@ -63,14 +63,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save({"format": FORMAT, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
+    atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsipipe.errors import ConfigError, StoreError, WsipipeError
-from wsipipe.jobs import check_slide_id
+from wsipipe.fileio import check_slide_id
 
 KINDS = ("store", "slide", "features")
 _STORE_SUFFIXES = (".h5", ".zarr")

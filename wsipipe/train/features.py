@@ -13,7 +13,6 @@ IPS; M=100, I=500, S=400 for DBPS) with the features encoder LayerNorm -> Linear
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsipipe.config import atomic_write_text
 from wsipipe.errors import ConfigError
-from wsipipe.jobs import check_slide_id
+from wsipipe.fileio import atomic_path, atomic_write_text, check_slide_id
 from wsipipe.train.config import TrainConfig
 from wsipipe.train.data import (
     ChunkDataset,
@@ -92,9 +90,8 @@ def _embed_one(
     amp: torch.dtype | None,
 ) -> SlideSpec:
     sid = spec.slide_id
-    tmp = fdir / f".{sid}.{os.getpid()}.npy"
     arr: np.memmap | None = None
-    try:
+    with atomic_path(fdir / f"{sid}.npy") as tmp:
         for idx, tiles in chunks:
             with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 feats = encoder(tiles.to(device, non_blocking=True)).float()  # (k, F)
@@ -108,9 +105,6 @@ def _embed_one(
         dim = int(arr.shape[1])
         arr.flush()
         del arr
-        os.replace(tmp, fdir / f"{sid}.npy")
-    finally:
-        tmp.unlink(missing_ok=True)
     atomic_write_text(fdir / f"{sid}.json", json.dumps({**_record(cfg, spec), "dim": dim}))
     return SlideSpec(sid, "features", str(fdir / f"{sid}.npy"), spec.n_tiles, feature_dim=dim)
 

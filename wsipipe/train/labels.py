@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsipipe.errors import ConfigError, WsipipeError
-from wsipipe.jobs import check_slide_id
+from wsipipe.fileio import check_slide_id
 
 MAX_LISTED = 12  # problems listed in one message before "... and N more"
 

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsipipe import __version__
-from wsipipe.config import atomic_write_text, config_to_dict, save_config
+from wsipipe.config import config_to_dict, save_config
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write_text
 from wsipipe.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from wsipipe.train.cohort import Cohort, load_cohort
 from wsipipe.train.config import TrainConfig

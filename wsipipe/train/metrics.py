@@ -1,10 +1,5 @@
-"""Slide-level metrics (pure numpy) and the per-epoch metric / prediction files.
-
-* :func:`roc_auc` -- binary ROC AUC by the rank statistic (ties count one half).
-* :func:`macro_auc` -- binary: AUC of the positive (second) class; multi-class: one-vs-rest
-  macro average over the classes present in ``y`` with at least one negative.
-* :func:`balanced_accuracy` -- mean recall over the classes present in ``y``.
-"""
+"""Slide-level metrics of a run (:mod:`wsipipe.stats`) and the per-epoch metric /
+prediction files."""
 
 from __future__ import annotations
 
@@ -17,53 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
-from wsipipe.config import atomic_write_text
-
-
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of binary ``y`` (N,) in {0, 1} against ``score`` (N,); NaN if one class only."""
-    y = np.asarray(y).astype(bool)
-    score = np.asarray(score, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)  # average ranks for ties
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
-    """Slide AUC. ``y`` (N,) class indices, ``probs`` (N, C) class probabilities."""
-    y = np.asarray(y)
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[0] != y.shape[0]:
-        raise ValueError(f"probs must be (N, C) with N={y.shape[0]}, got {probs.shape}")
-    if probs.shape[1] == 2:
-        return roc_auc(y == 1, probs[:, 1])
-    aucs = [roc_auc(y == c, probs[:, c]) for c in range(probs.shape[1])]
-    valid = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(valid)) if valid else float("nan")
-
-
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean per-class recall over the classes present in ``y``; NaN for empty input."""
-    y = np.asarray(y)
-    pred = np.asarray(pred)
-    classes = np.unique(y)
-    if classes.size == 0:
-        return float("nan")
-    return float(np.mean([(pred[y == c] == c).mean() for c in classes]))
-
-
-def cross_entropy(y: np.ndarray, probs: np.ndarray, eps: float = 1e-12) -> float:
-    """Mean negative log-likelihood of the true class."""
-    y = np.asarray(y)
-    probs = np.asarray(probs, dtype=np.float64)
-    if y.size == 0:
-        return float("nan")
-    return float(-np.mean(np.log(np.clip(probs[np.arange(y.size), y], eps, 1.0))))
+from wsipipe.fileio import atomic_write_text
+from wsipipe.stats import balanced_accuracy, cross_entropy, macro_auc
 
 
 def slide_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:

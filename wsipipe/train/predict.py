@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsipipe.config import atomic_write_text, build_config
+from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write_text
 from wsipipe.train.config import TrainConfig
 
 

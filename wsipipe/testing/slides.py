@@ -14,17 +14,20 @@ Partial edge tiles are padded with black, so readers must paint the outside whit
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import imagecodecs
 import numpy as np
-import tifffile
 from PIL import Image
 
+from wsipipe.slide.aperio_writer import (
+    AperioTiffWriter,
+    block_average,
+    level_description,
+    thumbnail_description,
+)
 from wsipipe.slide.jpeg import split_header, split_tables
-
-APERIO_HEADER = "Aperio Image Library v12.0.0\r\n"
 
 
 def synthetic_rgb(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -49,15 +52,6 @@ def synthetic_rgb(width: int, height: int, seed: int = 0) -> np.ndarray:
             base[np.minimum(dy + oy, height - 1), np.minimum(dx + ox, width - 1)] = (90, 40, 140)
     base[~tissue] = 244
     return np.clip(base, 0, 255).astype(np.uint8)
-
-
-def reduce_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Area-average an (h, w, 3) image by an integer factor; the size is rounded down (as
-    Aperio does), so each output pixel averages exactly factor x factor input pixels."""
-    if factor == 1:
-        return image
-    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
-    return np.asarray(Image.fromarray(image[:h, :w]).reduce(factor))
 
 
 def _aperio_rgb_tiles(image: np.ndarray, tile: int, quality: int) -> tuple[bytes, list[bytes]]:
@@ -123,63 +117,29 @@ def write_aperio_like(
         raise ValueError(f"jpeg must be 'rgb' or 'ycbcr', got {jpeg!r}")
     if not downsamples or downsamples[0] != 1:
         raise ValueError("downsamples must start with 1")
-    path = Path(path)
     h, w = image.shape[:2]
-    fields = [f"{APERIO_HEADER}{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"]
-    if app_mag is not None:
-        fields.append(f"AppMag = {app_mag:g}")
-    if mpp is not None:
-        fields.append(f"MPP = {mpp:g}")
-    description = "|".join(fields)
-    thumb = reduce_image(image, max(1, -(-max(h, w) // 256)))
-    with tifffile.TiffWriter(path) as tw:
+    fields = [("AppMag", f"{app_mag:g}")] if app_mag is not None else []
+    fields += [("MPP", f"{mpp:g}")] if mpp is not None else []
+    thumb = block_average(image, max(1, -(-max(h, w) // 256)))
+    with AperioTiffWriter(path, w, h, mpp, tile, {"photometric": "rgb"}) as tw:
         for i, ds in enumerate(downsamples):
-            level = reduce_image(image, int(ds))
-            desc = (
-                description
-                if i == 0
-                else f"{APERIO_HEADER}{w}x{h} -> {level.shape[1]}x{level.shape[0]}"
-            )
+            level = block_average(image, int(ds))
+            size = None if i == 0 else (level.shape[1], level.shape[0])
+            desc = level_description(w, h, tile, f"JPEG/RGB Q={quality}", fields, size)
             _write_level(tw, level, tile, jpeg, quality, desc)
             if i == 0:
-                tw.write(
-                    thumb,
-                    photometric="rgb",
-                    description=f"{APERIO_HEADER}thumbnail",
-                    metadata=None,
-                )
-    return path
+                tw.thumbnail(thumb, thumbnail_description(w, h, thumb.shape[1::-1], fields))
+    return Path(path)
 
 
 def _write_level(
-    tw: tifffile.TiffWriter, level: np.ndarray, tile: int, jpeg: str, quality: int, desc: str
+    tw: AperioTiffWriter, level: np.ndarray, tile: int, jpeg: str, quality: int, desc: str
 ) -> None:
     if jpeg == "ycbcr":
-        tw.write(
-            level,
-            tile=(tile, tile),
-            compression="jpeg",
-            compressionargs={"level": quality},
-            photometric="rgb",
-            description=desc,
-            metadata=None,
-        )
+        tw.level(level, level.shape, desc, compression="jpeg", compressionargs={"level": quality})
         return
     tables, streams = _aperio_rgb_tiles(level, tile, quality)
-
-    def chunks() -> Iterator[bytes]:
-        yield from streams
-
-    tw.write(
-        chunks(),
-        shape=level.shape,
-        dtype=np.uint8,
-        tile=(tile, tile),
-        compression="jpeg",
-        photometric="rgb",
-        subsampling=(1, 1),
-        compressionargs={"outcolorspace": "RGB"},
-        jpegtables=tables,
-        description=desc,
-        metadata=None,
-    )
+    tw.level(
+        iter(streams), level.shape, desc, compression="jpeg", subsampling=(1, 1),
+        compressionargs={"outcolorspace": "RGB"}, jpegtables=tables,
+    )  # fmt: skip

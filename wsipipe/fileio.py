@@ -1,0 +1,146 @@
+"""The one place files are written durably: atomic writes, publishing, safe names.
+
+Every output wsipipe writes goes through :func:`atomic_write` (or its text/bytes shorthands):
+the content is written to a temporary sibling ``.<name>.<pid>.<random>.tmp``, flushed and
+fsynced, then renamed over the target with ``os.replace`` (and the folder fsynced), so a
+reader never sees a half-written file and a crash leaves the old version intact. The temp
+name carries the writer's pid so that a later run can tell a dead writer's leftovers from a
+live one's (:func:`remove_stale_temps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from wsipipe.errors import ConfigError
+
+SAFE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
+# .<name>.<pid>[.<hex>].tmp  (the pid tells whose leftover it is)
+_TEMP_RE = re.compile(r"^\..+\.(\d+)(?:\.[0-9a-f]+)?\.tmp$")
+
+
+def check_slide_id(slide_id: str, source: str = "slide id") -> str:
+    """Slide ids are file-name-safe names, never paths (``../x`` must not escape ``--out``)."""
+    if (
+        not slide_id
+        or slide_id in (".", "..")
+        or slide_id.startswith(".")
+        or not set(slide_id) <= SAFE_ID_CHARS
+    ):
+        raise ConfigError(
+            f"{source}: slide id {slide_id!r} is not a plain name; use letters, digits, "
+            "'.', '_', '-', '+' only (no '/', no leading '.')"
+        )
+    return slide_id
+
+
+def temp_path(path: str | Path) -> Path:
+    """A fresh temporary sibling of ``path`` (same folder, so the final rename is atomic)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """fsync the finished file ``tmp``, rename it over ``path``, fsync the folder."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to (by any library); on a clean exit
+    it is fsynced and renamed into place, on an error it is removed and ``path`` untouched."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(p)
+    try:
+        yield tmp
+        replace_durably(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` atomically and durably: ``write(fh)`` fills a binary temp file."""
+    with atomic_path(path) as tmp, open(tmp, "xb") as fh:
+        write(fh)
+        fh.flush()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def publish(src: Path, dst: Path) -> Path:
+    """Move a finished file or directory into place atomically, replacing an old one.
+
+    A directory cannot be swapped in one rename: the old one is first renamed aside, the new
+    one renamed in, then the old one deleted, so a crash leaves either version intact.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        aside = dst.with_name(f".{dst.name}.old.{os.getpid()}")
+        if dst.exists():
+            os.replace(dst, aside)
+        os.replace(src, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    fsync_dir(dst.parent)
+    return dst
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temp files (``.<name>.<pid>.<hex>.tmp``) in ``folder`` whose writer process
+    is gone; a live writer's are kept. Returns what was removed."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
