@@ -51,9 +51,9 @@ def make_slide_dir(root: Path, ids: tuple[str, ...] = ("a", "b"), pixels: str = 
     root/annotations/<id>.xml (tumour square). Returns the tile output folder."""
     from shapely.geometry import box
 
-    from wsipipe.annotations import write_asap_xml
+    from wsipipe.geometry import tissue_geojson, write_geojson
+    from wsipipe.geometry.annotations import write_asap_xml
     from wsipipe.synth.svs import write_svs
-    from wsipipe.tile.geometry import tissue_geojson, write_geojson
 
     tile_out = root / "tile"
     (root / "slides").mkdir(parents=True, exist_ok=True)

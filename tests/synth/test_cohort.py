@@ -12,8 +12,8 @@ import openslide
 import pytest
 import shapely
 
-from wsipipe.annotations import read_annotations
 from wsipipe.errors import ConfigError
+from wsipipe.geometry.annotations import read_annotations
 from wsipipe.synth import Cohort, CohortConfig, generate_cohort, generate_slide, stratified_splits
 from wsipipe.synth.layout import make_layout
 

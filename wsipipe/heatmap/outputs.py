@@ -99,9 +99,9 @@ def load_canvas(
         source = f"blank: {' '.join(str(exc).split())[:160]}"
     tissue = None
     if tissue_geojson is not None and tissue_geojson.exists():
-        from wsipipe.tile.geometry import polygons_to_mask, read_polygons_geojson
+        from wsipipe.geometry import polygons_to_mask, read_tissue_geojson
 
-        polys = read_polygons_geojson(tissue_geojson)
+        polys = read_tissue_geojson(tissue_geojson)
         tissue = polygons_to_mask(polys, thumb.shape[:2], ds)
     return SlideCanvas(w, h, mpp, thumb, float(ds), tissue, source)
 

@@ -191,7 +191,7 @@ def finish_slide(run: _Run, s: _Scored, tmp: Path) -> tuple[dict[str, Path], dic
     extra: dict[str, np.ndarray] = {}
     evaluation: dict[str, Any] | None = None
     if run.annotations is not None:
-        from wsipipe.annotations import read_annotations
+        from wsipipe.geometry.annotations import read_annotations
 
         ann = _annotation_file(run.annotations, s.slide_id)
         tumour, exclusion = read_annotations(ann) if ann else ([], [])

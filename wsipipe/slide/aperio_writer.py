@@ -15,7 +15,7 @@ hold and how they are compressed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -123,7 +123,7 @@ class AperioTiffWriter:
 
     def level(
         self,
-        data: np.ndarray | Iterable[np.ndarray] | Iterable[bytes],
+        data: np.ndarray | Iterator[np.ndarray] | Iterator[bytes],
         shape: tuple[int, int, int],
         description: str,
         **kwargs: Any,

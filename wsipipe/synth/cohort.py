@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from shapely.geometry import Polygon
 
-from wsipipe.annotations import write_asap_xml, write_geojson_annotations
 from wsipipe.errors import ConfigError
+from wsipipe.geometry.annotations import write_asap_xml, write_geojson_annotations
 from wsipipe.synth.layout import DEFAULT_TUMOUR_FRACTION, make_layout
 from wsipipe.synth.svs import write_svs
 from wsipipe.synth.tissue_render import TissueRenderer

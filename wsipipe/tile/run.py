@@ -26,17 +26,17 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.config import config_hash, config_to_dict, save_config
 from wsipipe.errors import ConfigError, NoTissueError
+from wsipipe.geometry import (
+    mask_to_polygons,
+    polygons_to_mask,
+    read_tissue_geojson,
+    tissue_geojson,
+    write_geojson,
+)
 from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
 from wsipipe.slide import Slide, open_slide, slide_fingerprint
 from wsipipe.store import STORE_SUFFIX, StoreMeta, create_store, encode_tile
 from wsipipe.tile.config import TileConfig
-from wsipipe.tile.geometry import (
-    mask_to_polygons,
-    polygons_to_mask,
-    read_polygons_geojson,
-    tissue_geojson,
-    write_geojson,
-)
 from wsipipe.tile.grid import tile_grid, tissue_fractions
 from wsipipe.tile.inputs import SlideSpec
 from wsipipe.tile.qc import draw_qc, save_png
@@ -56,7 +56,7 @@ def tile_slide(
 
         pen = None
         if cfg.tissue_geojson_dir:
-            polys = read_polygons_geojson(_tissue_geojson_path(cfg.tissue_geojson_dir, spec))
+            polys = read_tissue_geojson(_tissue_geojson_path(cfg.tissue_geojson_dir, spec))
             mask = polygons_to_mask(polys, thumb.shape[:2], thumb_ds)
         else:
             seg = segment_tissue(thumb, um_per_thumb_px, cfg.tissue)

@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from wsipipe.annotations import (
+from wsipipe.errors import ConfigError
+from wsipipe.geometry.annotations import (
     read_annotations,
     read_asap_xml,
     read_geojson_annotations,
     write_asap_xml,
     write_geojson_annotations,
 )
-from wsipipe.errors import ConfigError
 
 SQUARE = box(100.0, 200.0, 400.0, 500.0)
 DONUT = Polygon(
@@ -202,7 +202,7 @@ def test_geojson_qupath_list_and_classes(tmp_path: Path) -> None:
         (
             "bad3.json",
             '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": 5}}',
-            "invalid GeoJSON geometry",
+            "invalid GeoJSON Polygon geometry",
         ),
         ("bad.txt", "x", "extension"),
     ],
@@ -216,7 +216,7 @@ def test_geojson_errors(tmp_path: Path, name: str, payload: str, match: str) -> 
 
 
 def test_missing_file_and_bad_geometry(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="annotation file not found"):
         read_annotations(tmp_path / "nope.xml")
     with pytest.raises(ConfigError, match="not a Polygon"):
         write_asap_xml(tmp_path / "x.xml", [shapely.Point(1, 2)])  # type: ignore[list-item]

@@ -18,21 +18,25 @@ entities nor entity-expansion bombs are possible.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 from xml.sax.saxutils import quoteattr
 
-import shapely
-from shapely.errors import ShapelyError
-from shapely.geometry import GeometryCollection, MultiPolygon, Polygon, shape
-from shapely.geometry.base import BaseGeometry
-from shapely.geometry.polygon import orient
+from shapely.geometry import MultiPolygon, Polygon
 
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write_text
+from wsipipe.geometry.geojson import (
+    classification,
+    finite,
+    read_bytes,
+    read_geojson,
+    write_geojson_annotations,
+)
+from wsipipe.geometry.polygons import flatten_polygons, polygon_parts
 
 __all__ = [
     "EXCLUSION_NAMES",
@@ -54,46 +58,9 @@ def _is_exclusion(name: str | None) -> bool:
     return name is not None and name.strip().lower() in EXCLUSION_NAMES
 
 
-def _polygon_parts(geom: BaseGeometry) -> list[Polygon]:
-    """Valid, non-empty polygon parts of any geometry (lines and points are dropped)."""
-    if geom.is_empty:
-        return []
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-    if isinstance(geom, Polygon):
-        return [geom] if geom.area > 0 else []
-    if isinstance(geom, MultiPolygon | GeometryCollection):
-        out: list[Polygon] = []
-        for part in geom.geoms:
-            out.extend(_polygon_parts(part))
-        return out
-    return []
-
-
-def _flatten_input(polygons: Iterable[Polygon | MultiPolygon]) -> list[Polygon]:
-    out: list[Polygon] = []
-    for p in polygons:
-        if isinstance(p, MultiPolygon):
-            out.extend(p.geoms)
-        elif isinstance(p, Polygon):
-            out.append(p)
-        else:
-            raise ConfigError(
-                f"annotation geometry {type(p).__name__} is not a Polygon; "
-                "pass shapely Polygons or MultiPolygons"
-            )
-    return [p for p in out if not p.is_empty]
-
-
-def _num_out(v: float) -> float:
-    if not math.isfinite(v):
-        raise ConfigError(f"annotation coordinate {v!r} is not finite; fix the polygon")
-    return float(v)
-
-
 def _fmt(v: float) -> str:
     """Shortest round-tripping decimal text of a coordinate."""
-    return repr(_num_out(v))
+    return repr(finite(v))
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +77,7 @@ def write_asap_xml(
     polygon holes are written to a second group, ``Exclusion`` (CAMELYON's ``_2`` when
     ``group`` is ``_0`` or ``_1``), so that :func:`read_asap_xml` returns them as exclusions.
     """
-    polys = _flatten_input(polygons)
+    polys = flatten_polygons(polygons)
     excl_group = "_2" if group in ("_0", "_1") else "Exclusion"
     lines = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
     index = 0
@@ -151,7 +118,7 @@ def write_asap_xml(
         lines.append("\t\t</Group>")
     lines.append("\t</AnnotationGroups>")
     lines.append("</ASAP_Annotations>")
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 class _AsapHandler:
@@ -225,7 +192,7 @@ def read_asap_xml(path: str | Path) -> tuple[list[Polygon], list[Polygon]]:
     fewer than 3 points are skipped.
     """
     p = Path(path)
-    data = _read_bytes(p)
+    data = read_bytes(p, "annotation file", "check the path")
     handler = _parse_asap(p, data)
     tumour: list[Polygon] = []
     exclusion: list[Polygon] = []
@@ -235,87 +202,9 @@ def read_asap_xml(path: str | Path) -> tuple[list[Polygon], list[Polygon]]:
         pts = [(x, y) for _, x, y in sorted(coords, key=lambda c: c[0])]
         if len(pts) < 3:
             continue
-        parts = _polygon_parts(Polygon(pts))
+        parts = polygon_parts(Polygon(pts))
         (exclusion if _is_exclusion(group) else tumour).extend(parts)
     return tumour, exclusion
-
-
-# --------------------------------------------------------------------------------------------
-# GeoJSON
-# --------------------------------------------------------------------------------------------
-
-
-def write_geojson_annotations(
-    path: str | Path, polygons: Sequence[Polygon | MultiPolygon], name: str = "Tumor"
-) -> None:
-    """Write polygons (level-0 px) as a QuPath-style GeoJSON FeatureCollection.
-
-    Every feature is ``objectType: annotation`` with ``classification: {name, color}``;
-    holes are kept as polygon interiors. Output is deterministic (no random ids).
-    """
-    polys = _flatten_input(polygons)
-    features = []
-    for poly in polys:
-        oriented = orient(poly, 1.0)  # exterior counter-clockwise, holes clockwise
-        rings = [oriented.exterior, *oriented.interiors]
-        coords = [[[_num_out(x), _num_out(y)] for x, y, *_ in ring.coords] for ring in rings]
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": coords},
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": name, "color": [200, 0, 0]},
-                },
-            }
-        )
-    doc = {"type": "FeatureCollection", "features": features}
-    Path(path).write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
-
-
-def _classification(props: dict[str, Any] | None) -> str | None:
-    if not props:
-        return None
-    cls = props.get("classification")
-    if isinstance(cls, dict):
-        name = cls.get("name")
-        return str(name) if name is not None else None
-    if isinstance(cls, str):
-        return cls
-    # some exporters put the class in "name" / "class"
-    for key in ("class", "label"):
-        if isinstance(props.get(key), str):
-            return str(props[key])
-    return None
-
-
-def _features(doc: Any, path: Path) -> list[tuple[dict[str, Any] | None, Any]]:
-    """(properties, geometry dict) pairs of a FeatureCollection, feature list or geometry."""
-    if isinstance(doc, list):
-        out: list[tuple[dict[str, Any] | None, Any]] = []
-        for item in doc:
-            out.extend(_features(item, path))
-        return out
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: GeoJSON must be an object or a list of features")
-    kind = doc.get("type")
-    if kind == "FeatureCollection":
-        return _features(doc.get("features", []), path)
-    if kind == "Feature":
-        return [(doc.get("properties"), doc.get("geometry"))]
-    if kind in (
-        "Polygon",
-        "MultiPolygon",
-        "GeometryCollection",
-        "Point",
-        "LineString",
-        "MultiPoint",
-        "MultiLineString",
-    ):
-        return [(None, doc)]
-    raise ConfigError(
-        f"{path}: GeoJSON object of type {kind!r} is not a Feature, FeatureCollection or geometry"
-    )
 
 
 def read_geojson_annotations(path: str | Path) -> tuple[list[Polygon], list[Polygon]]:
@@ -324,37 +213,17 @@ def read_geojson_annotations(path: str | Path) -> tuple[list[Polygon], list[Poly
     Returns ``(tumour, exclusion)``: features classified ``Exclusion`` / ``_2`` /
     ``Ignore*`` are exclusions, all others (including unclassified) tumour.
     """
-    p = Path(path)
-    try:
-        doc = json.loads(_read_bytes(p))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{p}: not valid JSON ({err}); fix or re-export it") from None
     tumour: list[Polygon] = []
     exclusion: list[Polygon] = []
-    for props, geom in _features(doc, p):
-        if geom is None:
-            continue
-        try:
-            g = shape(geom)
-        except (ValueError, TypeError, AttributeError, KeyError, ShapelyError) as err:
-            raise ConfigError(f"{p}: invalid GeoJSON geometry ({err}); fix the file") from None
-        parts = _polygon_parts(g)
-        (exclusion if _is_exclusion(_classification(props)) else tumour).extend(parts)
+    for props, geom in read_geojson(path, "annotation file", "fix or re-export it"):
+        parts = polygon_parts(geom)
+        (exclusion if _is_exclusion(classification(props)) else tumour).extend(parts)
     return tumour, exclusion
 
 
 # --------------------------------------------------------------------------------------------
 # dispatch
 # --------------------------------------------------------------------------------------------
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"annotation file {path} does not exist; check the path") from None
-    except OSError as err:
-        raise ConfigError(f"annotation file {path} cannot be read ({err})") from None
 
 
 def read_annotations(path: str | Path) -> tuple[list[Polygon], list[Polygon]]:

@@ -1,4 +1,4 @@
-"""Tissue masks <-> polygons, and polygons <-> GeoJSON.
+"""Tissue masks <-> polygons (pure numpy / shapely).
 
 Coordinate convention: mask pixel (row r, col c) covers the square [c, c+1) x [r, r+1) in
 thumbnail units, with its centre at (c + 0.5, r + 0.5); level-0 coordinates are thumbnail
@@ -9,22 +9,15 @@ centre is (even-odd rule, so holes are holes).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import shapely
-from shapely.geometry import GeometryCollection, MultiPolygon, Polygon, mapping, shape
+from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 from skimage.measure import find_contours
 
 from wsipipe.errors import ConfigError
-from wsipipe.fileio import atomic_write_bytes
-
-TISSUE_COLOR = (80, 200, 80)  # QuPath class colour of the tissue annotations (RGB)
-
 
 # ------------------------------------------------------------------- mask -> polygons
 
@@ -81,19 +74,42 @@ def mask_to_polygons(mask: np.ndarray, scale: float, simplify_px: float = 1.0) -
         geom = shapely.transform(geom, lambda xy: xy * scale)
         if not geom.is_valid:
             geom = shapely.make_valid(geom)
-        polys.extend(_polygon_parts(geom))
+        polys.extend(polygon_parts(geom))
     polys.sort(key=lambda p: -p.area)
     return polys
 
 
-def _polygon_parts(geom: BaseGeometry) -> Iterator[Polygon]:
-    """The non-empty polygons of a Polygon / MultiPolygon / GeometryCollection."""
+def polygon_parts(geom: BaseGeometry) -> list[Polygon]:
+    """Valid, non-empty polygon parts of any geometry (lines and points are dropped)."""
+    if geom.is_empty:
+        return []
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
     if isinstance(geom, Polygon):
-        if not geom.is_empty and geom.area > 0:
-            yield geom
-    elif isinstance(geom, (MultiPolygon, GeometryCollection)):
-        for g in geom.geoms:
-            yield from _polygon_parts(g)
+        return [geom] if geom.area > 0 else []
+    if isinstance(geom, MultiPolygon | GeometryCollection):
+        out: list[Polygon] = []
+        for part in geom.geoms:
+            out.extend(polygon_parts(part))
+        return out
+    return []
+
+
+def flatten_polygons(polygons: Iterable[BaseGeometry]) -> list[Polygon]:
+    """The non-empty Polygons of Polygons and MultiPolygons; any other geometry is a
+    ConfigError (writers accept polygons only)."""
+    out: list[Polygon] = []
+    for p in polygons:
+        if isinstance(p, MultiPolygon):
+            out.extend(p.geoms)
+        elif isinstance(p, Polygon):
+            out.append(p)
+        else:
+            raise ConfigError(
+                f"annotation geometry {type(p).__name__} is not a Polygon; "
+                "pass shapely Polygons or MultiPolygons"
+            )
+    return [p for p in out if not p.is_empty]
 
 
 # ------------------------------------------------------------------- polygons -> mask
@@ -114,7 +130,7 @@ def polygons_to_mask(
         raise ValueError(f"scale must be > 0, got {scale}")
     diff = np.zeros(h * (w + 1), dtype=np.int32)
     for geom in polys:
-        for poly in _polygon_parts(geom):
+        for poly in polygon_parts(geom):
             rings = (poly.exterior, *poly.interiors)
             uv = [np.asarray(r.coords, dtype=np.float64) / scale - 0.5 for r in rings]
             _scan_fill(np.concatenate([_ring_edges(x) for x in uv], axis=0), h, w, diff)
@@ -155,112 +171,3 @@ def _scan_fill(edges: np.ndarray, h: int, w: int, diff: np.ndarray) -> None:
     size = h * (w + 1)
     diff += np.bincount(r * (w + 1) + c0, minlength=size).astype(np.int32)
     diff -= np.bincount(r * (w + 1) + c1, minlength=size).astype(np.int32)
-
-
-# ------------------------------------------------------------------------- GeoJSON
-
-
-def _geometry_json(geom: BaseGeometry, ndigits: int = 2) -> dict[str, Any]:
-    """GeoJSON geometry dict with plain lists and coordinates rounded to ``ndigits``."""
-
-    def conv(obj: Any) -> Any:
-        if isinstance(obj, (tuple, list)):
-            if obj and isinstance(obj[0], (int, float)):
-                return [round(float(v), ndigits) for v in obj]
-            return [conv(o) for o in obj]
-        return obj
-
-    gj = mapping(geom)
-    return {"type": gj["type"], "coordinates": conv(gj["coordinates"])}
-
-
-def tissue_geojson(
-    polys: Sequence[BaseGeometry],
-    name: str = "Tissue",
-    color: tuple[int, int, int] = TISSUE_COLOR,
-) -> dict:
-    """FeatureCollection that QuPath imports: one Feature per polygon, level-0 px, with
-    properties ``{"objectType": "annotation", "classification": {"name": name,
-    "color": [r, g, b]}}``."""
-    features = []
-    for geom in polys:
-        if geom.is_empty:
-            continue
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": _geometry_json(geom),
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": name, "color": [int(c) for c in color]},
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
-
-
-_HOW_TO_FIX = "give a GeoJSON of tissue polygons in level-0 px (e.g. QuPath: Export objects)"
-
-
-def read_polygons_geojson(path: str | Path) -> list[BaseGeometry]:
-    """Read polygons from GeoJSON: a FeatureCollection, a single Feature, a bare geometry, or
-    a JSON list of Features (QuPath's export). Polygon and MultiPolygon (also inside a
-    GeometryCollection) are kept, made valid if needed; other geometry types are skipped.
-    Missing file, invalid JSON or no polygon -> ConfigError naming the file and the fix."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: tissue GeoJSON not found; {_HOW_TO_FIX}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read tissue GeoJSON ({e}); {_HOW_TO_FIX}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"{p}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {_HOW_TO_FIX}"
-        ) from None
-    out: list[BaseGeometry] = []
-    for gj in _geometries(data):
-        try:
-            geom = shape(gj)
-        except Exception as e:  # shapely raises several types on malformed coordinates
-            raise ConfigError(
-                f"{p}: malformed {gj.get('type')} geometry ({e}); {_HOW_TO_FIX}"
-            ) from None
-        if not geom.is_valid:
-            geom = shapely.make_valid(geom)
-        parts = list(_polygon_parts(geom))
-        if len(parts) == 1:
-            out.append(parts[0])
-        elif parts:
-            out.append(MultiPolygon(parts))
-    if not out:
-        raise ConfigError(f"{p}: no Polygon or MultiPolygon geometry found; {_HOW_TO_FIX}")
-    return out
-
-
-def _geometries(obj: Any) -> Iterator[dict]:
-    """Polygonal GeoJSON geometry dicts found in a GeoJSON object or a list of them."""
-    if isinstance(obj, list):
-        for item in obj:
-            yield from _geometries(item)
-        return
-    if not isinstance(obj, dict):
-        return
-    kind = obj.get("type")
-    if kind == "FeatureCollection":
-        yield from _geometries(obj.get("features") or [])
-    elif kind == "Feature":
-        if obj.get("geometry"):
-            yield from _geometries(obj["geometry"])
-    elif kind == "GeometryCollection":
-        yield from _geometries(obj.get("geometries") or [])
-    elif kind in ("Polygon", "MultiPolygon"):
-        yield obj
-
-
-def write_geojson(path: str | Path, obj: dict) -> None:
-    """Write ``obj`` as JSON atomically: a temporary file in the same folder, then
-    ``os.replace``, so readers never see a half-written file. Creates the parent folder."""
-    atomic_write_bytes(Path(path), json.dumps(obj, separators=(",", ":")).encode("utf-8"))

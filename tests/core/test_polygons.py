@@ -11,14 +11,14 @@ import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from wsipipe.errors import ConfigError
-from wsipipe.tile.geometry import (
-    TISSUE_COLOR,
+from wsipipe.geometry import (
     mask_to_polygons,
     polygons_to_mask,
-    read_polygons_geojson,
+    read_tissue_geojson,
     tissue_geojson,
     write_geojson,
 )
+from wsipipe.geometry.geojson import TISSUE_COLOR
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -125,7 +125,7 @@ def test_geojson_round_trip(tmp_path: Path) -> None:
     polys = mask_to_polygons(scene_mask(), 8.0)
     path = tmp_path / "sub" / "slide.geojson"
     write_geojson(path, tissue_geojson(polys))
-    back = read_polygons_geojson(path)
+    back = read_tissue_geojson(path)
     assert len(back) == len(polys)
     for p, q in zip(polys, back, strict=True):
         assert len(q.interiors) == len(p.interiors)
@@ -162,7 +162,7 @@ def test_qupath_list_of_features(tmp_path: Path) -> None:
     ]
     path = tmp_path / "qupath.json"
     path.write_text(json.dumps(features))
-    geoms = read_polygons_geojson(path)
+    geoms = read_tissue_geojson(path)
     assert [g.geom_type for g in geoms] == ["Polygon", "MultiPolygon"]
     assert geoms[0].area == pytest.approx(5000) and geoms[1].area == pytest.approx(500)
 
@@ -179,7 +179,7 @@ def test_single_feature_bare_geometry_and_collection(tmp_path: Path) -> None:
     }
     for name, obj in cases.items():
         (tmp_path / name).write_text(json.dumps(obj))
-        (g,) = read_polygons_geojson(tmp_path / name)
+        (g,) = read_tissue_geojson(tmp_path / name)
         assert g.area == pytest.approx(100), name
 
 
@@ -187,7 +187,7 @@ def test_invalid_polygon_is_made_valid(tmp_path: Path) -> None:
     bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]}
     path = tmp_path / "bowtie.geojson"
     path.write_text(json.dumps(bowtie))
-    (g,) = read_polygons_geojson(path)
+    (g,) = read_tissue_geojson(path)
     assert g.is_valid and g.area == pytest.approx(50)
 
 
@@ -195,20 +195,20 @@ def test_bad_json_raises_config_error_with_file_name(tmp_path: Path) -> None:
     path = tmp_path / "broken.geojson"
     path.write_text('{"type": "FeatureCollection", "features": [')
     with pytest.raises(ConfigError, match=r"broken\.geojson: not valid JSON"):
-        read_polygons_geojson(path)
+        read_tissue_geojson(path)
 
 
 def test_no_polygon_raises_config_error(tmp_path: Path) -> None:
     path = tmp_path / "points.geojson"
     path.write_text(json.dumps(qupath_feature(shapely.geometry.mapping(Point(1, 2)))))
     with pytest.raises(ConfigError, match=r"points\.geojson: no Polygon"):
-        read_polygons_geojson(path)
+        read_tissue_geojson(path)
     with pytest.raises(ConfigError, match=r"missing\.geojson: tissue GeoJSON not found"):
-        read_polygons_geojson(tmp_path / "missing.geojson")
+        read_tissue_geojson(tmp_path / "missing.geojson")
 
 
 def test_malformed_coordinates_raise_config_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.geojson"
     path.write_text(json.dumps({"type": "Polygon", "coordinates": [[["a", "b"]]]}))
-    with pytest.raises(ConfigError, match=r"bad\.geojson: malformed Polygon"):
-        read_polygons_geojson(path)
+    with pytest.raises(ConfigError, match=r"bad\.geojson: invalid GeoJSON Polygon geometry"):
+        read_tissue_geojson(path)
