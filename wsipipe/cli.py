@@ -226,7 +226,7 @@ def _register_optional() -> None:
     """Register the stages' commands; each module imports its heavy dependencies lazily."""
     import importlib.util
 
-    from wsipipe.cohorts import labels_command
+    from wsipipe.labels.cli import labels_command
 
     app.command("labels")(labels_command)
     if importlib.util.find_spec("wsipipe.train.cli") is not None:

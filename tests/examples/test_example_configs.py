@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsipipe.cohorts import camelyon16_labels, tcga_labels
 from wsipipe.config import build_config, load_yaml
+from wsipipe.labels.cohorts import camelyon16_labels, tcga_labels
 from wsipipe.tile import TileConfig
 from wsipipe.train.config import load_train_config
 

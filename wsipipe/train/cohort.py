@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import ConfigError
-from wsipipe.train.config import TrainConfig
-from wsipipe.train.data import SlideSpec, describe_store, find_store, list_stores
-from wsipipe.train.labels import (
+from wsipipe.labels.table import (
     LabelTable,
     SlideRecord,
     check_cohort,
     read_labels_csv,
     training_splits,
 )
+from wsipipe.train.config import TrainConfig
+from wsipipe.train.data import SlideSpec, describe_store, find_store, list_stores
 
 
 @dataclass

@@ -12,16 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from wsipipe.cohorts import (
+from wsipipe.errors import ConfigError
+from wsipipe.labels.cli import labels_command
+from wsipipe.labels.cohorts import (
     camelyon16_labels,
-    labels_command,
     parse_tcga_barcode,
     read_camelyon16_reference,
-    stratified_folds,
-    stratified_split,
     tcga_labels,
 )
-from wsipipe.errors import ConfigError
+from wsipipe.labels.splits import stratified_folds, stratified_split
 
 
 def _touch(path: Path) -> Path:
@@ -129,8 +128,8 @@ def test_camelyon16_labels_layout(c16: Path, tmp_path: Path) -> None:
 
 def test_camelyon16_labels_feed_tile_and_train(c16: Path, tmp_path: Path) -> None:
     """The CSV is a valid slide list for `wsipipe tile` and a valid labels CSV for training."""
+    from wsipipe.labels.table import read_labels_csv, training_splits
     from wsipipe.tile.inputs import resolve_slides
-    from wsipipe.train.labels import read_labels_csv, training_splits
 
     out = tmp_path / "labels.csv"
     camelyon16_labels(c16, out)

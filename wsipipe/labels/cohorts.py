@@ -15,18 +15,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write_text, check_slide_id
+from wsipipe.labels.splits import assign_splits
 
 SPLITS = ("train", "val", "test")
 MAX_LISTED = 8  # offending items listed in one error message
@@ -59,91 +56,6 @@ class LabelsResult:
     def counts(self) -> dict[tuple[str, str], int]:
         """{(split, label): number of slides}; label "" = unlabelled."""
         return dict(Counter((r.split, r.label) for r in self.rows))
-
-
-# ---- splitting ---------------------------------------------------------------------------
-
-
-def stratified_split(
-    strata: Mapping[str, str],
-    fractions: Sequence[tuple[str, float]],
-    seed: int = 0,
-    rest: str = "train",
-) -> dict[str, str]:
-    """Assign every key (a slide or a patient) to a split, stratified by its label.
-
-    ``strata`` maps key -> label; ``fractions`` gives (split name, fraction) in the order they
-    are carved from each label's shuffled keys; what remains goes to ``rest``. A split with a
-    fraction > 0 gets at least one key of each label when the label has enough keys, and
-    ``rest`` always keeps at least one. Deterministic for a given seed.
-    """
-    for name, frac in fractions:
-        if not 0.0 <= frac < 1.0:
-            raise ConfigError(f"{name} fraction {frac!r} must be in [0, 1), e.g. 0.2")
-    if sum(f for _, f in fractions) >= 1.0:
-        raise ConfigError(
-            f"split fractions {dict(fractions)} sum to >= 1; leave room for the {rest} split"
-        )
-    rng = random.Random(seed)
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(strata):
-        by_label[strata[key]].append(key)
-    wanted = [(n, f) for n, f in fractions if f > 0]
-    out: dict[str, str] = {}
-    for label in sorted(by_label):
-        keys = by_label[label]
-        rng.shuffle(keys)
-        start = 0
-        for name, frac in wanted:
-            count = int(len(keys) * frac + 0.5)
-            if count == 0 and len(keys) >= len(wanted) + 1:
-                count = 1
-            count = max(0, min(count, len(keys) - start - 1))
-            for key in keys[start : start + count]:
-                out[key] = name
-            start += count
-        for key in keys[start:]:
-            out[key] = rest
-    return out
-
-
-def stratified_folds(strata: Mapping[str, str], k: int, seed: int = 0) -> dict[str, int]:
-    """Assign keys to ``k`` folds (0..k-1), stratified by label, sizes within one of each other."""
-    if k < 2:
-        raise ConfigError(f"folds = {k} must be >= 2 (or 0 for no fold column)")
-    rng = random.Random(seed + 7919)  # independent of the split draw
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(strata):
-        by_label[strata[key]].append(key)
-    out: dict[str, int] = {}
-    offset = 0
-    for label in sorted(by_label):
-        keys = by_label[label]
-        rng.shuffle(keys)
-        for i, key in enumerate(keys):
-            out[key] = (offset + i) % k
-        offset = (offset + len(keys)) % k
-    return out
-
-
-def _assign(
-    strata: Mapping[str, str],
-    val_fraction: float,
-    test_fraction: float,
-    folds: int,
-    seed: int,
-) -> tuple[dict[str, str], dict[str, int]]:
-    """(split per key, fold per non-test key). With folds, val = fold 0."""
-    if folds:
-        split = stratified_split(strata, [("test", test_fraction)], seed)
-        fold = stratified_folds(
-            {k: v for k, v in strata.items() if split[k] != "test"}, folds, seed
-        )
-        for key, f in fold.items():
-            split[key] = "val" if f == 0 else "train"
-        return split, fold
-    fr = [("test", test_fraction), ("val", val_fraction)]
-    return stratified_split(strata, fr, seed), {}
 
 
 # ---- CSV ---------------------------------------------------------------------------------
@@ -283,7 +195,7 @@ def camelyon16_labels(
     if not train_ids:
         raise ConfigError(f"{training}: no normal_*.tif / tumor_*.tif slides found")
     strata = {sid: _C16_CLASSES[sid.split("_")[0].lower()] for sid in train_ids}
-    split, fold = _assign(strata, val_fraction, 0.0, folds, seed)
+    split, fold = assign_splits(strata, val_fraction, 0.0, folds, seed)
     rows = [
         LabelRow(sid, strata[sid], split[sid], p, sid, fold.get(sid))
         for sid, p in train_ids.items()
@@ -462,79 +374,10 @@ def tcga_labels(
     strata = {
         pt: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for pt, c in per_patient.items()
     }
-    split, fold = _assign(strata, val_fraction, test_fraction, folds, seed)
+    split, fold = assign_splits(strata, val_fraction, test_fraction, folds, seed)
     result = [
         LabelRow(sid, label, split[pt], path, pt, fold.get(pt)) for sid, path, pt, label in rows
     ]
     return LabelsResult(
         write_labels_csv(result, out), tuple(sorted(result, key=lambda r: r.slide_id))
     )
-
-
-# ---- CLI ---------------------------------------------------------------------------------
-
-
-def labels_command(
-    dataset: Annotated[str, typer.Argument(help="camelyon16 | tcga")],
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(help="camelyon16: the dataset root; tcga: slide folders or files."),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Labels CSV to write.")] = Path("labels.csv"),
-    val_fraction: Annotated[
-        float | None, typer.Option(help="Validation fraction (default: camelyon16 0.2, tcga 0.15).")
-    ] = None,
-    test_fraction: Annotated[float, typer.Option(help="tcga: test fraction of patients.")] = 0.15,
-    folds: Annotated[int, typer.Option(help="Add a fold column with k folds (0 = none).")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed of the splits.")] = 0,
-    reference: Annotated[
-        Path | None, typer.Option(help="camelyon16: test labels (default: testing/reference.csv).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="camelyon16: slide id to leave out (repeatable).")
-    ] = None,
-    label_map: Annotated[
-        Path | None,
-        typer.Option(help="tcga: CSV with slide_id or patient_id and a label column."),
-    ] = None,
-    label_column: Annotated[str, typer.Option(help="tcga: label column of --label-map.")] = "label",
-    diagnostic_only: Annotated[
-        bool, typer.Option(help="tcga: keep only diagnostic (DX) slides.")
-    ] = False,
-    tumour_only: Annotated[
-        bool, typer.Option(help="tcga: keep only tumour samples (sample type 01-09).")
-    ] = False,
-    skip_unlabelled: Annotated[
-        bool, typer.Option(help="tcga: drop slides without a label instead of failing.")
-    ] = False,
-) -> None:
-    """Write a labels CSV (slide_id,label,split[,fold],patient_id,path) for a public cohort."""
-    from rich.console import Console
-    from rich.table import Table
-
-    kind = dataset.lower()
-    if kind == "camelyon16":
-        if len(inputs) != 1:
-            raise ConfigError(f"camelyon16 takes one dataset root, got {len(inputs)} paths")
-        result = camelyon16_labels(
-            inputs[0], out, 0.2 if val_fraction is None else val_fraction, folds, seed,
-            reference, tuple(exclude or ()),
-        )  # fmt: skip
-    elif kind == "tcga":
-        result = tcga_labels(
-            inputs, out, label_map, label_column,
-            0.15 if val_fraction is None else val_fraction, test_fraction, folds, seed,
-            diagnostic_only, tumour_only, skip_unlabelled,
-        )  # fmt: skip
-    else:
-        raise ConfigError(f"dataset {dataset!r} is not one of: camelyon16, tcga")
-    counts = result.counts()
-    table = Table(title=f"{result.path} ({len(result.rows)} slides)")
-    labels = sorted({lab for _, lab in counts})
-    table.add_column("split")
-    for lab in labels:
-        table.add_column(lab or "(unlabelled)", justify="right")
-    for split in SPLITS:
-        if any(s == split for s, _ in counts):
-            table.add_row(split, *(str(counts.get((split, lab), 0)) for lab in labels))
-    Console().print(table)

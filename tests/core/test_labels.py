@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from wsipipe.errors import ConfigError, StoreError
-from wsipipe.train.labels import check_cohort, read_labels_csv, training_splits
+from wsipipe.labels.table import check_cohort, read_labels_csv, training_splits
 
 
 def _csv(tmp_path: Path, text: str) -> Path:
