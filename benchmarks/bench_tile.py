@@ -82,7 +82,7 @@ def _decode_ceiling(path: Path, coords: np.ndarray, size0: int, threads: int) ->
 def run(quick: bool = False) -> list[Row]:
     from wsipipe.synth.svs import write_svs
     from wsipipe.tile.config import TileConfig
-    from wsipipe.tile.inputs import SlideSpec
+    from wsipipe.tile.inputs import SlideInput
     from wsipipe.tile.run import tile_slide
 
     width, height = (12000, 9000) if quick else (40000, 30000)
@@ -104,7 +104,7 @@ def run(quick: bool = False) -> list[Row]:
                     work = tmp / f"work_{scan_mpp}_{label}_{threads}"
                     work.mkdir()
                     t0 = time.perf_counter()
-                    _, info = tile_slide(SlideSpec("s", slide), cfg, work, threads=threads)
+                    _, info = tile_slide(SlideInput("s", slide), cfg, work, threads=threads)
                     secs = time.perf_counter() - t0
                     n = int(info["n_tiles"])
                     from wsipipe.store import open_store

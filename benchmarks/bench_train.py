@@ -99,9 +99,8 @@ def bench_throughput(quick: bool, root: Path) -> list[Row]:
     import torch
 
     from wsipipe.train.config import load_train_config
-    from wsipipe.train.data import ChunkDataset, ChunkStream, PlanSampler, make_loader, plan_chunks
-    from wsipipe.train.engine import scan_slide
-    from wsipipe.train.loop import Trainer
+    from wsipipe.train.inference import scan_slide
+    from wsipipe.train.loop import fit, setup_run
 
     torch.set_num_threads(1)  # one core computes, one DataLoader worker decodes
     px, n, enc = (64, 400, TINY) if quick else (128, 2000, "resnet18")
@@ -113,8 +112,8 @@ def bench_throughput(quick: bool, root: Path) -> list[Row]:
         "workers": 1, "progress": False, "tensorboard": False, "calibrate_tiles": 256,
         "channels_last": False,
     })  # fmt: skip
-    tr = Trainer(cfg)
-    rec = tr.fit()[-1]
+    tr = setup_run(cfg)
+    rec = fit(tr)[-1]
     case = f"{enc} {px}px, M=16 I=128 B=4, 1 core + 1 worker, N={n}"
     rows = [
         Row(BENCH, case, "train slides/s", rec["slides_per_s"], "slides/s"),
@@ -123,12 +122,7 @@ def bench_throughput(quick: bool, root: Path) -> list[Row]:
     # encoder busy fraction: streamed scan vs the bare encoder on the same, preloaded tiles
     model, pos = tr.model, 0
     model.eval()
-    sampler = PlanSampler()
-    loader = make_loader(ChunkDataset(tr.specs), sampler, cfg.workers, cfg.prefetch, False, 0)
-    chunks = [
-        (i.clone(), t.clone())
-        for i, t in ChunkStream(loader, sampler, plan_chunks([pos], tr.specs, cfg.I)).slide(pos)
-    ]
+    chunks = [(i.clone(), t.clone()) for i, t in tr.pipeline.stream([pos], cfg.I).slide(pos)]
     t_enc = t_scan = float("inf")
     with torch.no_grad():
         model.encoder(chunks[0][1])  # warm-up
@@ -139,10 +133,9 @@ def bench_throughput(quick: bool, root: Path) -> list[Row]:
                 model.encoder(tiles)
         t_enc = min(t_enc, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        stream = ChunkStream(loader, sampler, plan_chunks([pos], tr.specs, cfg.I))
-        scan_slide(model, stream.slide(pos), tr.st)
+        scan_slide(model, tr.pipeline.stream([pos], cfg.I).slide(pos), tr.st)
         t_scan = min(t_scan, time.perf_counter() - t0)
-    del loader
+    tr.close()
     frac = t_enc / t_scan
     rows += [
         Row(BENCH, case, "bare encoder tiles/s", n / t_enc, "tiles/s"),
@@ -159,14 +152,14 @@ _PROBE = textwrap.dedent(
     import gc, json, resource, torch
     torch.set_num_threads({threads})
     from wsipipe.train.config import load_train_config
-    from wsipipe.train.loop import Trainer
+    from wsipipe.train.loop import fit, setup_run
     cfg = load_train_config(None, {overrides!r})
-    tr = Trainer(cfg)
+    tr = setup_run(cfg)
     try:  # reset the peak RSS (VmHWM): the next reading covers the training step only
         open("/proc/self/clear_refs", "w").write("5")
     except OSError:
         pass
-    rec = tr.fit()[-1]
+    rec = fit(tr)[-1]
     step = 0.0
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):

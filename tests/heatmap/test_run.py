@@ -11,15 +11,16 @@ import torch
 from PIL import Image
 
 from tests.heatmap import synth
+from tests.models.helpers import stream_attention
 from wsipipe.errors import ConfigError
 from wsipipe.heatmap.config import HeatmapConfig
 from wsipipe.heatmap.geojson import read_tiles_geojson
 from wsipipe.heatmap.render import colormap_lut
 from wsipipe.heatmap.run import run_heatmaps
 from wsipipe.heatmap.scores import read_scores, read_scores_csv
-from wsipipe.heatmap.scoring import load_model
-from wsipipe.models import ips_scan, stream_attention
+from wsipipe.models import ips_scan
 from wsipipe.store import open_store
+from wsipipe.train.inference import load_model
 
 openslide = pytest.importorskip("openslide")
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tests.heatmap.synth import make_checkpoint
-from wsipipe.heatmap.scoring import load_model, score_pass
-from wsipipe.models import dbps_scan, ips_scan, stream_attention
+from tests.models.helpers import stream_attention
+from wsipipe.models import dbps_scan, ips_scan
+from wsipipe.train.inference import attention_pass, load_model
 
 
 def _chunks(tiles: torch.Tensor, size: int):
@@ -22,7 +23,7 @@ def test_one_pass_equals_separate_passes(tmp_path, method, n):
     g = torch.Generator().manual_seed(0)
     tiles = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     lm.model.train()  # the pass must use eval mode and restore the flags
-    sp = score_pass(lm.model, _chunks(tiles, 16), lm.settings)
+    sp = attention_pass(lm.model, _chunks(tiles, 16), lm.settings)
     assert lm.model.training and lm.model.encoder.training
     enc, agg = lm.model.encoder, lm.model.aggregator
     ref = stream_attention(enc, agg, _chunks(tiles, 16))
@@ -54,24 +55,3 @@ def test_load_model_restores_weights_and_overrides_runtime(tmp_path):
     for (na, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
                                  strict=True):  # fmt: skip
         assert torch.equal(pa, pb), na
-
-
-def test_slide_chunks_skip_leftovers_of_failed_or_skipped_slides():
-    from types import SimpleNamespace
-
-    from wsipipe.heatmap.run import _SlideChunks
-    from wsipipe.train.data import Chunk
-
-    def c(slide: int, chunk: int, n: int) -> Chunk:
-        return Chunk(slide, chunk, n, torch.tensor([chunk]), torch.zeros(1, 3, 2, 2))
-
-    stream = [c(0, 0, 2), c(0, 1, 2), c(1, 0, 3), c(1, 1, 3), c(1, 2, 3), c(2, 0, 1)]
-    stream += [c(3, 0, 2), c(3, 1, 2)]
-    sampler = SimpleNamespace(plan=None)
-    sc = _SlideChunks(stream, sampler, iter([]))
-    first = sc.slide(0)
-    assert int(next(first)[0]) == 0  # slide 0 abandoned after one chunk (a failed scan)
-    got = [int(i) for i, _ in sc.slide(1)]  # its leftover chunk is discarded
-    assert got == [0, 1, 2]
-    # slide 2 skipped entirely (done by a concurrent run): slide 3 still arrives
-    assert [int(i) for i, _ in sc.slide(3)] == [0, 1]

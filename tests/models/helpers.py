@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from wsipipe.models import AggregatorConfig, CrossAttentionAggregator, FeatureEncoder, TaskSpec
+from wsipipe.models import (
+    AggregatorConfig,
+    AttentionMap,
+    AttentionStream,
+    CrossAttentionAggregator,
+    FeatureEncoder,
+    TaskSpec,
+)
+from wsipipe.models._scan import chunk_logits, device_chunks, encode, eval_no_grad, scan_keys
 
 
 def tiny_aggregator(
@@ -52,3 +60,20 @@ def one_shot_logits(enc: torch.nn.Module, agg: CrossAttentionAggregator, x: Tens
     agg.eval()
     with torch.no_grad():
         return agg.attention_logits(enc(x).unsqueeze(0))[0].permute(2, 0, 1)
+
+
+def stream_attention(
+    encoder: torch.nn.Module,
+    aggregator: CrossAttentionAggregator,
+    chunks: Iterable[tuple[Tensor, Tensor]],
+    amp_dtype: torch.dtype | None = None,
+) -> AttentionMap:
+    """Reference for the scans' attention hook: a separate eval pass over ``chunks`` that
+    feeds every chunk's logits to an AttentionStream (softmax over all tiles)."""
+    dev = next(aggregator.parameters()).device
+    stream = AttentionStream()
+    with eval_no_grad(encoder, aggregator):
+        keys = scan_keys(aggregator, dev)  # (D, T, H)
+        for idx, tiles in device_chunks(chunks, dev):
+            stream.add(idx, chunk_logits(keys, encode(encoder, tiles, dev, amp_dtype)))
+    return stream.result(aggregator.cfg.n_token, aggregator.cfg.heads)

@@ -17,7 +17,6 @@ from wsipipe.models import (
     AggregatorConfig,
     CrossAttentionAggregator,
     TaskSpec,
-    activate,
 )
 
 
@@ -125,20 +124,6 @@ def test_attention_logits_and_scores() -> None:
     assert torch.allclose(lg, ref, atol=1e-5)
     sc = agg.scores(e)
     assert torch.allclose(sc, torch.softmax(ref, -1).mean((1, 2)), atol=1e-6)
-
-
-def test_activate() -> None:
-    cfg = AggregatorConfig(
-        dim=16,
-        heads=1,
-        dim_head=4,
-        dim_inner=8,
-        tasks=(TaskSpec("a", 3), TaskSpec("b", 2, "sigmoid")),
-    )
-    agg = CrossAttentionAggregator(cfg)
-    probs = activate(cfg, agg(torch.randn(2, 4, 16)))
-    assert torch.allclose(probs["a"].sum(-1), torch.ones(2))
-    assert probs["b"].shape == (2, 2) and torch.all((probs["b"] > 0) & (probs["b"] < 1))
 
 
 @pytest.mark.parametrize(

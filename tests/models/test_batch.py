@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from tests.models.helpers import chunked, tiny_aggregator, tiny_feature_encoder
 from wsipipe.errors import ConfigError
 from wsipipe.models import (
-    collate_scan_results,
     create_encoder,
     dbps_scan,
     gradient_pass,
@@ -72,11 +71,12 @@ def test_pad_batch_and_collate() -> None:
     g = torch.Generator().manual_seed(0)
     small = dbps_scan(enc, agg, chunked(torch.randn(3, F, generator=g), 2), M=5, S=4)
     big = dbps_scan(enc, agg, chunked(torch.randn(30, F, generator=g), 7), M=5, S=4)
-    batch = collate_scan_results([small, big], M=5)
-    assert batch.indices.shape == (2, 5) and batch.mask.sum(1).tolist() == [3, 5]
-    assert batch.indices[0, 3:].tolist() == [-1, -1]
-    assert batch.aux_emb is not None and batch.aux_mask is not None
-    assert batch.aux_emb.shape == (2, 4, 16) and batch.aux_mask.sum(1).tolist() == [0, 4]
+    indices, mask = pad_batch([small.indices, big.indices], 5, value=-1)
+    assert indices.shape == (2, 5) and mask.sum(1).tolist() == [3, 5]
+    assert indices[0, 3:].tolist() == [-1, -1]
+    assert small.aux_emb is not None and big.aux_emb is not None
+    aux, aux_mask = pad_batch([small.aux_emb, big.aux_emb])
+    assert aux.shape == (2, 4, 16) and aux_mask.sum(1).tolist() == [0, 4]
 
 
 # -- gradient pass -------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_encoder_gradient_equals_selected_tiles_alone() -> None:
     agg = tiny_aggregator(heads=2)
     slides = [torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8) for n in (4, 25)]
     results = [dbps_scan(enc, agg, chunked(s, 6), M=6, S=5) for s in slides]
-    batch = collate_scan_results(results, M=6)
+    aux_emb, aux_mask = pad_batch([r.aux_emb for r in results if r.aux_emb is not None])
     sel = [s[r.indices] for s, r in zip(slides, results, strict=True)]
     tiles, mask = pad_batch(sel, 6)
     tiles[~mask] = 255  # padding content must not matter
@@ -109,7 +109,7 @@ def test_encoder_gradient_equals_selected_tiles_alone() -> None:
     agg.train()
     ref_enc = copy.deepcopy(enc)
     ref_agg = copy.deepcopy(agg)
-    out = gradient_pass(enc, agg, tiles, mask, batch.aux_emb, batch.aux_mask)
+    out = gradient_pass(enc, agg, tiles, mask, aux_emb, aux_mask)
     _loss(out).backward()
     # reference: encode the 4 + 6 real tiles as one batch (same BatchNorm batch), no padding
     emb = ref_enc(torch.cat(sel))

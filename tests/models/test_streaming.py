@@ -7,8 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.models.helpers import chunked, one_shot_logits, tiny_aggregator, tiny_feature_encoder
-from wsipipe.models import stream_attention
+from tests.models.helpers import (
+    chunked,
+    one_shot_logits,
+    stream_attention,
+    tiny_aggregator,
+    tiny_feature_encoder,
+)
 
 F = 24
 

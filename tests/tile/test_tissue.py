@@ -339,8 +339,10 @@ def test_bad_um_per_px_raises_config_error(um: float) -> None:
         segment_tissue(canvas(20, 20), um)
 
 
-def test_bad_image_raises_value_error() -> None:
-    with pytest.raises(ValueError, match="uint8"):
-        segment_tissue(np.zeros((10, 10), dtype=np.uint8), 8.0)
-    with pytest.raises(ValueError, match="uint8"):
+def test_gray_image_is_read_as_rgb_and_float_is_refused() -> None:
+    from wsipipe.errors import SlideError
+
+    gray = segment_tissue(np.full((40, 40), 250, dtype=np.uint8), 8.0)
+    assert gray.tissue.shape == (40, 40) and not gray.tissue.any()  # white glass
+    with pytest.raises(SlideError, match="not 8-bit"):
         segment_tissue(np.zeros((10, 10, 3), dtype=np.float32), 8.0)

@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from tests.train.synthstores import tiny_overrides
     from wsipipe.train.config import load_train_config
-    from wsipipe.train.loop import Trainer
+    from wsipipe.train.loop import fit, setup_run
 
     cfg = load_train_config(
         None,
@@ -56,12 +56,13 @@ def main() -> None:
             calibrate_tiles=64,
         ),
     )
-    trainer = Trainer(cfg)
+    run = setup_run(cfg)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reset_peak()
-    recs = trainer.fit()
+    recs = fit(run)
+    run.close()
     step_peak = vm_hwm_mb()
-    del trainer
+    del run
     gc.collect()
     main_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -25,9 +25,9 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,25 @@ import numpy as np
 
 from wsipipe import __version__
 from wsipipe.config import config_to_dict, save_config
-from wsipipe.errors import ConfigError
+from wsipipe.errors import ConfigError, WsipipeError
+from wsipipe.fileio import check_slide_id
 from wsipipe.heatmap.config import RUNTIME_FIELDS, HeatmapConfig
 from wsipipe.heatmap.evaluate import evaluate_slide, tumour_fraction
 from wsipipe.heatmap.outputs import SlideCanvas, load_canvas, write_slide_outputs, write_tables
 from wsipipe.heatmap.render import normalise_scores, score_ranks
 from wsipipe.heatmap.scores import ScoreTable
 from wsipipe.jobs import Job, JobRunner, Outcome, run_staged_jobs, write_summary
+from wsipipe.store import TileSource, describe_store, find_store, list_stores, resolve_stores_dir
+from wsipipe.train.inference import (
+    ChunkPipeline,
+    ChunkStream,
+    LoadedModel,
+    attention_pass,
+    check_feature_dim,
+    eval_forward,
+    load_model,
+    open_pipeline,
+)
 
 _ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 
@@ -62,52 +74,21 @@ def heatmap_hash(cfg: HeatmapConfig, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class _SlideChunks:
-    """One slide's chunks at a time from the run's ordered chunk stream.
-
-    Chunks of earlier slides still in the stream (a failed or skipped slide) are discarded.
-    """
-
-    def __init__(self, loader: Any, sampler: Any, plan: Iterator[Any]) -> None:
-        sampler.plan = plan
-        self._it = iter(loader)
-        self._peek: Any = None
-
-    def _next(self) -> Any:
-        item, self._peek = self._peek, None
-        return item if item is not None else next(self._it)
-
-    def slide(self, pos: int) -> Iterator[Any]:
-        item = self._next()
-        while item.slide < pos:
-            item = self._next()
-        if item.slide != pos or item.chunk != 0:
-            raise RuntimeError(f"chunk stream out of order: slide {item.slide}, wanted {pos}")
-        yield item.indices, item.tiles
-        for c in range(1, item.n_chunks):
-            nxt = self._next()
-            if nxt.slide != pos or nxt.chunk != c:
-                self._peek = nxt
-                raise RuntimeError(f"chunk stream out of order within slide {pos}")
-            yield nxt.indices, nxt.tiles
-
-
 @dataclass
 class _Run:
     """Everything one run shares between its slides (model, loaders, folders)."""
 
     cfg: HeatmapConfig
-    lm: Any  # LoadedModel
-    specs: list[Any]  # train SlideSpecs of the slides to do (pixels or features)
+    lm: LoadedModel
+    pipeline: ChunkPipeline  # the tiles (or features) of the slides to do
     store_paths: dict[str, Path]
-    chunks: _SlideChunks
-    fetcher: Any  # TileFetcher
+    chunks: ChunkStream  # one pass over all slides to do, in order
     canvases: ThreadPoolExecutor  # reads slide thumbnails while the model scores
     tissue_dir: Path | None
     annotations: Path | None
 
     def close(self) -> None:
-        self.fetcher.close()
+        self.pipeline.close()
         self.canvases.shutdown(wait=True)
 
 
@@ -140,7 +121,6 @@ def score_slide(run: _Run, job: Job, tmp: Path) -> Callable[[], tuple[dict[str, 
     """Stage 1 (this thread: the model and the tile stream): the slide's scoring pass and
     prediction. Returns stage 2, which writes the outputs into ``tmp`` (:func:`finish_slide`)
     and may run in another thread while the next slide is scored."""
-    from wsipipe.heatmap.scoring import predict_from_scan, score_pass
     from wsipipe.store import open_store
 
     t0 = time.perf_counter()
@@ -158,10 +138,10 @@ def score_slide(run: _Run, job: Job, tmp: Path) -> Callable[[], tuple[dict[str, 
     canvas = run.canvases.submit(
         load_canvas, meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue
     )
-    sp = score_pass(lm.model, run.chunks.slide(pos), lm.settings, n)
+    sp = attention_pass(lm.model, run.chunks.slide(pos), lm.settings, n)
     sel_idx = sp.scan.indices.cpu().numpy()
-    tiles = run.fetcher.submit(run.specs[pos], sel_idx).result()
-    probs = predict_from_scan(lm, tiles, sp.scan).numpy().astype(np.float64)
+    tiles = run.pipeline.fetch(pos, sel_idx).result()
+    probs = eval_forward(lm.model, tiles, sp.scan, lm.settings).numpy().astype(np.float64)
 
     order = sp.attention.indices.numpy()
     if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
@@ -225,10 +205,10 @@ def finish_slide(run: _Run, s: _Scored, tmp: Path) -> tuple[dict[str, Path], dic
         "n_tiles": n,
         "n_selected": int(s.selected.sum()),
         "n_aux": int(s.aux.sum()),
-        "method": lm.train_cfg.method,
-        "M": lm.train_cfg.M,
+        "method": lm.config.method,
+        "M": lm.config.M,
         "I": lm.settings.I,
-        "S": lm.train_cfg.n_aux,
+        "S": lm.config.n_aux,
         "checkpoint": str(lm.checkpoint),
         "epoch": lm.epoch,
         "thumbnail": canvas.source,
@@ -257,9 +237,6 @@ def finish_slide(run: _Run, s: _Scored, tmp: Path) -> tuple[dict[str, Path], dic
 
 
 def _slide_ids(cfg: HeatmapConfig, stores_dir: Path) -> dict[str, Path]:
-    from wsipipe.fileio import check_slide_id
-    from wsipipe.train.data import find_store, list_stores
-
     if not cfg.slides:
         found = dict(list_stores(stores_dir))
         if not found:
@@ -287,8 +264,6 @@ def run_heatmaps(
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
     """Heatmaps for every slide of ``cfg``; failures are recorded, never stop the batch."""
-    from wsipipe.train.data import resolve_stores_dir
-
     ckpt = Path(cfg.checkpoint)
     if not cfg.checkpoint or not ckpt.is_file():
         raise ConfigError(
@@ -339,12 +314,11 @@ def run_heatmaps(
     return outcomes
 
 
-def _describe(stores: dict[str, Path], todo: list[str]) -> tuple[dict[str, Any], list[Outcome]]:
-    """Training-stage SlideSpecs of the usable stores; a failed Outcome for each broken one."""
-    from wsipipe.errors import WsipipeError
-    from wsipipe.train.data import describe_store
-
-    specs: dict[str, Any] = {}
+def _describe(
+    stores: dict[str, Path], todo: list[str]
+) -> tuple[dict[str, TileSource], list[Outcome]]:
+    """The tile sources of the usable stores; a failed Outcome for each broken one."""
+    specs: dict[str, TileSource] = {}
     failed: list[Outcome] = []
     for sid in todo:
         try:
@@ -357,55 +331,29 @@ def _describe(stores: dict[str, Path], todo: list[str]) -> tuple[dict[str, Any],
 def _prepare(
     cfg: HeatmapConfig,
     stores: dict[str, Path],
-    specs: list[Any],
+    sources: list[TileSource],
     stores_dir: Path,
     tissue_dir: Path,
     annotations: Path | None,
-) -> tuple[Any, _Run]:
-    from wsipipe.heatmap.scoring import load_model
-    from wsipipe.train.cohort import check_tile_sizes
-    from wsipipe.train.data import (
-        ChunkDataset,
-        PlanSampler,
-        TileFetcher,
-        make_loader,
-        plan_chunks,
-    )
-    from wsipipe.train.distributed import DistInfo
-    from wsipipe.train.loop import prepare_specs
-
-    lm = load_model(cfg.checkpoint, cfg.device, cfg.precision, cfg.chunk)
-    tcfg = replace(lm.train_cfg, workers=cfg.workers)
-    if cfg.features_dir:
-        tcfg = replace(tcfg, features_dir=cfg.features_dir)
-    check_tile_sizes(specs, tcfg.input_px, str(stores_dir))
-    dev, amp = lm.settings.device, lm.settings.amp_dtype
-    specs, fdim = prepare_specs(specs, stores_dir, tcfg, dev, amp, DistInfo())
-    if tcfg.mode == "features" and fdim != lm.feature_dim:
-        raise ConfigError(
-            f"{cfg.checkpoint}: trained on {lm.feature_dim}-d features but the cache has "
-            f"{fdim}-d; use the training run's encoder / features_dir"
-        )
-    pin = dev.type == "cuda"
-    sampler = PlanSampler()
-    loader = make_loader(
-        ChunkDataset(specs, tcfg.input_px), sampler, cfg.workers, tcfg.prefetch, pin, tcfg.seed
-    )
-    chunks = _SlideChunks(loader, sampler, plan_chunks(range(len(specs)), specs, lm.settings.I))
-    fetcher = TileFetcher(tcfg.input_px, pin)
+) -> tuple[LoadedModel, _Run]:
+    runtime = {"workers": cfg.workers, "features_dir": cfg.features_dir or None}
+    lm = load_model(cfg.checkpoint, cfg.device, cfg.precision, cfg.chunk, runtime)
+    pipeline, fdim = open_pipeline(lm.config, sources, stores_dir, lm.settings.device)
+    check_feature_dim(lm, fdim)
+    chunks = pipeline.stream(range(len(sources)), lm.settings.I)
     canvases = ThreadPoolExecutor(1, thread_name_prefix="heatmap-thumbnail")
     tdir = tissue_dir if tissue_dir.is_dir() else None
-    return lm, _Run(cfg, lm, specs, stores, chunks, fetcher, canvases, tdir, annotations)
+    return lm, _Run(cfg, lm, pipeline, stores, chunks, canvases, tdir, annotations)
 
 
 def _write_config(
-    out: Path, cfg: HeatmapConfig, ckpt: Path, fingerprint: str, lm: Any | None
+    out: Path, cfg: HeatmapConfig, ckpt: Path, fingerprint: str, lm: LoadedModel | None
 ) -> None:
     extra: dict[str, Any] = {
         "wsipipe_version": __version__,
         "checkpoint_md5": fingerprint,
     }
     if lm is not None:
-        extra["train_config"] = config_to_dict(lm.train_cfg)
+        extra["train_config"] = config_to_dict(lm.config)
         extra["classes"] = list(lm.classes)
     save_config(cfg, out / "config.yaml", extra=extra)

@@ -6,34 +6,23 @@ from wsipipe.models.aggregator import (
     AggregatorConfig,
     CrossAttentionAggregator,
     TaskSpec,
-    activate,
     scores_from_logits,
 )
-from wsipipe.models.batch import (
-    ScanBatch,
-    collate_scan_results,
-    gradient_pass,
-    pad_batch,
-    random_patch_drop,
-)
+from wsipipe.models.batch import gradient_pass, pad_batch, random_patch_drop
 from wsipipe.models.encoders import FeatureEncoder, PatchEncoder, create_encoder
-from wsipipe.models.selection import Chunk, ChunkHook, ScanResult, dbps_scan, ips_scan
-from wsipipe.models.streaming import AttentionMap, AttentionStream, stream_attention
+from wsipipe.models.selection import ChunkHook, ScanResult, dbps_scan, ips_scan
+from wsipipe.models.streaming import AttentionMap, AttentionStream
 
 __all__ = [
     "AggregatorConfig",
     "AttentionMap",
     "AttentionStream",
-    "Chunk",
     "ChunkHook",
     "CrossAttentionAggregator",
     "FeatureEncoder",
     "PatchEncoder",
-    "ScanBatch",
     "ScanResult",
     "TaskSpec",
-    "activate",
-    "collate_scan_results",
     "create_encoder",
     "dbps_scan",
     "gradient_pass",
@@ -41,5 +30,4 @@ __all__ = [
     "pad_batch",
     "random_patch_drop",
     "scores_from_logits",
-    "stream_attention",
 ]

@@ -18,7 +18,7 @@ from wsipipe.models.aggregator import CrossAttentionAggregator
 Chunk = tuple[Tensor, Tensor]
 
 
-def resolve_device(module: nn.Module, device: torch.device | str | None) -> torch.device:
+def module_device(module: nn.Module, device: torch.device | str | None) -> torch.device:
     """``device`` if given, else the device of the module's first parameter (CPU if none)."""
     if device is not None:
         return torch.device(device)

@@ -181,7 +181,7 @@ class CrossAttentionAggregator(nn.Module):
     ) -> dict[str, Tensor]:
         """emb (B, M, D) salient embeddings, mask (B, M) bool; optional DBPS sub-salient
         aux_emb (B, S, D) with aux_mask (B, S). Returns {task name: logits (B, n_classes)}
-        (pre-activation; apply ``TaskSpec.act`` for probabilities, see :func:`activate`)."""
+        (pre-activation; apply ``TaskSpec.act`` for probabilities)."""
         self._check(emb, mask)
         query = self.query.unsqueeze(0)  # (1, T, D)
         z1 = query + self.drop(self._mha(query, emb, mask))  # (B, T, D)
@@ -208,12 +208,3 @@ def scores_from_logits(logits: Tensor, mask: Tensor | None = None) -> Tensor:
         logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
     return probs.mean(dim=(1, 2))
-
-
-def activate(cfg: AggregatorConfig, logits: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Apply each task's activation (softmax over classes or element-wise sigmoid)."""
-    out: dict[str, Tensor] = {}
-    for t in cfg.tasks:
-        x = logits[t.name]
-        out[t.name] = torch.softmax(x, dim=-1) if t.act == "softmax" else torch.sigmoid(x)
-    return out

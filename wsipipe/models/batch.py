@@ -1,5 +1,5 @@
 """Training-time helpers around the scan: random patch drop, padding B slides' selections
-into one batch, and the gradient pass over the B x M selected tiles.
+(and DBPS sub-salient embeddings) into one batch, and the gradient pass over B x M tiles.
 
 Shapes: B slides, M (S) = largest selection (auxiliary buffer) in the batch, D width.
 Padding is always accompanied by a bool mask (True = real entry); padded entries are
@@ -9,17 +9,12 @@ neither encoded nor attended to.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from wsipipe.errors import ConfigError
-from wsipipe.models._scan import resolve_device
-
-if TYPE_CHECKING:
-    from wsipipe.models.selection import ScanResult
+from wsipipe.models._scan import module_device
 
 
 def random_patch_drop(n: int, drop_ratio: float, generator: torch.Generator) -> Tensor:
@@ -68,46 +63,6 @@ def pad_batch(
     return out, mask
 
 
-@dataclass
-class ScanBatch:
-    """B slides' scan results padded together (see :func:`collate_scan_results`).
-
-    indices: (B, M) int64 selected tile indices, -1 on padding; mask (B, M) bool.
-    scores: (B, M) float scores, 0 on padding.
-    aux_emb: (B, S, D) sub-salient embeddings (0 on padding), aux_mask (B, S); None for IPS.
-    aux_indices: (B, S) int64, -1 on padding; None for IPS.
-    """
-
-    indices: Tensor
-    mask: Tensor
-    scores: Tensor
-    aux_emb: Tensor | None = None
-    aux_mask: Tensor | None = None
-    aux_indices: Tensor | None = None
-
-
-def collate_scan_results(results: Sequence[ScanResult], M: int | None = None) -> ScanBatch:
-    """Pad B per-slide scan results (different M' and S') into one batch with masks.
-
-    ``M`` fixes the padded selection width (e.g. the configured buffer size) for constant
-    shapes across steps; the auxiliary width is the largest S' in the batch.
-    """
-    if len(results) == 0:
-        raise ValueError("collate_scan_results needs at least one ScanResult")
-    indices, mask = pad_batch([r.indices for r in results], M, value=-1)
-    scores, _ = pad_batch([r.scores for r in results], M)
-    batch = ScanBatch(indices=indices, mask=mask, scores=scores)
-    has_aux = [r.aux_emb is not None for r in results]
-    if any(has_aux):
-        if not all(has_aux):
-            raise ValueError("collate_scan_results: mix of IPS and DBPS results in one batch")
-        aux = [r.aux_emb for r in results if r.aux_emb is not None]
-        aux_idx = [r.aux_indices for r in results if r.aux_indices is not None]
-        batch.aux_emb, batch.aux_mask = pad_batch(aux)
-        batch.aux_indices, _ = pad_batch(aux_idx, value=-1)
-    return batch
-
-
 def gradient_pass(
     encoder: nn.Module,
     aggregator: nn.Module,
@@ -128,7 +83,7 @@ def gradient_pass(
     """
     if tiles.ndim < 3:
         raise ValueError(f"gradient_pass expects tiles (B, M, ...), got {tuple(tiles.shape)}")
-    dev = resolve_device(aggregator, None)
+    dev = module_device(aggregator, None)
     b, m = int(tiles.shape[0]), int(tiles.shape[1])
     if mask is not None and mask.shape != (b, m):
         raise ValueError(f"mask shape {tuple(mask.shape)} != tiles' (B, M) = {(b, m)}")

@@ -27,35 +27,17 @@ from wsipipe.models._scan import (
     device_chunks,
     encode,
     eval_no_grad,
-    resolve_device,
+    module_device,
     scan_keys,
 )
 from wsipipe.models.aggregator import CrossAttentionAggregator
-from wsipipe.models.batch import (
-    ScanBatch,
-    collate_scan_results,
-    gradient_pass,
-    pad_batch,
-    random_patch_drop,
-)
 
 # called with every chunk's (tile indices (k,), raw attention logits (k, T, H) float32), on the
 # scan device, the moment they are computed: how a caller sees the logits of ALL N tiles
 # (e.g. the heatmap's softmax over the slide) without a second pass or any extra compute
 ChunkHook = Callable[[Tensor, Tensor], None]
 
-__all__ = [
-    "Chunk",
-    "ChunkHook",
-    "ScanBatch",
-    "ScanResult",
-    "collate_scan_results",
-    "dbps_scan",
-    "gradient_pass",
-    "ips_scan",
-    "pad_batch",
-    "random_patch_drop",
-]
+__all__ = ["ChunkHook", "ScanResult", "dbps_scan", "ips_scan"]
 
 
 @dataclass
@@ -129,7 +111,7 @@ def _scan(
     (M + I + S, D) embeddings, since evicted salient tiles may become sub-salient ones.
     """
     check_sizes(M, S or 0)
-    dev = resolve_device(aggregator, device)
+    dev = module_device(aggregator, device)
     dbps = S is not None
     keep_emb = bool(S)
     mem: Buffer | None = None  # memory buffer, m <= M rows (m <= M + k while ranking)

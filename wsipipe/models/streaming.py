@@ -8,22 +8,10 @@ scalars and never more than one chunk of embeddings; scores are then exact softm
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-
-from wsipipe.models._scan import (
-    Chunk,
-    chunk_logits,
-    device_chunks,
-    encode,
-    eval_no_grad,
-    resolve_device,
-    scan_keys,
-)
-from wsipipe.models.aggregator import CrossAttentionAggregator
+from torch import Tensor
 
 
 @dataclass
@@ -123,22 +111,3 @@ class AttentionStream:
         return AttentionMap(
             logits=lg.float().cpu(), indices=idx.long().cpu(), log_norm=self.lse.float().cpu()
         )
-
-
-def stream_attention(
-    encoder: nn.Module,
-    aggregator: CrossAttentionAggregator,
-    chunks: Iterable[Chunk],
-    device: torch.device | str | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> AttentionMap:
-    """Score every tile of a slide: one pass over ``chunks`` (see :func:`ips_scan`), encoder
-    and aggregator in eval mode without gradients (previous modes restored), running
-    log-sum-exp over the logits. Returns the map on the CPU."""
-    dev = resolve_device(aggregator, device)
-    stream = AttentionStream()
-    with eval_no_grad(encoder, aggregator):
-        keys = scan_keys(aggregator, dev)  # (D, T, H)
-        for idx, tiles in device_chunks(chunks, dev):
-            stream.add(idx, chunk_logits(keys, encode(encoder, tiles, dev, amp_dtype)))
-    return stream.result(aggregator.cfg.n_token, aggregator.cfg.heads)

@@ -46,8 +46,9 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Normalise a (h, w[, c]) uint8 array to (h, w, 3) RGB (gray replicated, alpha on white)."""
+def to_rgb(arr: np.ndarray, path: Path | str = "image") -> np.ndarray:
+    """Normalise a (h, w[, c]) uint8 array to (h, w, 3) RGB (gray replicated, alpha on white);
+    ``path`` names the source in errors."""
     if arr.dtype != np.uint8:
         raise SlideError(
             f"{path}: pixel type {arr.dtype} is not 8-bit; wsipipe reads 8-bit brightfield "

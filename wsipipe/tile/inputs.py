@@ -18,7 +18,7 @@ SLIDE_SUFFIXES = (
 
 
 @dataclass(frozen=True)
-class SlideSpec:
+class SlideInput:
     slide_id: str
     path: Path
     mpp: float | None = None  # per-slide override (CSV `mpp` column)
@@ -37,13 +37,13 @@ def is_slide_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES)
 
 
-def resolve_slides(items: list[str]) -> list[SlideSpec]:
+def resolve_slides(items: list[str]) -> list[SlideInput]:
     """Expand files, directories (recursively), globs and CSV lists into unique slides.
 
     A CSV needs a ``path`` (or ``slide``) column and may have ``slide_id`` and ``mpp``;
     relative paths in it are relative to the CSV's folder.
     """
-    specs: list[SlideSpec] = []
+    specs: list[SlideInput] = []
     for item in items:
         p = Path(item)
         if p.suffix.lower() == ".csv" and p.is_file():
@@ -54,14 +54,14 @@ def resolve_slides(items: list[str]) -> list[SlideSpec]:
                 raise ConfigError(
                     f"{p}: no slide files found (looked for {', '.join(SLIDE_SUFFIXES)})"
                 )
-            specs.extend(SlideSpec(slide_id_for(q), q) for q in found)
+            specs.extend(SlideInput(slide_id_for(q), q) for q in found)
         elif p.exists():
-            specs.append(SlideSpec(slide_id_for(p), p))
+            specs.append(SlideInput(slide_id_for(p), p))
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             if not matches:
                 raise ConfigError(f"{item}: no such file, directory or glob match")
-            specs.extend(SlideSpec(slide_id_for(m), m) for m in matches if m.is_file())
+            specs.extend(SlideInput(slide_id_for(m), m) for m in matches if m.is_file())
     seen: dict[str, Path] = {}
     for spec in specs:
         check_slide_id(spec.slide_id, source=str(spec.path))
@@ -75,7 +75,7 @@ def resolve_slides(items: list[str]) -> list[SlideSpec]:
     return list(unique.values())
 
 
-def _from_csv(path: Path) -> list[SlideSpec]:
+def _from_csv(path: Path) -> list[SlideInput]:
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
@@ -103,5 +103,5 @@ def _from_csv(path: Path) -> list[SlideSpec]:
                 if not 0.01 <= mpp <= 100:
                     raise ConfigError(f"{path}:{lineno}: mpp {mpp} is not plausible (0.01..100)")
             slide_id = row.get("slide_id") or slide_id_for(slide_path)
-            specs.append(SlideSpec(slide_id, slide_path, mpp))
+            specs.append(SlideInput(slide_id, slide_path, mpp))
     return specs

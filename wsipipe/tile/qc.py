@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from wsipipe.fileio import atomic_write_bytes
-from wsipipe.tile.tissue import to_rgb
+from wsipipe.slide.backends import to_rgb
 
 TISSUE_COLOR = (0, 220, 0)
 PEN_COLOR = (255, 0, 255)

@@ -38,7 +38,7 @@ from wsipipe.slide import Slide, open_slide, slide_fingerprint
 from wsipipe.store import STORE_SUFFIX, StoreMeta, create_store, encode_tile
 from wsipipe.tile.config import TileConfig
 from wsipipe.tile.grid import tile_grid, tissue_fractions
-from wsipipe.tile.inputs import SlideSpec
+from wsipipe.tile.inputs import SlideInput
 from wsipipe.tile.qc import draw_qc, save_png
 from wsipipe.tile.tissue import segment_tissue
 
@@ -46,7 +46,7 @@ CHUNK = 256  # tiles read/encoded/appended per step: bounds memory to CHUNK enco
 
 
 def tile_slide(
-    spec: SlideSpec, cfg: TileConfig, tmp_dir: Path, threads: int = 1
+    spec: SlideInput, cfg: TileConfig, tmp_dir: Path, threads: int = 1
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Tile one slide into ``tmp_dir``; return ({relative output: tmp path}, info)."""
     with _open(spec, cfg) as slide:
@@ -141,7 +141,7 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 0
 
 
-def _open(spec: SlideSpec, cfg: TileConfig) -> Slide:
+def _open(spec: SlideInput, cfg: TileConfig) -> Slide:
     """Open a slide with its mpp: a per-slide CSV value overrides the file's; the run-wide
     ``--mpp`` only fills in for slides that record none (a batch of mixed scanners keeps
     every slide's true mpp)."""
@@ -152,7 +152,7 @@ def _open(spec: SlideSpec, cfg: TileConfig) -> Slide:
     return slide
 
 
-def _tissue_geojson_path(directory: str, spec: SlideSpec) -> Path:
+def _tissue_geojson_path(directory: str, spec: SlideInput) -> Path:
     for suffix in (".geojson", ".json"):
         p = Path(directory) / f"{spec.slide_id}{suffix}"
         if p.exists():
@@ -163,7 +163,7 @@ def _tissue_geojson_path(directory: str, spec: SlideSpec) -> Path:
     )
 
 
-def _store_meta(spec: SlideSpec, cfg: TileConfig, slide: Slide, reader: Any) -> StoreMeta:
+def _store_meta(spec: SlideInput, cfg: TileConfig, slide: Slide, reader: Any) -> StoreMeta:
     fp = slide_fingerprint(spec.path)
     mpp = slide.mpp
     return StoreMeta(
@@ -229,7 +229,7 @@ def _work(job: Job, tmp_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
 
 
 def tile_slides(
-    specs: list[SlideSpec],
+    specs: list[SlideInput],
     cfg: TileConfig,
     out_dir: Path,
     workers: int = 1,

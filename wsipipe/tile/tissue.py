@@ -42,6 +42,7 @@ from scipy import ndimage
 from skimage.filters import rank, threshold_otsu
 
 from wsipipe.errors import ConfigError
+from wsipipe.slide.backends import to_rgb
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity for tissue / pen objects
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity for holes (dual of 8)
@@ -111,19 +112,6 @@ class TissueResult:
 
 
 # --------------------------------------------------------------------------- colour
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3|4) uint8 -> (H, W, 3) uint8 RGB; RGBA is composited on white."""
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-        raise ValueError(
-            f"expected an (H, W, 3|4) uint8 image, got shape {image.shape} dtype {image.dtype}"
-        )
-    if image.shape[2] == 3:
-        return image
-    alpha = image[..., 3:].astype(np.float32) / 255.0
-    rgb = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
 def hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -260,8 +260,8 @@ def embed_command(
 ) -> None:
     """Compute and cache each tile's frozen-encoder feature for features-mode training."""
     args = dict(locals())
+    from wsipipe.store import describe_store, list_stores, resolve_stores_dir
     from wsipipe.train.config import load_train_config
-    from wsipipe.train.data import describe_store, list_stores, resolve_stores_dir
     from wsipipe.train.distributed import (
         cleanup_distributed,
         env_dist,

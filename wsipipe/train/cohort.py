@@ -19,8 +19,9 @@ from wsipipe.labels.table import (
     read_labels_csv,
     training_splits,
 )
+from wsipipe.store import TileSource, describe_store, find_store, list_stores, resolve_stores_dir
 from wsipipe.train.config import TrainConfig
-from wsipipe.train.data import SlideSpec, describe_store, find_store, list_stores
+from wsipipe.train.data import check_tile_sizes
 
 
 @dataclass
@@ -28,26 +29,16 @@ class Cohort:
     """Slides of a run: ``specs`` (train slides first, then validation slides)."""
 
     classes: tuple[str, ...]
-    specs: list[SlideSpec]
+    specs: list[TileSource]
     labels: np.ndarray  # (len(specs),) class index per spec, -1 = unlabeled
     train: list[int]  # positions into specs
     val: list[int]
     stores_dir: Path
 
 
-def check_tile_sizes(specs: Sequence[SlideSpec], input_px: int, source: str) -> None:
-    """Slides batched together must share a tile size unless ``input_px`` resizes them."""
-    sizes = sorted({s.tile_px for s in specs if s.kind != "features"})
-    if len(sizes) > 1 and not input_px:
-        raise ConfigError(
-            f"{source}: stores have different tile sizes {sizes} px; pass --input-px "
-            f"{sizes[0]} to resize them to one size"
-        )
-
-
 def _specs_for(
     table: LabelTable, records: Sequence[SlideRecord], stores_dir: Path
-) -> list[SlideSpec]:
+) -> list[TileSource]:
     found = check_cohort(
         table, records, lambda sid: describe_store(sid, find_store(stores_dir, sid))
     )
@@ -56,8 +47,6 @@ def _specs_for(
 
 def load_cohort(cfg: TrainConfig) -> Cohort:
     """Validate the labels CSV and the stores of its training and validation slides."""
-    from wsipipe.train.data import resolve_stores_dir
-
     if not cfg.labels:
         raise ConfigError("--labels is not set; pass the labels CSV (slide_id,label,split)")
     table = read_labels_csv(
@@ -88,12 +77,10 @@ def load_eval_slides(
     classes: Sequence[str],
     cfg: TrainConfig,
     store_paths: Sequence[str] = (),
-) -> tuple[list[SlideSpec], np.ndarray, Path | None]:
+) -> tuple[list[TileSource], np.ndarray, Path | None]:
     """Slides for ``wsipipe predict``: explicit store paths, or the rows of ``split`` in a
     labels CSV, or (no CSV) every store of the directory. Returns (specs, labels, stores_dir);
     labels are -1 where unknown."""
-    from wsipipe.train.data import resolve_stores_dir
-
     if store_paths:
         specs = []
         problems = []

@@ -17,7 +17,6 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,79 +27,17 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsipipe.errors import ConfigError, StoreError, WsipipeError
-from wsipipe.fileio import check_slide_id
-
-KINDS = ("store", "slide", "features")
-_STORE_SUFFIXES = (".h5", ".zarr")
+from wsipipe.store.lookup import TileSource
 
 
-# ---- locating stores -------------------------------------------------------------------------
-def resolve_stores_dir(path: str | Path) -> Path:
-    """``wsipipe tile --out DIR`` writes ``DIR/stores/<id>.h5``; accept DIR or DIR/stores."""
-    if not str(path):
-        raise ConfigError("--stores is not set; pass the `wsipipe tile --out` directory")
-    p = Path(path)
-    if not p.is_dir():
-        raise ConfigError(f"--stores {p}: not a directory; pass the `wsipipe tile --out` dir")
-    sub = p / "stores"
-    return sub if sub.is_dir() else p
-
-
-def find_store(stores_dir: Path, slide_id: str) -> Path:
-    """The store of ``slide_id`` (``<id>.h5`` or ``<id>.zarr``) or a StoreError."""
-    check_slide_id(slide_id)
-    for suffix in _STORE_SUFFIXES:
-        cand = stores_dir / f"{slide_id}{suffix}"
-        if cand.exists():
-            return cand
-    raise StoreError(f"no store {slide_id}.h5 / {slide_id}.zarr in {stores_dir}")
-
-
-def list_stores(stores_dir: Path) -> list[tuple[str, Path]]:
-    """(slide id, store path) of every store in the directory, sorted by id."""
-    found: dict[str, Path] = {}
-    for p in sorted(stores_dir.iterdir()):
-        if p.suffix in _STORE_SUFFIXES and not p.name.startswith("."):
-            found.setdefault(p.stem, p)
-    return sorted(found.items())
-
-
-@dataclass(frozen=True)
-class SlideSpec:
-    """Where one slide's tiles come from (picklable; handles open lazily per process).
-
-    kind "store": decoded from the patch store; "slide": a coords-only store, tiles read from
-    the slide through the reader; "features": rows of a cached (N, F) ``.npy`` feature array.
-    """
-
-    slide_id: str
-    kind: str
-    path: str  # the store (kinds store/slide) or the .npy features file
-    n_tiles: int
-    tile_px: int = 0  # stored tile size (0 for features)
-    feature_dim: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"SlideSpec.kind must be one of {KINDS}, got {self.kind!r}")
-        if self.n_tiles < 1:
-            raise StoreError(f"{self.path}: slide {self.slide_id} has no tiles; re-run tiling")
-
-
-def describe_store(slide_id: str, path: Path) -> SlideSpec:
-    """Open the store once (validates it) and describe it; StoreError if unusable."""
-    from wsipipe.store import open_store
-
-    with open_store(path) as store:
-        n = len(store)
-        meta = store.meta
-    kind = "slide" if meta.pixels == "none" else "store"
-    if kind == "slide" and not Path(meta.slide_path).is_file():
-        raise StoreError(
-            f"{path} is a coords-only store but its slide {meta.slide_path} is missing; "
-            "restore the slide at that path or re-tile with pixels stored"
+def check_tile_sizes(specs: Sequence[TileSource], input_px: int, source: str) -> None:
+    """Slides batched together must share a tile size unless ``input_px`` resizes them."""
+    sizes = sorted({s.tile_px for s in specs if s.kind != "features"})
+    if len(sizes) > 1 and not input_px:
+        raise ConfigError(
+            f"{source}: stores have different tile sizes {sizes} px; pass --input-px "
+            f"{sizes[0]} to resize them to one size"
         )
-    return SlideSpec(slide_id, kind, str(path), n, tile_px=int(meta.tile_px))
 
 
 # ---- tile sources ------------------------------------------------------------------------------
@@ -121,7 +58,7 @@ def to_chw(tiles: np.ndarray, input_px: int = 0) -> Tensor:
 
 
 class _StoreSource:
-    def __init__(self, spec: SlideSpec) -> None:
+    def __init__(self, spec: TileSource) -> None:
         from wsipipe.store import open_store
 
         self.store = open_store(spec.path)
@@ -136,7 +73,7 @@ class _StoreSource:
 class _SlideSource:
     """Coords-only store: tiles come from the slide at the stored geometry."""
 
-    def __init__(self, spec: SlideSpec) -> None:
+    def __init__(self, spec: TileSource) -> None:
         from wsipipe.slide import open_slide
         from wsipipe.store import open_store
 
@@ -165,7 +102,7 @@ class _SlideSource:
 
 
 class _FeatureSource:
-    def __init__(self, spec: SlideSpec) -> None:
+    def __init__(self, spec: TileSource) -> None:
         self.arr = np.load(spec.path, mmap_mode="r")  # (N, F) float16/float32
 
     def read(self, idx: np.ndarray) -> np.ndarray:
@@ -182,7 +119,7 @@ class SourceCache:
         self.size = size
         self._open: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, spec: SlideSpec) -> Any:
+    def get(self, spec: TileSource) -> Any:
         key = f"{spec.kind}:{spec.path}"
         src = self._open.get(key)
         if src is None:
@@ -196,7 +133,7 @@ class SourceCache:
             self._open.move_to_end(key)
         return src
 
-    def read(self, spec: SlideSpec, idx: np.ndarray, input_px: int = 0) -> Tensor:
+    def read(self, spec: TileSource, idx: np.ndarray, input_px: int = 0) -> Tensor:
         """Tiles ``idx`` of the slide: (k, 3, H, W) uint8 or (k, F) features."""
         data = self.get(spec).read(np.asarray(idx, dtype=np.int64))
         if spec.kind == "features":
@@ -219,7 +156,7 @@ class ChunkRequest(NamedTuple):
     indices: np.ndarray  # (k,) int64 tile indices, k <= I
 
 
-class Chunk(NamedTuple):
+class SlideChunk(NamedTuple):
     slide: int
     chunk: int
     n_chunks: int
@@ -251,7 +188,7 @@ def scan_indices(
 
 def plan_chunks(
     slides: Sequence[int],
-    specs: Sequence[SlideSpec],
+    specs: Sequence[TileSource],
     chunk_size: int,
     drop_ratio: float = 0.0,
     shuffle: bool = False,
@@ -281,10 +218,10 @@ class PlanSampler(Sampler[ChunkRequest]):
         return self.plan
 
 
-class ChunkDataset(Dataset[Chunk]):
+class ChunkDataset(Dataset[SlideChunk]):
     """Map-style dataset keyed by :class:`ChunkRequest`; runs in the loader's workers."""
 
-    def __init__(self, specs: Sequence[SlideSpec], input_px: int = 0) -> None:
+    def __init__(self, specs: Sequence[TileSource], input_px: int = 0) -> None:
         self.specs = list(specs)
         self.input_px = input_px
         self.cache = SourceCache()
@@ -292,10 +229,10 @@ class ChunkDataset(Dataset[Chunk]):
     def __len__(self) -> int:
         return len(self.specs)
 
-    def __getitem__(self, req: ChunkRequest) -> Chunk:
+    def __getitem__(self, req: ChunkRequest) -> SlideChunk:
         spec = self.specs[req.slide]
         tiles = self.cache.read(spec, req.indices, self.input_px)
-        return Chunk(req.slide, req.chunk, req.n_chunks, torch.from_numpy(req.indices), tiles)
+        return SlideChunk(req.slide, req.chunk, req.n_chunks, torch.from_numpy(req.indices), tiles)
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -304,7 +241,7 @@ def _worker_init(_worker_id: int) -> None:
 
 def make_loader(
     dataset: ChunkDataset, sampler: PlanSampler, workers: int, prefetch: int, pin: bool, seed: int
-) -> DataLoader[Chunk]:
+) -> DataLoader[SlideChunk]:
     """The run's chunk loader (persistent workers; order = the sampler's plan)."""
     kwargs: dict[str, Any] = {}
     if workers > 0:
@@ -323,17 +260,28 @@ def make_loader(
 
 
 class ChunkStream:
-    """Hands out one slide's chunks at a time from the loader's single ordered stream."""
+    """Hands out one slide's chunks at a time from the loader's single ordered stream.
+
+    ``order`` (the slides of the plan, in plan order) lets a caller skip slides: asking for a
+    later slide first discards the chunks of the ones before it (a heatmap slide that was
+    already done, or failed before its scan). Without it, slides must be asked for in order.
+    """
 
     def __init__(
-        self, loader: DataLoader[Chunk], sampler: PlanSampler, plan: Iterator[ChunkRequest]
+        self,
+        loader: DataLoader[SlideChunk],
+        sampler: PlanSampler,
+        plan: Iterator[ChunkRequest],
+        order: Sequence[int] | None = None,
     ) -> None:
         sampler.plan = plan
         sampler.generation += 1
         self._sampler = sampler
         self._generation = sampler.generation
         self._it = iter(loader)
-        self._left = 0
+        self._left = 0  # chunks of the slide handed out last not yet consumed
+        self._order = list(order) if order is not None else None
+        self._next_in_order = 0
 
     def slide(self, expected: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Chunks ``(indices, tiles)`` of the next slide, which must be ``expected``."""
@@ -342,6 +290,10 @@ class ChunkStream:
         while self._left:  # a previous slide's iterator was not drained
             self._next()
             self._left -= 1
+        for _ in self._skipped_before(expected):
+            first = self._next()
+            for _ in range(first.n_chunks - 1):
+                self._next()
         first = self._next()
         if first.slide != expected or first.chunk != 0:
             raise RuntimeError(
@@ -351,7 +303,19 @@ class ChunkStream:
         self._left = first.n_chunks - 1
         return self._gen(first)
 
-    def _gen(self, first: Chunk) -> Iterator[tuple[Tensor, Tensor]]:
+    def _skipped_before(self, expected: int) -> list[int]:
+        """The plan's slides before ``expected`` that were never asked for."""
+        if self._order is None:
+            return []
+        try:
+            at = self._order.index(expected, self._next_in_order)
+        except ValueError:
+            raise RuntimeError(f"slide {expected} is not (or no longer) in this stream") from None
+        skipped = self._order[self._next_in_order : at]
+        self._next_in_order = at + 1
+        return skipped
+
+    def _gen(self, first: SlideChunk) -> Iterator[tuple[Tensor, Tensor]]:
         yield first.indices, first.tiles
         for c in range(1, first.n_chunks):
             item = self._next()
@@ -360,7 +324,7 @@ class ChunkStream:
                 raise RuntimeError("chunk stream out of order within a slide")
             yield item.indices, item.tiles
 
-    def _next(self) -> Chunk:
+    def _next(self) -> SlideChunk:
         try:
             return next(self._it)
         except WsipipeError as exc:  # raised in a worker: keep the one-line original message
@@ -387,13 +351,61 @@ class TileFetcher:
         self.pin = pin
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsipipe-fetch")
 
-    def _read(self, spec: SlideSpec, idx: np.ndarray) -> Tensor:
+    def _read(self, spec: TileSource, idx: np.ndarray) -> Tensor:
         t = self.cache.read(spec, idx, self.input_px)
         return t.pin_memory() if self.pin else t
 
-    def submit(self, spec: SlideSpec, idx: np.ndarray) -> Future[Tensor]:
+    def submit(self, spec: TileSource, idx: np.ndarray) -> Future[Tensor]:
         return self._pool.submit(self._read, spec, np.asarray(idx, dtype=np.int64))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.cache.close()
+
+
+class ChunkPipeline:
+    """A run's one tile pipeline: the slides' sources, the persistent chunk loader that scans
+    read from, and the background re-reader of the tiles a scan selects.
+
+    Training, ``wsipipe predict``, ``wsipipe embed`` and the heatmap all stream through it:
+    :meth:`stream` plans the chunks of some slides (random patch drop and shuffle for
+    training), :meth:`fetch` re-reads selected tiles by index while the next slide is scanned.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[TileSource],
+        input_px: int,
+        workers: int,
+        prefetch: int,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
+        self.sources = list(sources)
+        pin = device.type == "cuda"  # pinned host memory: asynchronous copies to the GPU
+        self.sampler = PlanSampler()
+        dataset = ChunkDataset(self.sources, input_px)
+        self.loader = make_loader(dataset, self.sampler, workers, prefetch, pin, seed)
+        self.fetcher = TileFetcher(input_px, pin)
+
+    def stream(
+        self,
+        order: Sequence[int],
+        chunk_size: int,
+        drop_ratio: float = 0.0,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+    ) -> ChunkStream:
+        """A stream over the slides ``order`` (positions into ``sources``), in that order;
+        it supersedes any earlier stream of this pipeline."""
+        plan = plan_chunks(order, self.sources, chunk_size, drop_ratio, shuffle, seed, epoch)
+        return ChunkStream(self.loader, self.sampler, plan, order)
+
+    def fetch(self, pos: int, indices: np.ndarray) -> Future[Tensor]:
+        """Tiles ``indices`` of slide ``pos``, read on the background thread."""
+        return self.fetcher.submit(self.sources[pos], indices)
+
+    def close(self) -> None:
+        self.fetcher.close()
+        del self.loader

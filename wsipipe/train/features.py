@@ -23,15 +23,9 @@ import torch
 
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_path, atomic_write_text, check_slide_id
+from wsipipe.store import TileSource
 from wsipipe.train.config import TrainConfig
-from wsipipe.train.data import (
-    ChunkDataset,
-    ChunkStream,
-    PlanSampler,
-    SlideSpec,
-    make_loader,
-    plan_chunks,
-)
+from wsipipe.train.data import ChunkPipeline
 from wsipipe.train.distributed import DistInfo, barrier, broadcast_object
 
 FEATURE_DTYPE = np.float16
@@ -56,7 +50,7 @@ def features_dir_for(stores_dir: Path | None, cfg: TrainConfig) -> Path:
     return default_features_dir(stores_dir, cfg)
 
 
-def _record(cfg: TrainConfig, spec: SlideSpec) -> dict[str, Any]:
+def _record(cfg: TrainConfig, spec: TileSource) -> dict[str, Any]:
     return {
         "encoder": cfg.encoder,
         "pretrained": cfg.pretrained,
@@ -66,7 +60,7 @@ def _record(cfg: TrainConfig, spec: SlideSpec) -> dict[str, Any]:
     }
 
 
-def cached_spec(fdir: Path, spec: SlideSpec, cfg: TrainConfig) -> SlideSpec | None:
+def cached_spec(fdir: Path, spec: TileSource, cfg: TrainConfig) -> TileSource | None:
     """The features spec of ``spec`` if its cache is complete and current, else None."""
     sid = check_slide_id(spec.slide_id)
     npy, rec = fdir / f"{sid}.npy", fdir / f"{sid}.json"
@@ -77,18 +71,18 @@ def cached_spec(fdir: Path, spec: SlideSpec, cfg: TrainConfig) -> SlideSpec | No
     want = _record(cfg, spec)
     if any(info.get(k) != v for k, v in want.items() if k != "store") or not npy.exists():
         return None
-    return SlideSpec(sid, "features", str(npy), spec.n_tiles, feature_dim=int(info["dim"]))
+    return TileSource(sid, "features", str(npy), spec.n_tiles, feature_dim=int(info["dim"]))
 
 
 def _embed_one(
     encoder: torch.nn.Module,
     chunks: Any,
-    spec: SlideSpec,
+    spec: TileSource,
     fdir: Path,
     cfg: TrainConfig,
     device: torch.device,
     amp: torch.dtype | None,
-) -> SlideSpec:
+) -> TileSource:
     sid = spec.slide_id
     arr: np.memmap | None = None
     with atomic_path(fdir / f"{sid}.npy") as tmp:
@@ -106,18 +100,18 @@ def _embed_one(
         arr.flush()
         del arr
     atomic_write_text(fdir / f"{sid}.json", json.dumps({**_record(cfg, spec), "dim": dim}))
-    return SlideSpec(sid, "features", str(fdir / f"{sid}.npy"), spec.n_tiles, feature_dim=dim)
+    return TileSource(sid, "features", str(fdir / f"{sid}.npy"), spec.n_tiles, feature_dim=dim)
 
 
 def embed_specs(
-    specs: Sequence[SlideSpec],
+    specs: Sequence[TileSource],
     fdir: Path,
     cfg: TrainConfig,
     device: torch.device,
     amp: torch.dtype | None,
     dist: DistInfo,
     on_slide: Callable[[str], None] | None = None,
-) -> list[SlideSpec]:
+) -> list[TileSource]:
     """Features specs for ``specs``; missing / stale caches are computed first (slides
     sharded over ranks, then a barrier)."""
     from wsipipe.models import create_encoder
@@ -135,21 +129,14 @@ def embed_specs(
             cfg.encoder, pretrained=cfg.pretrained, channels_last=cfg.channels_last
         )
         encoder.to(device).eval()
-        sampler = PlanSampler()
-        loader = make_loader(
-            ChunkDataset(specs, cfg.input_px),
-            sampler,
-            cfg.workers,
-            cfg.prefetch,
-            device.type == "cuda",
-            cfg.seed,
-        )
-        stream = ChunkStream(loader, sampler, plan_chunks(mine, specs, cfg.embed_batch))
+        pipeline = ChunkPipeline(specs, cfg.input_px, cfg.workers, cfg.prefetch, device, cfg.seed)
+        stream = pipeline.stream(mine, cfg.embed_batch)
         for pos in mine:
             _embed_one(encoder, stream.slide(pos), specs[pos], fdir, cfg, device, amp)
             if on_slide is not None:
                 on_slide(specs[pos].slide_id)
-        del stream, loader
+        del stream
+        pipeline.close()
     barrier(dist)
     out = []
     for s in specs:

@@ -1,9 +1,12 @@
-"""The training run: setup, epochs of IPS/DBPS steps, evaluation, checkpoints, resume.
+"""The training run, top to bottom: set up, then per epoch train, validate, checkpoint.
 
-Per optimiser step, B slides are scanned one after the other (chunks streamed by the loader's
-workers), their M selected tiles re-read by index (overlapping the next scan), then one
-gradient pass runs over the B x M tiles (or ``micro_batch`` slides at a time, gradients
-accumulated) and AdamW steps with the warm-up + cosine schedule.
+    run = setup_run(cfg, resume)  # cohort, tile pipeline (features first), model, optimiser
+    fit(run)                      # per epoch: train_epoch, validate, end_epoch
+
+One optimiser step: B slides are scanned one after the other without gradients (chunks
+streamed by the loader's workers), each slide's M selected tiles re-read by index while the
+next slide is scanned; then one gradient pass runs over the B x M tiles (or ``micro_batch``
+slides at a time, gradients accumulated) and AdamW steps with the warm-up + cosine schedule.
 
 Run directory (``--out``): ``config.yaml``, ``checkpoints/{last,best}.pt``,
 ``metrics.{jsonl,csv}``, ``predictions/val_epoch_NNN.csv`` and ``val_best.csv``,
@@ -18,13 +21,15 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from wsipipe import __version__
 from wsipipe.config import config_to_dict, save_config
@@ -33,14 +38,7 @@ from wsipipe.fileio import atomic_write_text
 from wsipipe.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from wsipipe.train.cohort import Cohort, load_cohort
 from wsipipe.train.config import TrainConfig
-from wsipipe.train.data import (
-    ChunkDataset,
-    ChunkStream,
-    PlanSampler,
-    TileFetcher,
-    make_loader,
-    plan_chunks,
-)
+from wsipipe.train.data import ChunkPipeline
 from wsipipe.train.distributed import (
     DistInfo,
     all_gather_objects,
@@ -50,11 +48,16 @@ from wsipipe.train.distributed import (
     resolve_device,
     shard_order,
 )
-from wsipipe.train.engine import ScanSettings, collate, predict_slides, scan_slide
+from wsipipe.train.inference import (
+    ScanSettings,
+    collate,
+    open_pipeline,
+    predict_slides,
+    scan_slide,
+)
 from wsipipe.train.metrics import MetricsLog, slide_metrics, write_predictions
 from wsipipe.train.model import (
     SlideModel,
-    amp_dtype_for,
     build_model,
     calibrate_batchnorm,
     freeze_batchnorm,
@@ -67,94 +70,47 @@ from wsipipe.train.runs import (
     epoch_line,
     independent_labels,
     peak_rss_mb,
-    prepare_specs,
 )
 from wsipipe.train.schedule import WarmupCosine, schedule_steps
 
+if TYPE_CHECKING:
+    from wsipipe.models import ScanResult
 
-class Trainer:
-    """One training run (also one rank of a torchrun job)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
-        self.cfg = cfg
-        _, _, local_rank = env_dist()
-        self.device = resolve_device(cfg.device, local_rank)
-        self.dist: DistInfo = init_distributed(self.device)
-        self.amp = amp_dtype_for(cfg.precision, self.device)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self.run_dir = Path(cfg.out)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        last = self.ckpt_dir / "last.pt"
-        if resume and not last.exists():
-            raise ConfigError(f"{self.run_dir}: nothing to resume (no checkpoints/last.pt)")
-        if not resume and last.exists():
-            raise ConfigError(
-                f"{self.run_dir}: already holds a run (checkpoints/last.pt); pass --resume to "
-                "continue it or choose another --out"
-            )
-        self.cohort: Cohort = load_cohort(cfg)
-        self.specs, self.feature_dim = prepare_specs(
-            self.cohort.specs, self.cohort.stores_dir, cfg, self.device, self.amp, self.dist
-        )
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
-        n_classes = len(self.cohort.classes)
-        self.model: SlideModel = build_model(cfg, n_classes, self.feature_dim).to(self.device)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        n_train_rank = len(shard_order(len(self.cohort.train), self.dist, 0, cfg.seed, True))
-        self.steps_per_epoch, total, warmup = schedule_steps(
-            n_train_rank, cfg.batch_size, cfg.epochs, cfg.warmup_epochs
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupCosine(total, warmup, cfg.min_lr_ratio)
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        self.epoch = 0  # epochs completed
-        self.step = 0  # optimiser steps done
-        self.best_auc = -math.inf  # best = highest val AUC, ties broken by lower val loss
-        self.best_loss = math.inf
-        self.labels = self.cohort.labels.copy()
-        if cfg.shuffle_labels:  # control experiment: break the slide-label association
-            tr = np.array(self.cohort.train)
-            self.labels[tr] = independent_labels(self.labels[tr], n_classes, cfg.seed)
-        self.calibrated_tiles = 0
-        if resume:
-            self._load(last)
-        self.st = ScanSettings(cfg.method, cfg.M, cfg.I, cfg.n_aux, self.device, self.amp)
-        pin = self.device.type == "cuda"
-        self.sampler = PlanSampler()
-        self.loader = make_loader(
-            ChunkDataset(self.specs, cfg.input_px),
-            self.sampler,
-            cfg.workers,
-            cfg.prefetch,
-            pin,
-            cfg.seed,
-        )
-        self.fetcher = TileFetcher(cfg.input_px, pin)
-        if self.epoch == 0 and self.step == 0 and cfg.bn_calibrated:
-            self._calibrate()  # before DDP wraps the model: it broadcasts rank 0's statistics
-        if cfg.compile:
-            self.model.encoder.compile()
-        self.ddp: nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
+@dataclass
+class Run:
+    """Everything the epochs of one training run (one rank of a torchrun job) share."""
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-        if self.dist.is_main:
-            save_config(
-                cfg, self.run_dir / "config.yaml", extra={"_classes": list(self.cohort.classes)}
-            )
-        self.log = (
-            MetricsLog(self.run_dir, keep_until_epoch=self.epoch) if self.dist.is_main else None
-        )
-        if self.log is not None and cfg.tensorboard:
-            self.log.enable_tensorboard(self.run_dir / "tensorboard")
+    cfg: TrainConfig
+    device: torch.device
+    dist: DistInfo
+    cohort: Cohort
+    pipeline: ChunkPipeline  # the cohort's tiles (features in features mode)
+    feature_dim: int
+    model: SlideModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    st: ScanSettings
+    labels: np.ndarray  # (n slides,) training targets (permuted for the shuffled control)
+    ddp: nn.Module  # the model, wrapped by DistributedDataParallel under torchrun
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps done
+    best_auc: float = -math.inf  # best = highest val AUC, ties broken by lower val loss
+    best_loss: float = math.inf
+    log: MetricsLog | None = None  # rank 0 only
+    calibrated_tiles: int = 0
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint (see :mod:`wsipipe.train.checkpoint`)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -171,7 +127,8 @@ class Trainer:
             "wsipipe_version": __version__,
         }
 
-    def _load(self, path: Path) -> None:
+    def load(self, path: Path) -> None:
+        """Continue from the checkpoint ``path`` (same config and classes)."""
         ckpt = load_checkpoint(path, map_location=self.device)
         check_resume_config(ckpt["config"], self.cfg, path)
         if list(ckpt["classes"]) != list(self.cohort.classes):
@@ -189,211 +146,281 @@ class Trainer:
         self.best_loss = float(ckpt["best_loss"])
         restore_rng(ckpt["rng"])
 
-    # ---- training -------------------------------------------------------------------------
-    def _calibrate(self, epoch: int = 0) -> None:
-        """Frozen BN of a random-init encoder: statistics estimated from training tiles (a
-        seeded sample per epoch), identical on every rank (rank 0's are broadcast)."""
-        cfg = self.cfg
-        train = self.cohort.train
-        order = [train[i] for i in shard_order(len(train), self.dist, epoch, cfg.seed + 1, True)]
-        stream = ChunkStream(self.loader, self.sampler, plan_chunks(order, self.specs, cfg.I))
-
-        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for pos in order:
-                yield from stream.slide(pos)
-
-        self.calibrated_tiles = calibrate_batchnorm(
-            self.model.encoder, chunks(), cfg.calibrate_tiles, self.device
-        )
-        if self.dist.enabled:
-            import torch.distributed as tdist
-
-            for buf in self.model.encoder.buffers():
-                tdist.broadcast(buf, src=0)
-        if self.dist.is_main and cfg.progress:
-            RunProgress(False, True).log(
-                f"BatchNorm statistics estimated on {self.calibrated_tiles} tiles"
-            )
-
-    def fit(self) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        with RunProgress(cfg.progress, self.dist.is_main) as prog:
-            self.prog = prog
-            if self.epoch >= cfg.epochs:
-                prog.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
-            while self.epoch < cfg.epochs:
-                record = self._train_epoch(self.epoch)
-                record.update(self._validate(self.epoch))
-                self._end_epoch(record)
-        self.close()
-        return self.log.records if self.log is not None else []
-
-    def _train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, dist = self.cfg, self.dist
-        train = self.cohort.train
-        order = [train[i] for i in shard_order(len(train), dist, epoch, cfg.seed, True)]
-        every = cfg.calibrate_every
-        if cfg.bn_calibrated and epoch > 0 and every > 0 and epoch % every == 0:
-            self._calibrate(epoch)  # weights moved: re-estimate the frozen statistics
-        self._log_order(epoch, order)
-        plan = plan_chunks(
-            order, self.specs, cfg.I, cfg.drop_ratio, cfg.shuffle_tiles, cfg.seed, epoch
-        )
-        stream = ChunkStream(self.loader, self.sampler, plan)
-        self.model.train()
-        if cfg.bn_frozen:
-            freeze_batchnorm(self.model.encoder)
-        self.prog.start(f"epoch {epoch + 1}/{cfg.epochs}", len(order))
-        t0 = time.perf_counter()
-        scan_s = grad_s = 0.0
-        tiles = slides = 0
-        loss_sum = correct = 0.0
-        for b0 in range(0, len(order), cfg.batch_size):
-            batch = order[b0 : b0 + cfg.batch_size]
-            results, futures = [], []
-            ts = time.perf_counter()
-            for pos in batch:
-                res = scan_slide(self.model, stream.slide(pos), self.st)
-                results.append(res)
-                futures.append(self.fetcher.submit(self.specs[pos], res.indices.cpu().numpy()))
-                tiles += res.n_tiles
-            tg = time.perf_counter()
-            scan_s += tg - ts
-            loss, n_correct = self._step(batch, results, futures)
-            grad_s += time.perf_counter() - tg
-            slides += len(batch)
-            loss_sum += loss
-            correct += n_correct
-            self.prog.advance(len(batch), slides, tiles, loss_sum / slides)
-        secs = time.perf_counter() - t0
-        totals = all_gather_objects((slides, tiles, loss_sum, correct), dist)
-        n_sl = sum(t[0] for t in totals)
-        return {
-            "epoch": epoch + 1,
-            "step": self.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": sum(t[2] for t in totals) / max(n_sl, 1),
-            "train_acc": sum(t[3] for t in totals) / max(n_sl, 1),
-            "train_slides": n_sl,
-            "slides_per_s": n_sl / secs,
-            "tiles_per_s": sum(t[1] for t in totals) / secs,
-            "scan_tiles_per_s": tiles / max(scan_s, 1e-9),
-            "scan_s": scan_s,
-            "grad_s": grad_s,
-            "train_s": secs,
-        }
-
-    def _step(
-        self, batch: list[int], results: list[Any], futures: list[Any]
-    ) -> tuple[float, float]:
-        """One optimiser step over ``batch``; returns (sum of slide losses, n correct)."""
-        cfg = self.cfg
-        self.optimizer.zero_grad(set_to_none=True)
-        micro = cfg.micro_batch or len(batch)
-        groups = [list(range(i, min(i + micro, len(batch)))) for i in range(0, len(batch), micro)]
-        loss_sum, correct = 0.0, 0.0
-        for gi, g in enumerate(groups):
-            x, mask, aux, aux_mask = collate(
-                [futures[j].result() for j in g], [results[j] for j in g], cfg.method == "dbps"
-            )
-            y = torch.tensor([int(self.labels[batch[j]]) for j in g], device=self.device)
-            last = gi == len(groups) - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.ddp.no_sync()  # type: ignore[operator]
-            with sync:
-                logits = self.ddp(x, mask, aux, aux_mask, amp_dtype=self.amp)  # (b, C)
-                loss = F.cross_entropy(logits, y, reduction="sum") / len(batch)
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            loss_sum += float(loss.detach()) * len(batch)
-            correct += float((logits.detach().argmax(dim=1) == y).sum())
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        return loss_sum, correct
-
-    def _validate(self, epoch: int) -> dict[str, Any]:
-        co = self.cohort
-        t0 = time.perf_counter()
-        self.prog.start(f"validate {epoch + 1}", len(co.val))
-        done = [0, 0]
-
-        def tick(n_tiles: int) -> None:
-            done[0] += 1
-            done[1] += n_tiles
-            self.prog.advance(1, done[0], done[1])
-
-        pred = predict_slides(
-            self.model,
-            self.specs,
-            co.val,
-            self.labels.tolist(),
-            self.loader,
-            self.sampler,
-            self.fetcher,
-            self.st,
-            self.dist,
-            tick,
-        )
-        m = slide_metrics(pred.labels, pred.probs)
-        if self.dist.is_main:
-            path = self.run_dir / "predictions" / f"val_epoch_{epoch + 1:03d}.csv"
-            write_predictions(path, pred.slide_ids, pred.probs, co.classes, pred.labels.tolist())
-        return {f"val_{k}": v for k, v in m.items()} | {"val_s": time.perf_counter() - t0}
-
-    def _end_epoch(self, record: dict[str, Any]) -> None:
-        self.epoch += 1
-        auc, loss = record.get("val_auc"), record.get("val_loss")
-        score = auc if isinstance(auc, float) and math.isfinite(auc) else -math.inf
-        loss = loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
-        improved = (score, -loss) > (self.best_auc, -self.best_loss) or not (
-            self.ckpt_dir / "best.pt"
-        ).exists()
-        if improved:
-            self.best_auc, self.best_loss = score, loss
-        record["best_val_auc"] = self.best_auc if math.isfinite(self.best_auc) else None
-        record["peak_rss_mb"] = peak_rss_mb()
-        if self.device.type == "cuda":
-            record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        if self.dist.is_main:
-            assert self.log is not None  # rank 0 always has a log
-            self.log.append(record)
-            state = self._state()
-            if improved:
-                save_checkpoint(self.ckpt_dir / "best.pt", state)
-                src = self.run_dir / "predictions" / f"val_epoch_{self.epoch:03d}.csv"
-                shutil.copyfile(src, self.run_dir / "predictions" / "val_best.csv")
-            save_checkpoint(self.ckpt_dir / "last.pt", state)
-            self.prog.log(epoch_line(record, self.cfg.epochs))
-        barrier(self.dist)
-
-    def _log_order(self, epoch: int, order: list[int]) -> None:
-        ids = [self.specs[p].slide_id for p in order]
-        ranks = all_gather_objects(ids, self.dist)
-        if self.dist.is_main:
-            path = self.run_dir / "train_order.jsonl"
-            lines = path.read_text().splitlines() if path.exists() else []
-            lines = [ln for ln in lines if ln and json.loads(ln)["epoch"] <= epoch]
-            lines.append(json.dumps({"epoch": epoch + 1, "ranks": ranks}))
-            atomic_write_text(path, "\n".join(lines) + "\n")
-
     def close(self) -> None:
-        self.fetcher.close()
+        self.pipeline.close()
         if self.log is not None:
             self.log.close()
-        del self.loader
+
+
+# ---- set-up ---------------------------------------------------------------------------------
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) training; returns the per-epoch metric records (rank 0)."""
-    trainer = Trainer(cfg, resume=resume)
-    return trainer.fit()
+    run = setup_run(cfg, resume)
+    try:
+        return fit(run)
+    finally:
+        run.close()
 
 
-__all__ = ["Trainer", "config_for_resume", "independent_labels", "prepare_specs", "train"]
+def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
+    """Validate the cohort, open its tile pipeline (computing features first in features
+    mode), build the model, optimiser and schedule, and restore ``last.pt`` on resume."""
+    device = resolve_device(cfg.device, env_dist()[2])
+    dist = init_distributed(device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    last = _check_run_dir(Path(cfg.out), resume)
+    cohort = load_cohort(cfg)
+    pipeline, feature_dim = open_pipeline(cfg, cohort.specs, cohort.stores_dir, device, dist)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    n_classes = len(cohort.classes)
+    model = build_model(cfg, n_classes, feature_dim).to(device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    n_train_rank = len(shard_order(len(cohort.train), dist, 0, cfg.seed, True))
+    _, total, warmup = schedule_steps(n_train_rank, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(total, warmup, cfg.min_lr_ratio)
+    )
+    st = ScanSettings.of(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if st.amp_dtype == torch.float16 else None
+    labels = cohort.labels.copy()
+    if cfg.shuffle_labels:  # control experiment: break the slide-label association
+        tr = np.array(cohort.train)
+        labels[tr] = independent_labels(labels[tr], n_classes, cfg.seed)
+    run = Run(cfg, device, dist, cohort, pipeline, feature_dim, model, optimizer, scheduler,
+              scaler, st, labels, ddp=model)  # fmt: skip
+    if resume:
+        run.load(last)
+    if run.epoch == 0 and run.step == 0 and cfg.bn_calibrated:
+        calibrate(run, 0)  # before DDP wraps the model: it broadcasts rank 0's statistics
+    if cfg.compile:
+        model.encoder.compile()
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        run.ddp = DistributedDataParallel(model, device_ids=ids)
+    if dist.is_main:
+        save_config(cfg, run.run_dir / "config.yaml", extra={"_classes": list(cohort.classes)})
+        run.log = MetricsLog(run.run_dir, keep_until_epoch=run.epoch)
+        if cfg.tensorboard:
+            run.log.enable_tensorboard(run.run_dir / "tensorboard")
+    return run
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> Path:
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume and not last.exists():
+        raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    if not resume and last.exists():
+        raise ConfigError(
+            f"{run_dir}: already holds a run (checkpoints/last.pt); pass --resume to "
+            "continue it or choose another --out"
+        )
+    return last
+
+
+def calibrate(run: Run, epoch: int) -> None:
+    """Frozen BN of a random-init encoder: statistics estimated from training tiles (a
+    seeded sample per epoch), identical on every rank (rank 0's are broadcast)."""
+    cfg, train_set = run.cfg, run.cohort.train
+    order = [train_set[i] for i in shard_order(len(train_set), run.dist, epoch, cfg.seed + 1, True)]
+    stream = run.pipeline.stream(order, cfg.I)
+
+    def chunks() -> Iterator[tuple[Tensor, Tensor]]:
+        for pos in order:
+            yield from stream.slide(pos)
+
+    run.calibrated_tiles = calibrate_batchnorm(
+        run.model.encoder, chunks(), cfg.calibrate_tiles, run.device
+    )
+    if run.dist.enabled:
+        import torch.distributed as tdist
+
+        for buf in run.model.encoder.buffers():
+            tdist.broadcast(buf, src=0)
+    if run.dist.is_main and cfg.progress:
+        RunProgress(False, True).log(
+            f"BatchNorm statistics estimated on {run.calibrated_tiles} tiles"
+        )
+
+
+# ---- the epochs -----------------------------------------------------------------------------
+
+
+def fit(run: Run) -> list[dict[str, Any]]:
+    """Train the remaining epochs; returns the per-epoch metric records (rank 0)."""
+    cfg = run.cfg
+    with RunProgress(cfg.progress, run.dist.is_main) as prog:
+        if run.epoch >= cfg.epochs:
+            prog.log(f"{run.run_dir}: all {cfg.epochs} epochs already done")
+        while run.epoch < cfg.epochs:
+            epoch = run.epoch
+            every = cfg.calibrate_every
+            if cfg.bn_calibrated and epoch > 0 and every > 0 and epoch % every == 0:
+                calibrate(run, epoch)  # weights moved: re-estimate the frozen statistics
+            record = train_epoch(run, epoch, prog)
+            record |= validate(run, epoch, prog)
+            end_epoch(run, record, prog)
+    return run.log.records if run.log is not None else []
+
+
+def train_epoch(run: Run, epoch: int, prog: RunProgress) -> dict[str, Any]:
+    """One pass over this rank's shard of the training slides, B slides per optimiser step."""
+    cfg, dist = run.cfg, run.dist
+    train_set = run.cohort.train
+    order = [train_set[i] for i in shard_order(len(train_set), dist, epoch, cfg.seed, True)]
+    _log_order(run, epoch, order)
+    stream = run.pipeline.stream(
+        order, cfg.I, cfg.drop_ratio, cfg.shuffle_tiles, cfg.seed, epoch
+    )  # random patch drop and the optional shuffle: seeded per (seed, epoch, slide)
+    run.model.train()
+    if cfg.bn_frozen:
+        freeze_batchnorm(run.model.encoder)
+    prog.start(f"epoch {epoch + 1}/{cfg.epochs}", len(order))
+    t0 = time.perf_counter()
+    scan_s = grad_s = loss_sum = correct = 0.0
+    tiles = slides = 0
+    for b0 in range(0, len(order), cfg.batch_size):
+        batch = order[b0 : b0 + cfg.batch_size]
+        # 1. scan each slide without gradients; re-read its M tiles while the next is scanned
+        ts = time.perf_counter()
+        results: list[ScanResult] = []
+        selected: list[Future[Tensor]] = []
+        for pos in batch:
+            res = scan_slide(run.model, stream.slide(pos), run.st)
+            results.append(res)
+            selected.append(run.pipeline.fetch(pos, res.indices.cpu().numpy()))
+            tiles += res.n_tiles
+        tg = time.perf_counter()
+        scan_s += tg - ts
+        # 2. one optimiser step on the B x M selected tiles
+        loss, n_correct = optimizer_step(run, batch, results, selected)
+        grad_s += time.perf_counter() - tg
+        slides += len(batch)
+        loss_sum += loss
+        correct += n_correct
+        prog.advance(len(batch), slides, tiles, loss_sum / slides)
+    secs = time.perf_counter() - t0
+    totals = all_gather_objects((slides, tiles, loss_sum, correct), dist)
+    n_sl = sum(t[0] for t in totals)
+    return {
+        "epoch": epoch + 1,
+        "step": run.step,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": sum(t[2] for t in totals) / max(n_sl, 1),
+        "train_acc": sum(t[3] for t in totals) / max(n_sl, 1),
+        "train_slides": n_sl,
+        "slides_per_s": n_sl / secs,
+        "tiles_per_s": sum(t[1] for t in totals) / secs,
+        "scan_tiles_per_s": tiles / max(scan_s, 1e-9),
+        "scan_s": scan_s,
+        "grad_s": grad_s,
+        "train_s": secs,
+    }
+
+
+def optimizer_step(
+    run: Run, batch: list[int], results: list[ScanResult], selected: list[Future[Tensor]]
+) -> tuple[float, float]:
+    """Gradient pass over the batch's selected tiles (``micro_batch`` slides at a time,
+    accumulated; DDP syncs on the last), clip, AdamW step, schedule step. Returns (sum of
+    the slides' losses, number correct)."""
+    cfg = run.cfg
+    run.optimizer.zero_grad(set_to_none=True)
+    micro = cfg.micro_batch or len(batch)
+    groups = [list(range(i, min(i + micro, len(batch)))) for i in range(0, len(batch), micro)]
+    loss_sum = correct = 0.0
+    for gi, g in enumerate(groups):
+        # x (b, M, 3, H, W) | (b, M, F), mask (b, M); DBPS: aux (b, S, D), aux_mask (b, S)
+        x, mask, aux, aux_mask = collate(
+            [selected[j].result() for j in g], [results[j] for j in g], cfg.method == "dbps"
+        )
+        y = torch.tensor([int(run.labels[batch[j]]) for j in g], device=run.device)
+        last = gi == len(groups) - 1
+        sync = contextlib.nullcontext() if last or not run.dist.enabled else run.ddp.no_sync()  # type: ignore[operator]
+        with sync:
+            logits = run.ddp(x, mask, aux, aux_mask, amp_dtype=run.st.amp_dtype)  # (b, C)
+            loss = F.cross_entropy(logits, y, reduction="sum") / len(batch)
+            (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+        loss_sum += float(loss.detach()) * len(batch)
+        correct += float((logits.detach().argmax(dim=1) == y).sum())
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return loss_sum, correct
+
+
+def validate(run: Run, epoch: int, prog: RunProgress) -> dict[str, Any]:
+    """Predict the validation slides (all tiles, eval mode); metrics and the predictions."""
+    co = run.cohort
+    t0 = time.perf_counter()
+    prog.start(f"validate {epoch + 1}", len(co.val))
+    done = [0, 0]
+
+    def tick(n_tiles: int) -> None:
+        done[0] += 1
+        done[1] += n_tiles
+        prog.advance(1, done[0], done[1])
+
+    labels = run.labels.tolist()
+    pred = predict_slides(run.model, run.pipeline, co.val, labels, run.st, run.dist, tick)
+    m = slide_metrics(pred.labels, pred.probs)
+    if run.dist.is_main:
+        path = run.run_dir / "predictions" / f"val_epoch_{epoch + 1:03d}.csv"
+        write_predictions(path, pred.slide_ids, pred.probs, co.classes, pred.labels.tolist())
+    return {f"val_{k}": v for k, v in m.items()} | {"val_s": time.perf_counter() - t0}
+
+
+def end_epoch(run: Run, record: dict[str, Any], prog: RunProgress) -> None:
+    """Count the epoch, keep the best checkpoint (val AUC, then loss) and the last one."""
+    run.epoch += 1
+    auc, loss = record.get("val_auc"), record.get("val_loss")
+    score = auc if isinstance(auc, float) and math.isfinite(auc) else -math.inf
+    loss = loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
+    improved = (score, -loss) > (run.best_auc, -run.best_loss) or not (
+        run.ckpt_dir / "best.pt"
+    ).exists()
+    if improved:
+        run.best_auc, run.best_loss = score, loss
+    record["best_val_auc"] = run.best_auc if math.isfinite(run.best_auc) else None
+    record["peak_rss_mb"] = peak_rss_mb()
+    if run.device.type == "cuda":
+        record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    if run.log is not None:  # rank 0
+        run.log.append(record)
+        state = run.state_dict()
+        if improved:
+            save_checkpoint(run.ckpt_dir / "best.pt", state)
+            src = run.run_dir / "predictions" / f"val_epoch_{run.epoch:03d}.csv"
+            shutil.copyfile(src, run.run_dir / "predictions" / "val_best.csv")
+        save_checkpoint(run.ckpt_dir / "last.pt", state)
+        prog.log(epoch_line(record, run.cfg.epochs))
+    barrier(run.dist)
+
+
+def _log_order(run: Run, epoch: int, order: list[int]) -> None:
+    """Append each rank's slide order of ``epoch`` to ``train_order.jsonl`` (rank 0)."""
+    ids = [run.cohort.specs[p].slide_id for p in order]
+    ranks = all_gather_objects(ids, run.dist)
+    if run.dist.is_main:
+        path = run.run_dir / "train_order.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        lines = [ln for ln in lines if ln and json.loads(ln)["epoch"] <= epoch]
+        lines.append(json.dumps({"epoch": epoch + 1, "ranks": ranks}))
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+__all__ = ["Run", "config_for_resume", "fit", "independent_labels", "setup_run", "train"]

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write_text
-from wsipipe.train.config import TrainConfig
 
 
 @dataclass
@@ -43,60 +41,29 @@ def predict(
     """Evaluate a checkpoint on slides; see the module docstring."""
     import torch
 
-    from wsipipe.train.checkpoint import load_checkpoint
     from wsipipe.train.cohort import load_eval_slides
-    from wsipipe.train.data import ChunkDataset, PlanSampler, TileFetcher, make_loader
-    from wsipipe.train.distributed import env_dist, init_distributed, resolve_device
-    from wsipipe.train.engine import ScanSettings, predict_slides
+    from wsipipe.train.distributed import init_distributed
+    from wsipipe.train.inference import check_feature_dim, load_model, open_pipeline, predict_slides
     from wsipipe.train.metrics import slide_metrics, write_predictions
-    from wsipipe.train.model import amp_dtype_for, build_model
-    from wsipipe.train.runs import prepare_specs
 
-    ckpt = load_checkpoint(checkpoint)
-    saved = {k: v for k, v in ckpt["config"].items() if not str(k).startswith("_")}
-    cfg = build_config(TrainConfig, saved, overrides or {}, source=str(checkpoint))
-    classes = tuple(ckpt["classes"])
-    device = resolve_device(cfg.device, env_dist()[2])
+    runtime = dict(overrides or {})
+    lm = load_model(checkpoint, device=runtime.pop("device", None), overrides=runtime)
+    cfg, classes, device = lm.config, lm.classes, lm.settings.device
     dist = init_distributed(device)
-    amp = amp_dtype_for(cfg.precision, device)
     if not store_paths and not (stores or cfg.stores):
         raise ConfigError("predict: pass --stores (a `wsipipe tile --out` dir) or --store paths")
     specs, lab, stores_dir = load_eval_slides(
         stores or cfg.stores, labels, split, classes, cfg, store_paths
     )
-    specs, fdim = prepare_specs(specs, stores_dir, cfg, device, amp, dist)
-    if cfg.mode == "features" and fdim != int(ckpt.get("feature_dim") or 0):
-        raise ConfigError(
-            f"{checkpoint}: trained on {ckpt.get('feature_dim')}-d features but the cache has "
-            f"{fdim}-d; use the same --encoder / --features-dir as in training"
-        )
-    from dataclasses import replace
-
-    model = build_model(replace(cfg, pretrained=False), len(classes), fdim)
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    pin = device.type == "cuda"
-    sampler = PlanSampler()
-    loader = make_loader(
-        ChunkDataset(specs, cfg.input_px), sampler, cfg.workers, cfg.prefetch, pin, cfg.seed
-    )
-    fetcher = TileFetcher(cfg.input_px, pin)
-    st = ScanSettings(cfg.method, cfg.M, cfg.I, cfg.n_aux, device, amp)
+    pipeline, fdim = open_pipeline(cfg, specs, stores_dir, device, dist)
+    check_feature_dim(lm, fdim)
     try:
         with torch.no_grad():
             pred = predict_slides(
-                model,
-                specs,
-                list(range(len(specs))),
-                lab.tolist(),
-                loader,
-                sampler,
-                fetcher,
-                st,
-                dist,
+                lm.model, pipeline, list(range(len(specs))), lab.tolist(), lm.settings, dist
             )
     finally:
-        fetcher.close()
+        pipeline.close()
     metrics = slide_metrics(pred.labels, pred.probs) if (pred.labels >= 0).all() else None
     out_dir = Path(out)
     csv_path = out_dir / "predictions.csv"

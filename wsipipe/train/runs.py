@@ -1,5 +1,5 @@
-"""Run helpers: what may change on resume, the label-shuffled control, feature preparation,
-epoch summary lines. Pure functions or thin I/O, used by the training loop and predict."""
+"""Run helpers: what may change on resume, the label-shuffled control, epoch summary lines
+(pure functions or thin I/O, used by the training loop)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from wsipipe.config import config_to_dict
 from wsipipe.errors import ConfigError
 from wsipipe.train.config import TrainConfig
-from wsipipe.train.data import SlideSpec
-from wsipipe.train.distributed import DistInfo
 
 #: fields that may change when resuming (they do not change what is computed)
 RESUMABLE_CHANGES = frozenset(
@@ -73,24 +70,6 @@ def epoch_line(r: dict[str, Any], epochs: int) -> str:
         f"val_loss {f('val_loss', '.4f')}  {f('slides_per_s', '.2f')} slides/s  "
         f"{f('scan_tiles_per_s', ',.0f')} scan tiles/s  lr {f('lr', '.2e')}"
     )
-
-
-def prepare_specs(
-    specs: list[SlideSpec],
-    stores_dir: Path | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    amp: torch.dtype | None,
-    dist: DistInfo,
-) -> tuple[list[SlideSpec], int]:
-    """Pixel specs as they are; in features mode the (computed if needed) feature specs."""
-    if cfg.mode != "features":
-        return specs, 0
-    from wsipipe.train.features import embed_specs, features_dir_for
-
-    fdir = features_dir_for(stores_dir, cfg)
-    out = embed_specs(specs, fdir, cfg, device, amp, dist)
-    return out, out[0].feature_dim
 
 
 def config_for_resume(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
