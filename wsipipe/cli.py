@@ -53,8 +53,10 @@ def _root(
 
 @app.command()
 def info(
-    slides: Annotated[list[Path], typer.Argument(help="Slide files to describe.")],
-    reader: Annotated[str, typer.Option(help="auto | openslide | tiffslide")] = "auto",
+    slides: Annotated[
+        list[Path], typer.Argument(help="Slide files (or DICOM series folders) to describe.")
+    ],
+    reader: Annotated[str, typer.Option(help="auto | openslide | tiffslide | wsidicom")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Print dimensions, levels, downsamples, mpp, objective power and vendor of slides."""
@@ -154,7 +156,9 @@ def tile(
             help="Copy the slide's own JPEG when a tile is one stored tile [yes].",
         ),
     ] = None,
-    reader: Annotated[str | None, typer.Option(help="auto | openslide | tiffslide [auto].")] = None,
+    reader: Annotated[
+        str | None, typer.Option(help="auto | openslide | tiffslide | wsidicom [auto].")
+    ] = None,
     mpp: Annotated[
         float | None,
         typer.Option(help="Level-0 mpp for slides that record none (CSV `mpp` overrides)."),

@@ -1,18 +1,22 @@
-"""The two slide backends behind one small interface: read an RGB region, close.
+"""The slide backends behind one small interface: read an RGB region, close.
 
-Both return (height, width, 3) uint8 RGB with everything outside the image or transparent
+OpenSlide and tiffslide here; wsidicom (DICOM series) in `wsipipe.slide.wsidicom_backend`.
+All return (height, width, 3) uint8 RGB with everything outside the image or transparent
 composited onto white, and turn backend exceptions into one-line `SlideError`s.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from wsipipe.errors import SlideError
+from wsipipe.slide.dicom import openslide_entry
 from wsipipe.slide.info import SlideInfo, info_from_properties
 
 
@@ -69,7 +73,35 @@ def to_rgb(arr: np.ndarray, path: Path | str = "image") -> np.ndarray:
     )
 
 
-def _read_error(path: Path, reader: str, where: str, exc: BaseException) -> SlideError:
+@dataclass(frozen=True)
+class LevelWindow:
+    """A read of width x height level px whose top-left is level (lx, ly), and its part
+    inside the level: [x0, x1) x [y0, y1) in level px (``empty`` when nothing is inside)."""
+
+    lx: int
+    ly: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def empty(self) -> bool:
+        return self.x1 <= self.x0 or self.y1 <= self.y0
+
+
+def level_window(
+    info: SlideInfo, x: int, y: int, level: int, width: int, height: int
+) -> LevelWindow:
+    """Where a read at level-0 (x, y) falls in ``level``: level coordinates are
+    int(x / downsample), as tiffslide maps them."""
+    ds = info.level_downsamples[level]
+    lw, lh = info.level_dimensions[level]
+    lx, ly = int(x / ds), int(y / ds)
+    return LevelWindow(lx, ly, max(lx, 0), max(ly, 0), min(lx + width, lw), min(ly + height, lh))
+
+
+def read_error(path: Path, reader: str, where: str, exc: BaseException) -> SlideError:
     return SlideError(
         f"{path}: {reader} failed reading {where}: {one_line(exc)}; the file may be truncated "
         "or corrupt -- re-copy it or exclude it from the slides list"
@@ -83,7 +115,8 @@ class OpenSlideBackend:
         import openslide
 
         self.path = path
-        self._slide = openslide.OpenSlide(str(path))
+        # a DICOM series folder: OpenSlide opens the series from one of its instance files
+        self._slide = openslide.OpenSlide(str(openslide_entry(path)))
         self.closed = False
         props = dict(self._slide.properties)
         self._props = props
@@ -104,7 +137,7 @@ class OpenSlideBackend:
             image = self._slide.read_region((x, y), level, (width, height))
             rgba = np.asarray(image)
         except Exception as exc:
-            raise _read_error(self.path, self.name, f"{width}x{height} at ({x}, {y})", exc) from exc
+            raise read_error(self.path, self.name, f"{width}x{height} at ({x}, {y})", exc) from exc
         return composite_on_white(rgba)
 
     def close(self) -> None:
@@ -142,23 +175,19 @@ class TiffSlideBackend:
             return None
 
     def read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        # tiffslide maps level-0 (x, y) to level coordinates with int(x / downsample); clip
-        # to the level ourselves and fill the rest with white (tiffslide pads with black).
-        ds = self.info.level_downsamples[level]
-        lw, lh = self.info.level_dimensions[level]
-        lx, ly = int(x / ds), int(y / ds)
-        x0, y0 = max(lx, 0), max(ly, 0)
-        x1, y1 = min(lx + width, lw), min(ly + height, lh)
+        # clip to the level ourselves and fill the rest with white (tiffslide pads with black)
+        win = level_window(self.info, x, y, level, width, height)
         out = np.full((height, width, 3), 255, dtype=np.uint8)
-        if x1 <= x0 or y1 <= y0:
+        if win.empty:
             return out
+        lx, ly, x0, y0, x1, y1 = win.lx, win.ly, win.x0, win.y0, win.x1, win.y1
         try:
             # unpadded: tiffslide returns just the in-bounds part [y0:y1, x0:x1]
             arr = self._slide.read_region(
                 (x, y), level, (width, height), as_array=True, padding=False
             )
         except Exception as exc:
-            raise _read_error(self.path, self.name, f"{width}x{height} at ({x}, {y})", exc) from exc
+            raise read_error(self.path, self.name, f"{width}x{height} at ({x}, {y})", exc) from exc
         rgb = to_rgb(np.asarray(arr), self.path)
         h, w = min(rgb.shape[0], y1 - y0), min(rgb.shape[1], x1 - x0)
         out[y0 - ly : y0 - ly + h, x0 - lx : x0 - lx + w] = rgb[:h, :w]
@@ -170,9 +199,16 @@ class TiffSlideBackend:
             self.closed = True
 
 
-BACKENDS: dict[str, type[OpenSlideBackend] | type[TiffSlideBackend]] = {
+def _wsidicom(path: Path) -> Backend:
+    from wsipipe.slide.wsidicom_backend import WsiDicomBackend  # lazy: it imports this module
+
+    return WsiDicomBackend(path)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "openslide": OpenSlideBackend,
     "tiffslide": TiffSlideBackend,
+    "wsidicom": _wsidicom,
 }
 
 

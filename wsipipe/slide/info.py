@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsipipe.errors import SlideOpenError
+from wsipipe.slide.dicom import folder_fingerprint
 
-READERS = ("openslide", "tiffslide")
+READERS = ("openslide", "tiffslide", "wsidicom")
 
 FINGERPRINT_BYTES = 1 << 20
 
@@ -91,7 +92,7 @@ def info_from_properties(
     level_downsamples: tuple[float, ...],
 ) -> SlideInfo:
     """Build a SlideInfo from a backend's property map (keys prefixed ``openslide.`` or
-    ``tiffslide.`` as the reader names them)."""
+    ``tiffslide.`` as the reader names them; OpenSlide takes a DICOM mpp from PixelSpacing)."""
     prefix = f"{reader}."
     vendor = properties.get(prefix + "vendor")
     width, height = level_dimensions[0]
@@ -111,8 +112,11 @@ def info_from_properties(
 
 def slide_fingerprint(path: str | Path) -> dict[str, object]:
     """Cheap identity check of a slide file: ``{"size": bytes, "md5_first_mb": hex}`` where
-    the md5 covers the first MiB (or the whole file if smaller)."""
+    the md5 covers the first MiB (or the whole file if smaller); for a DICOM series folder,
+    the size of its DICOM files and the md5 of each one's name and first MiB."""
     p = Path(path)
+    if p.is_dir():
+        return folder_fingerprint(p)
     try:
         size = p.stat().st_size
         with p.open("rb") as fh:

@@ -1,4 +1,4 @@
-"""`open_slide` and `Slide`: one slide file behind OpenSlide or tiffslide, in mpp terms."""
+"""`open_slide` and `Slide`: one slide behind OpenSlide, tiffslide or wsidicom, in mpp terms."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from PIL import Image
 
 from wsipipe.errors import ConfigError, MissingMppError, SlideOpenError
 from wsipipe.slide.backends import Backend, one_line, open_backend
+from wsipipe.slide.dicom import check_series_folder, is_dicom_file, is_dicom_input
 from wsipipe.slide.info import READERS, SlideInfo
 from wsipipe.slide.levels import (
     TileGeometry,
@@ -47,10 +48,34 @@ def _check_mpp_override(path: Path, mpp: float | None) -> float | None:
     return value
 
 
-def open_slide(path: str | Path, reader: str = "auto", mpp: float | None = None) -> Slide:
-    """Open a slide with OpenSlide, falling back to tiffslide when OpenSlide refuses it.
+def auto_readers(path: Path) -> tuple[str, ...]:
+    """Readers "auto" tries, in order: OpenSlide, then tiffslide for files, then wsidicom for
+    DICOM (a series folder or a DICOM file)."""
+    if path.is_dir():
+        return ("openslide", "wsidicom")
+    files = ("openslide", "tiffslide")
+    return (*files, "wsidicom") if is_dicom_file(path) else files
 
-    ``reader`` = "auto" | "openslide" | "tiffslide" ("openslide"/"tiffslide" force one);
+
+def _failure_hint(path: Path) -> str:
+    if is_dicom_input(path):
+        return (
+            "check that it is a complete, standard DICOM VL whole-slide image series (its "
+            "instance files in one folder, with ImageType and PixelSpacing); re-export it from "
+            "the scanner or PACS, or convert it to tiled TIFF"
+        )
+    return (
+        "check that the file is a complete whole-slide image in a format OpenSlide or "
+        "tiffslide reads (e.g. SVS, NDPI, tiled TIFF, DICOM) and convert other formats to "
+        "tiled TIFF"
+    )
+
+
+def open_slide(path: str | Path, reader: str = "auto", mpp: float | None = None) -> Slide:
+    """Open a slide with OpenSlide, falling back to tiffslide (files) and wsidicom (DICOM).
+
+    ``path`` is a slide file, or a folder holding the instance files of one DICOM series.
+    ``reader`` = "auto" | "openslide" | "tiffslide" | "wsidicom" (a name forces that one);
     ``mpp`` overrides the file's microns per level-0 pixel (x and y). Raises ConfigError for an
     unknown reader or bad mpp, SlideOpenError (one line: file, each backend's reason, hint)
     when nothing opens the file (missing, truncated, corrupt or unsupported).
@@ -58,22 +83,18 @@ def open_slide(path: str | Path, reader: str = "auto", mpp: float | None = None)
     p = Path(path)
     if reader != "auto" and reader not in READERS:
         raise ConfigError(
-            f"{p}: unknown slide reader {reader!r}; use 'auto', 'openslide' or 'tiffslide'"
+            f"{p}: unknown slide reader {reader!r}; use 'auto', "
+            + ", ".join(f"'{r}'" for r in READERS[:-1])
+            + f" or '{READERS[-1]}'"
         )
     override = _check_mpp_override(p, mpp)
     if not p.exists():
         raise SlideOpenError(f"{p}: slide file not found; check the path in the slides list")
     if p.is_dir():
-        raise SlideOpenError(f"{p}: is a directory, not a slide file; give the slide's file")
-    try:
-        problem = truncation_problem(p)
-    except OSError as exc:
-        raise SlideOpenError(
-            f"{p}: cannot read the file ({exc.strerror or one_line(exc)}); check its permissions"
-        ) from exc
-    if problem is not None:
-        raise SlideOpenError(f"{p}: {problem}; re-download or re-copy the slide")
-    names = READERS if reader == "auto" else (reader,)
+        check_series_folder(p)  # a DICOM series folder is one slide
+    else:
+        _check_complete(p)
+    names = auto_readers(p) if reader == "auto" else (reader,)
     reasons: list[str] = []
     for name in names:
         try:
@@ -83,11 +104,18 @@ def open_slide(path: str | Path, reader: str = "auto", mpp: float | None = None)
             reasons.append(f"{name}: {one_line(exc)}")
             continue
         return Slide(backend, override)
-    raise SlideOpenError(
-        f"{p}: no reader could open it ({'; '.join(reasons)}); check that the file is a "
-        "complete whole-slide image in a format OpenSlide or tiffslide reads (e.g. SVS, NDPI, "
-        "tiled TIFF) and convert other formats (e.g. DICOM) to tiled TIFF"
-    )
+    raise SlideOpenError(f"{p}: no reader could open it ({'; '.join(reasons)}); {_failure_hint(p)}")
+
+
+def _check_complete(p: Path) -> None:
+    try:
+        problem = truncation_problem(p)
+    except OSError as exc:
+        raise SlideOpenError(
+            f"{p}: cannot read the file ({exc.strerror or one_line(exc)}); check its permissions"
+        ) from exc
+    if problem is not None:
+        raise SlideOpenError(f"{p}: {problem}; re-download or re-copy the slide")
 
 
 class Slide:

@@ -18,7 +18,7 @@ from wsipipe.store.codec import PIXEL_FORMATS
 FORMATS = ("h5", "zarr")
 STORE_SUFFIX = {"h5": ".h5", "zarr": ".zarr"}
 #: Slide readers a store may record.
-READERS = ("openslide", "tiffslide")
+READERS = ("openslide", "tiffslide", "wsidicom")
 MPP_SOURCES = ("file", "override")
 
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -36,9 +36,9 @@ class StoreMeta:
 
     slide_id: str
     slide_path: str
-    slide_size: int  # bytes
+    slide_size: int  # bytes (a DICOM series folder: of its DICOM files)
     slide_md5_1mb: str  # md5 hex of the slide's first MiB
-    reader: str  # "openslide" | "tiffslide"
+    reader: str  # "openslide" | "tiffslide" | "wsidicom"
     slide_mpp: tuple[float, float]  # (x, y) level-0 um/px actually used
     mpp_source: str  # "file" | "override"
     target_mpp: float

@@ -9,7 +9,7 @@ from wsipipe.tile.tissue import TissueConfig
 
 STORE_FORMATS = ("h5", "zarr")
 PIXEL_MODES = ("jpeg", "png", "none")
-READER_CHOICES = ("auto", "openslide", "tiffslide")
+READER_CHOICES = ("auto", "openslide", "tiffslide", "wsidicom")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class TileConfig:
     )
     jpeg_quality: int = 90
     reuse_jpeg: bool = True  # copy the slide's own JPEG tile when it is exactly one output tile
-    reader: str = "auto"  # "auto" (OpenSlide, then tiffslide) | "openslide" | "tiffslide"
+    reader: str = "auto"  # "auto" (OpenSlide, then tiffslide / wsidicom) or one of them
     mpp: float | None = None  # level-0 mpp for slides that record none (CSV `mpp` overrides)
     tissue_geojson_dir: str | None = None  # use <dir>/<slide_id>.geojson instead of segmenting
     tissue: TissueConfig = field(default_factory=TissueConfig)

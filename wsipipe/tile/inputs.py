@@ -1,4 +1,9 @@
-"""Turn the command line's files, directories, globs and CSVs into a list of slides."""
+"""Turn the command line's files, directories, globs and CSVs into a list of slides.
+
+Folder rule: a folder whose files are DICOM instances (and no other slide files) is ONE slide,
+a DICOM series, named after the folder; other folders are searched recursively for slide files
+and series folders. A single ``.dcm`` file is a slide too (its series, from its folder).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import check_slide_id
+from wsipipe.slide.dicom import is_dicom_file
 
 # File name endings of whole-slide images that OpenSlide or tiffslide can open.
 SLIDE_SUFFIXES = (
@@ -25,8 +31,10 @@ class SlideInput:
 
 
 def slide_id_for(path: Path) -> str:
-    """``TCGA-XX.svs`` -> ``TCGA-XX``; ``x.ome.tif`` -> ``x``."""
+    """``TCGA-XX.svs`` -> ``TCGA-XX``; ``x.ome.tif`` -> ``x``; a DICOM series folder -> its name."""
     name = path.name
+    if path.is_dir():
+        return name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -37,11 +45,37 @@ def is_slide_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES)
 
 
+def is_dicom_series_dir(folder: Path) -> bool:
+    """A folder that is one DICOM slide: it holds DICOM files (any name) and no other slide
+    files. (In a folder that mixes them, each ``.dcm`` file is a slide of its own.)"""
+    files = [q for q in folder.iterdir() if q.is_file()]
+    dicom = [q for q in files if is_dicom_file(q)]
+    return bool(dicom) and all(q in dicom or not is_slide_file(q) for q in files)
+
+
+def slides_in_folder(root: Path) -> list[SlideInput]:
+    """The slides under ``root`` (recursively): each DICOM series folder as one slide (id =
+    folder name; see `is_dicom_series_dir`), every other slide file as one slide."""
+    specs: list[SlideInput] = []
+    for folder in [root, *sorted(d for d in root.rglob("*") if d.is_dir())]:
+        series = is_dicom_series_dir(folder)
+        if series:
+            specs.append(SlideInput(slide_id_for(folder), folder))
+        specs.extend(
+            SlideInput(slide_id_for(q), q)
+            for q in sorted(folder.iterdir())
+            if is_slide_file(q) and not series
+        )
+    return specs
+
+
 def resolve_slides(items: list[str]) -> list[SlideInput]:
     """Expand files, directories (recursively), globs and CSV lists into unique slides.
 
-    A CSV needs a ``path`` (or ``slide``) column and may have ``slide_id`` and ``mpp``;
-    relative paths in it are relative to the CSV's folder.
+    A folder whose files are the DICOM instances of one series is one slide named after the
+    folder (a folder of series folders gives one slide per series). A CSV needs a ``path`` (or
+    ``slide``) column and may have ``slide_id`` and ``mpp``; relative paths in it are relative
+    to the CSV's folder.
     """
     specs: list[SlideInput] = []
     for item in items:
@@ -49,19 +83,24 @@ def resolve_slides(items: list[str]) -> list[SlideInput]:
         if p.suffix.lower() == ".csv" and p.is_file():
             specs.extend(_from_csv(p))
         elif p.is_dir():
-            found = sorted(q for q in p.rglob("*") if is_slide_file(q))
+            found = slides_in_folder(p)
             if not found:
                 raise ConfigError(
-                    f"{p}: no slide files found (looked for {', '.join(SLIDE_SUFFIXES)})"
+                    f"{p}: no slide files found (looked for {', '.join(SLIDE_SUFFIXES)} and "
+                    "folders of DICOM instances)"
                 )
-            specs.extend(SlideInput(slide_id_for(q), q) for q in found)
+            specs.extend(found)
         elif p.exists():
             specs.append(SlideInput(slide_id_for(p), p))
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             if not matches:
                 raise ConfigError(f"{item}: no such file, directory or glob match")
-            specs.extend(SlideInput(slide_id_for(m), m) for m in matches if m.is_file())
+            specs.extend(
+                SlideInput(slide_id_for(m), m)
+                for m in matches
+                if m.is_file() or (m.is_dir() and is_dicom_series_dir(m))
+            )
     seen: dict[str, Path] = {}
     for spec in specs:
         check_slide_id(spec.slide_id, source=str(spec.path))
