@@ -5,13 +5,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsipipe.errors import ConfigError
+from wsipipe.slide.levels import tile_geometry
 from wsipipe.tile.grid import tile_grid, tissue_fractions
+
+
+def geometry(slide_mpp: float, target_mpp: float, tile_px: int, overlap_px: int = 0):
+    return tile_geometry(slide_mpp, [1.0, 4.0], target_mpp, tile_px, overlap_px)
 
 
 def test_grid_at_target_mpp_covers_slide_with_full_tiles():
     # 0.25 um/px slide, 0.5 um/px target: a 256 px tile covers 512 level-0 px.
-    g = tile_grid(2100, 1100, slide_mpp=0.25, target_mpp=0.5, tile_px=256)
+    g = tile_grid(2100, 1100, geometry(0.25, 0.5, 256))
     assert g.tile_size_level0 == 512 and g.stride_level0 == 512
     assert g.n_tiles == 4 * 2  # floor(2100/512) x floor(1100/512)
     assert g.coords[:, 0].max() + 512 <= 2100 and g.coords[:, 1].max() + 512 <= 1100
@@ -20,14 +24,16 @@ def test_grid_at_target_mpp_covers_slide_with_full_tiles():
 
 
 def test_overlap_shrinks_stride():
-    g = tile_grid(1000, 256, slide_mpp=0.5, target_mpp=0.5, tile_px=256, overlap_px=56)
+    geo = geometry(0.5, 0.5, 256, overlap_px=56)
+    assert geo.stride_level0 == 200 and geo.tile_size_level0 == 256
+    g = tile_grid(1000, 256, geo)
     assert g.stride_level0 == 200
     assert g.coords[:, 0].tolist() == [0, 200, 400, 600]
 
 
 def test_bad_grid_settings():
-    with pytest.raises(ConfigError, match="overlap_px"):
-        tile_grid(100, 100, 0.5, 0.5, tile_px=64, overlap_px=64)
+    with pytest.raises(ValueError, match="overlap_px"):
+        geometry(0.5, 0.5, 64, overlap_px=64)
 
 
 def test_tissue_fraction_exact_on_aligned_tiles():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsipipe.heatmap.grid import tile_grid
+from wsipipe.heatmap.grid import find_lattice
 from wsipipe.heatmap.render import (
     blend_overlay,
     colorize,
@@ -22,21 +22,21 @@ def _lattice(rng: np.random.Generator, nx: int, ny: int, step: int, keep: float)
     return coords[rng.permutation(len(coords))] + np.array([3 * step, 2 * step])
 
 
-def test_tile_grid_accepts_lattices_only():
+def test_find_lattice_accepts_lattices_only():
     rng = np.random.default_rng(0)
     coords = _lattice(rng, 9, 7, 256, 0.7)
-    grid = tile_grid(coords, 256)
+    grid = find_lattice(coords, 256)
     assert grid is not None and grid.origin == tuple(coords.min(0).tolist())
     assert grid.step == 256 and grid.size == 256
-    over = tile_grid(coords // 256 * 192, 256)  # overlapping tiles: pitch 192 < edge 256
+    over = find_lattice(coords // 256 * 192, 256)  # overlapping tiles: pitch 192 < edge 256
     assert over is not None and over.step == 192 and (over.gw, over.gh) == (grid.gw, grid.gh)
-    assert tile_grid(coords + np.array([[1, 0]] + [[0, 0]] * (len(coords) - 1)), 256) is None
-    assert tile_grid(np.concatenate([coords, coords[:1]]), 256) is None  # a duplicate
-    far = tile_grid(np.array([[0, 0], [256 * 10_000, 0]]), 256)  # a gap: 2 cells, fine
+    assert find_lattice(coords + np.array([[1, 0]] + [[0, 0]] * (len(coords) - 1)), 256) is None
+    assert find_lattice(np.concatenate([coords, coords[:1]]), 256) is None  # a duplicate
+    far = find_lattice(np.array([[0, 0], [256 * 10_000, 0]]), 256)  # a gap: 2 cells, fine
     assert far is not None and (far.gw, far.gh) == (2, 1)
-    assert tile_grid(np.array([[0, 0], [1001, 0], [5000, 7]]), 256) is None  # no lattice
-    assert tile_grid(np.zeros((0, 2), np.int64), 256) is None
-    assert tile_grid(coords // 256 * 16, 256) is None  # a tile over 16 x 16 lattice cells
+    assert find_lattice(np.array([[0, 0], [1001, 0], [5000, 7]]), 256) is None  # no lattice
+    assert find_lattice(np.zeros((0, 2), np.int64), 256) is None
+    assert find_lattice(coords // 256 * 16, 256) is None  # a tile over 16 x 16 lattice cells
 
 
 def _splat_and_lookup(coords, size, values, ds, w, h):
@@ -44,7 +44,7 @@ def _splat_and_lookup(coords, size, values, ds, w, h):
     want = colorize(
         render_values(tile_spans(coords, size, ds), values, (0, 0, w, h)), lut, (1, 2, 3)
     )
-    grid = tile_grid(coords, size)
+    grid = find_lattice(coords, size)
     assert grid is not None
     image = grid.image(ds, w, h)
     table = colorize(image.table(values), lut, (1, 2, 3))
@@ -74,7 +74,7 @@ def test_overlapping_tiles_are_averaged_as_splatting_averages_them(ds, pitch):
     values[:3] = np.nan  # count as no tile
     w, h = int(14 * pitch / ds), int(11 * pitch / ds)
     means = render_values(tile_spans(coords, 256, ds), values, (0, 0, w, h))
-    grid = tile_grid(coords, 256)
+    grid = find_lattice(coords, 256)
     assert grid is not None and grid.step == pitch
     image = grid.image(ds, w, h)
     got = image.lookup(image.table(values), 0, h)
@@ -102,7 +102,7 @@ def test_overlay_by_lookup_equals_overlay_by_splatting(alpha, with_tissue, tile_
     tissue = rng.random((h, w)) < 0.8 if with_tissue else None
     lut = colormap_lut("viridis")
     spans = tile_spans(coords, 512, ds)
-    grid = tile_grid(coords, 512)
+    grid = find_lattice(coords, 512)
     assert grid is not None
     args = (thumb, spans, values, lut, alpha, 0.0, tissue)
     want = blend_overlay(*args, stripe=37)
@@ -111,7 +111,7 @@ def test_overlay_by_lookup_equals_overlay_by_splatting(alpha, with_tissue, tile_
     # overlapping tiles (pitch 384 < edge 512): averaged the same way
     over = coords // 512 * 384
     sp_over = tile_spans(over, 512, ds)
-    grid_over = tile_grid(over, 512)
+    grid_over = find_lattice(over, 512)
     assert grid_over is not None and grid_over.step == 384
     args_over = (thumb, sp_over, values, lut, alpha, 0.0, tissue)
     want_over = blend_overlay(*args_over, stripe=37)
@@ -129,3 +129,10 @@ def test_overlay_by_lookup_equals_overlay_by_splatting(alpha, with_tissue, tile_
     covered = render_values(spans, values, (0, 0, w, h))
     bare = np.isnan(covered) if tissue is None else np.isnan(covered) | ~tissue
     assert np.array_equal(got[bare], thumb[bare])
+
+
+def test_recorded_pitch_is_used_when_offsets_fit_it():
+    coords = np.array([[0, 0], [512, 0], [1024, 512]])  # tiles missing: gcd 512, stride 256
+    assert find_lattice(coords, 256).step == 512  # type: ignore[union-attr]
+    assert find_lattice(coords, 256, pitch=256).step == 256  # type: ignore[union-attr]
+    assert find_lattice(coords, 256, pitch=300).step == 512  # type: ignore[union-attr]

@@ -210,3 +210,16 @@ def test_killed_run_leaves_nothing_that_counts_as_done(tmp_path):
     with open_store(out / "stores" / "big.h5") as store:
         assert len(store) > 50
     shutil.rmtree(out)
+
+
+def test_store_records_the_stride_of_overlapping_tiles(tmp_path):
+    slide = real_slide("CMU-1-Small-Region.svs")  # 0.499 um/px
+    code, text = tile(str(slide), "--out", str(tmp_path), "--coords-only", "--tile-px", "128",
+                      "--overlap-px", "32")  # fmt: skip
+    assert code == 0, text
+    with open_store(tmp_path / "stores" / "CMU-1-Small-Region.h5") as store:
+        meta, xy = store.meta, store.coords
+    assert meta.tile_size_level0 == round(128 * 0.5 / 0.499)
+    assert meta.stride_level0 == round(96 * 0.5 / 0.499)
+    offsets = np.unique(np.diff(np.unique(xy[:, 0])))
+    assert offsets.min() == meta.stride_level0 and not (offsets % meta.stride_level0).any()

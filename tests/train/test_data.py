@@ -10,7 +10,7 @@ from tests.conftest import real_slide
 from tests.train.synthstores import make_tile, store_meta, write_store
 from wsipipe.errors import ConfigError, StoreError
 from wsipipe.store import (
-    TileSource,
+    SlideSource,
     create_store,
     describe_store,
     find_store,
@@ -32,7 +32,7 @@ from wsipipe.train.data import (
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> list[TileSource]:
+def stores(tmp_path_factory: pytest.TempPathFactory) -> list[SlideSource]:
     root = tmp_path_factory.mktemp("stores") / "stores"
     specs = []
     for i, (n, fmt) in enumerate([(70, "h5"), (33, "zarr"), (5, "h5")]):
@@ -42,7 +42,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> list[TileSource]:
     return specs
 
 
-def test_store_lookup(tmp_path: Path, stores: list[TileSource]) -> None:
+def test_store_lookup(tmp_path: Path, stores: list[SlideSource]) -> None:
     root = Path(stores[0].path).parent.parent
     assert resolve_stores_dir(root) == root / "stores"
     assert resolve_stores_dir(root / "stores") == root / "stores"
@@ -54,7 +54,7 @@ def test_store_lookup(tmp_path: Path, stores: list[TileSource]) -> None:
         find_store(root / "stores", "../t0")
     with pytest.raises(ConfigError, match="not a directory"):
         resolve_stores_dir(tmp_path / "missing")
-    assert stores[0] == TileSource("t0", "store", stores[0].path, 70, tile_px=32)
+    assert stores[0] == SlideSource("t0", "store", stores[0].path, 70, tile_px=32)
 
 
 def test_scan_indices_patch_drop_is_seeded() -> None:
@@ -68,7 +68,7 @@ def test_scan_indices_patch_drop_is_seeded() -> None:
     assert not np.array_equal(s, a) and np.array_equal(np.sort(s), a)
 
 
-def test_plan_chunks(stores: list[TileSource]) -> None:
+def test_plan_chunks(stores: list[SlideSource]) -> None:
     reqs = list(plan_chunks([1, 0], stores, 16, 0.2, False, 5, 1))
     for pos in (1, 0):
         mine = [r for r in reqs if r.slide == pos]
@@ -80,7 +80,7 @@ def test_plan_chunks(stores: list[TileSource]) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_loader_streams_exact_tiles_in_order(stores: list[TileSource], workers: int) -> None:
+def test_loader_streams_exact_tiles_in_order(stores: list[SlideSource], workers: int) -> None:
     sampler = PlanSampler()
     loader = make_loader(ChunkDataset(stores), sampler, workers, 2, False, 0)
     for _ in range(2):  # persistent workers serve a second pass with a new plan
@@ -96,7 +96,7 @@ def test_loader_streams_exact_tiles_in_order(stores: list[TileSource], workers: 
             assert np.array_equal(tiles.permute(0, 2, 3, 1).numpy(), want)
 
 
-def test_stream_skips_an_undrained_slide(stores: list[TileSource]) -> None:
+def test_stream_skips_an_undrained_slide(stores: list[SlideSource]) -> None:
     sampler = PlanSampler()
     loader = make_loader(ChunkDataset(stores), sampler, 0, 2, False, 0)
     stream = ChunkStream(loader, sampler, plan_chunks([0, 1], stores, 16))
@@ -123,7 +123,7 @@ def test_to_chw_resizes_with_antialiasing() -> None:
     assert torch.allclose(small.float().mean(dim=(2, 3)), same.float().mean(dim=(2, 3)), atol=2)
 
 
-def test_fetcher_rereads_selected_tiles(stores: list[TileSource]) -> None:
+def test_fetcher_rereads_selected_tiles(stores: list[SlideSource]) -> None:
     f = TileFetcher()
     try:
         got = f.submit(stores[0], np.array([5, 1, 60])).result()
@@ -136,7 +136,7 @@ def test_fetcher_rereads_selected_tiles(stores: list[TileSource]) -> None:
 def test_feature_source(tmp_path: Path) -> None:
     arr = np.random.default_rng(0).random((20, 6)).astype(np.float16)
     np.save(tmp_path / "f.npy", arr)
-    spec = TileSource("f", "features", str(tmp_path / "f.npy"), 20, feature_dim=6)
+    spec = SlideSource("f", "features", str(tmp_path / "f.npy"), 20, feature_dim=6)
     sampler = PlanSampler()
     loader = make_loader(ChunkDataset([spec]), sampler, 0, 2, False, 0)
     chunks = list(ChunkStream(loader, sampler, plan_chunks([0], [spec], 8)).slide(0))
@@ -183,7 +183,7 @@ def test_coords_only_store_reads_from_the_slide(tmp_path: Path) -> None:
 
 
 def test_worker_errors_stay_one_line(tmp_path: Path) -> None:
-    gone = TileSource("gone", "store", str(tmp_path / "gone.h5"), 5, tile_px=32)
+    gone = SlideSource("gone", "store", str(tmp_path / "gone.h5"), 5, tile_px=32)
     sampler = PlanSampler()
     loader = make_loader(ChunkDataset([gone]), sampler, 1, 2, False, 0)
     with pytest.raises(StoreError) as err:

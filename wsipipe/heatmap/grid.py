@@ -21,7 +21,7 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class TileGrid:
+class Lattice:
     """Tiles of edge ``size`` on a pitch-``step`` lattice, each lattice point at most once
     (``size > step``: neighbours overlap and are averaged).
 
@@ -52,7 +52,7 @@ class GridImage:
     """rows (h,), cols (w,): class of each pixel row / column; y_runs (ry, 2), x_runs (rx, 2):
     the half-open run of lattice rows / columns [a, b) covering each class (a == b: none)."""
 
-    grid: TileGrid
+    grid: Lattice
     rows: np.ndarray
     cols: np.ndarray
     y_runs: np.ndarray
@@ -114,16 +114,20 @@ class GridImage:
         return table[rows[starts, None] * self.stride + cols[None, :]], counts
 
 
-def tile_grid(coords: np.ndarray, size: float) -> TileGrid | None:
-    """The :class:`TileGrid` of tiles of edge ``size`` on a lattice (pitch: the gcd of their
-    offsets; each lattice point once), else None (off-lattice or duplicate tiles, or a
-    lattice so sparse or fine that splatting is cheaper)."""
+def find_lattice(coords: np.ndarray, size: float, pitch: int | None = None) -> Lattice | None:
+    """The :class:`Lattice` of tiles of edge ``size`` on a lattice, else None (off-lattice or
+    duplicate tiles, or a lattice so sparse or fine that splatting is cheaper). The pitch is
+    the tiler's stride when the store records it (``pitch``) and every offset is a multiple
+    of it; else (stores written before the stride was recorded) the gcd of the offsets."""
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     if len(coords) == 0 or not size > 0:
         return None
     origin = coords.min(axis=0)
     rel = coords - origin
-    step = int(np.gcd.reduce(rel.reshape(-1))) or max(1, int(np.ceil(size)))
+    if pitch is not None and pitch > 0 and not (rel % pitch).any():
+        step = int(pitch)
+    else:
+        step = int(np.gcd.reduce(rel.reshape(-1))) or max(1, int(np.ceil(size)))
     if 8 * step < size:  # a tile would span over 8 x 8 lattice cells: splat instead
         return None
     cells = rel // step
@@ -133,7 +137,7 @@ def tile_grid(coords: np.ndarray, size: float) -> TileGrid | None:
     flat = cells[:, 1] * gw + cells[:, 0]
     if np.bincount(flat).max() > 1:
         return None  # two tiles at one lattice point
-    return TileGrid((int(origin[0]), int(origin[1])), step, float(size), gw, gh, flat)
+    return Lattice((int(origin[0]), int(origin[1])), step, float(size), gw, gh, flat)
 
 
 def _axis_classes(
@@ -167,7 +171,7 @@ def _none_class(runs: np.ndarray) -> int:
 
 def _rect_sums(
     per_cell: np.ndarray,
-    g: TileGrid,
+    g: Lattice,
     ya: np.ndarray,
     yb: np.ndarray,
     xa: np.ndarray,

@@ -34,7 +34,7 @@ from wsipipe.heatmap.config import HeatmapConfig
 from wsipipe.heatmap.evaluate import METRICS, summarise
 from wsipipe.heatmap.figures import colour_bar, draw_outlines, gallery, with_colour_bar
 from wsipipe.heatmap.geojson import write_tiles_geojson
-from wsipipe.heatmap.grid import tile_grid
+from wsipipe.heatmap.grid import find_lattice
 from wsipipe.heatmap.png import write_png
 from wsipipe.heatmap.pyramid import PyramidGeometry, write_heatmap_tiff
 from wsipipe.heatmap.render import (
@@ -121,15 +121,20 @@ def _ticks(table: ScoreTable, cfg: HeatmapConfig) -> list[tuple[float, str]]:
 
 
 def render_overlay(
-    canvas: SlideCanvas, table: ScoreTable, size_level0: int, cfg: HeatmapConfig
+    canvas: SlideCanvas,
+    table: ScoreTable,
+    size_level0: int,
+    cfg: HeatmapConfig,
+    pitch: int | None = None,
 ) -> np.ndarray:
-    """The overlay image (thumbnail + colour map + top-k outlines + colour bar)."""
+    """The overlay image (thumbnail + colour map + top-k outlines + colour bar); ``pitch``:
+    the tiling's stride (level-0 px) when the store records it."""
     lut = colormap_lut(cfg.colormap)
     ds = canvas.thumb_ds
     spans = tile_spans(table.coords, size_level0, ds)
     sigma = cfg.smooth_um / (canvas.mpp * ds) if cfg.smooth_um > 0 else 0.0
     grid = None
-    if sigma <= 0 and (lattice := tile_grid(table.coords, size_level0)) is not None:
+    if sigma <= 0 and (lattice := find_lattice(table.coords, size_level0, pitch)) is not None:
         grid = lattice.image(ds, canvas.thumb.shape[1], canvas.thumb.shape[0])
     img = blend_overlay(
         canvas.thumb, spans, table.score_norm, lut, cfg.alpha, sigma, canvas.tissue, grid=grid
@@ -189,6 +194,7 @@ def write_slide_outputs(
     """
     meta = store.meta
     size = int(meta.tile_size_level0)
+    pitch = meta.stride_level0  # None for stores written before it was recorded
     mpp = canvas.mpp
     lut = colormap_lut(cfg.colormap)
     outputs: dict[str, Path] = {}
@@ -212,7 +218,7 @@ def write_slide_outputs(
         return path
 
     def overlay() -> None:
-        write_png(out(f"overlay/{slide_id}.png"), render_overlay(canvas, table, size, cfg))
+        write_png(out(f"overlay/{slide_id}.png"), render_overlay(canvas, table, size, cfg, pitch))
 
     def top_gallery() -> None:
         top = top_k(table.score, cfg.top_k)
@@ -232,7 +238,7 @@ def write_slide_outputs(
         notes.update(pyramid_mpp=geo.mpp, pyramid_downsample=geo.downsample)
         write_heatmap_tiff(
             out(f"pyramid/{slide_id}.tif"), geo, table.coords, size, table.score_norm, lut,
-            cfg.smooth_um, cfg.pyramid_compression, threads=tiff_threads,
+            cfg.smooth_um, cfg.pyramid_compression, threads=tiff_threads, pitch=pitch,
         )  # fmt: skip
 
     def tiles_geojson() -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import ConfigError
-from wsipipe.heatmap.grid import TileGrid, tile_grid
+from wsipipe.heatmap.grid import Lattice, find_lattice
 from wsipipe.heatmap.png import zlib_compress
 from wsipipe.heatmap.render import colorize, render_values, smoothing_margin, tile_spans
 from wsipipe.slide.aperio_writer import (
@@ -183,7 +183,7 @@ def _level_tiles(
 
 
 def _grid_level_tiles(
-    grid: TileGrid,
+    grid: Lattice,
     values: np.ndarray,
     lut: np.ndarray,
     background: Sequence[int],
@@ -193,7 +193,7 @@ def _grid_level_tiles(
     tile: int,
 ) -> Iterator[np.ndarray]:
     """Yield the tiles of one level by per-pixel lookup in the level's table of colours
-    (fast path of a :class:`~wsipipe.heatmap.grid.TileGrid`)."""
+    (fast path of a :class:`~wsipipe.heatmap.grid.Lattice`)."""
     tw, th = -(-width // tile) * tile, -(-height // tile) * tile
     # padding beyond the level's edge (edge tiles): no tile, i.e. background
     image = grid.image(ds, width, height).padded(th, tw)
@@ -254,6 +254,7 @@ def write_heatmap_tiff(
     background: Sequence[int] = (255, 255, 255),
     jpeg_quality: int = 90,
     threads: int = 1,
+    pitch: int | None = None,
 ) -> None:
     """Write the heatmap pyramid of one slide (see the module docstring).
 
@@ -261,7 +262,8 @@ def write_heatmap_tiff(
     level-0 px; values (N,) in [0, 1] (normalised scores); lut (256, 3) uint8 colour map;
     smooth_um: Gaussian sigma in um (0 = exact tile squares); pixels with no tile get
     ``background``; ``threads`` compress TIFF tiles in parallel (at most ~16 MB of tiles in
-    flight). ``path`` is written as given (the caller publishes it atomically).
+    flight); ``pitch``: the tiling's stride when known. ``path`` is written as given (the
+    caller publishes it atomically).
     """
     if compression not in COMPRESSIONS:
         raise ConfigError(
@@ -279,7 +281,7 @@ def write_heatmap_tiff(
         comp = {"compression": "jpeg", "compressionargs": {"level": jpeg_quality}}
     tiled = {"maxworkers": max(1, threads), "buffersize": _BUFFER_BYTES, **comp}
     levels = geo.levels()
-    grid = tile_grid(coords, size_level0) if smooth_um <= 0 else None
+    grid = find_lattice(coords, size_level0, pitch) if smooth_um <= 0 else None
     batch = max(1, _BUFFER_BYTES // (geo.tile * geo.tile * 3))
     page = {"photometric": "rgb"}
     with AperioTiffWriter(path, geo.width, geo.height, geo.mpp, geo.tile, page, tiled) as tif:
@@ -310,7 +312,7 @@ def _write_thumbnail(
     lut: np.ndarray,
     smooth_um: float,
     background: Sequence[int],
-    grid: TileGrid | None = None,
+    grid: Lattice | None = None,
 ) -> None:
     factor = max(1, math.ceil(max(geo.width, geo.height) / _THUMB_MAX))
     w, h = max(1, geo.width // factor), max(1, geo.height // factor)

@@ -44,7 +44,7 @@ from wsipipe.heatmap.outputs import SlideCanvas, load_canvas, write_slide_output
 from wsipipe.heatmap.render import normalise_scores, score_ranks
 from wsipipe.heatmap.scores import ScoreTable
 from wsipipe.jobs import Job, JobRunner, Outcome, run_staged_jobs, write_summary
-from wsipipe.store import TileSource, describe_store, find_store, list_stores, resolve_stores_dir
+from wsipipe.store import SlideSource, describe_store, find_store, list_stores, resolve_stores_dir
 from wsipipe.train.inference import (
     ChunkPipeline,
     ChunkStream,
@@ -316,9 +316,9 @@ def run_heatmaps(
 
 def _describe(
     stores: dict[str, Path], todo: list[str]
-) -> tuple[dict[str, TileSource], list[Outcome]]:
+) -> tuple[dict[str, SlideSource], list[Outcome]]:
     """The tile sources of the usable stores; a failed Outcome for each broken one."""
-    specs: dict[str, TileSource] = {}
+    specs: dict[str, SlideSource] = {}
     failed: list[Outcome] = []
     for sid in todo:
         try:
@@ -331,7 +331,7 @@ def _describe(
 def _prepare(
     cfg: HeatmapConfig,
     stores: dict[str, Path],
-    sources: list[TileSource],
+    sources: list[SlideSource],
     stores_dir: Path,
     tissue_dir: Path,
     annotations: Path | None,

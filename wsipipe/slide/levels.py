@@ -46,11 +46,13 @@ def mpp_matches(level_mpp: float, target_mpp: float, tolerance: float = MPP_TOLE
 
 @dataclass(frozen=True)
 class TileGeometry:
-    """How a tile of ``tile_px`` px at ``target_mpp`` is read from the pyramid.
+    """How tiles of ``tile_px`` px at ``target_mpp`` lie on the slide and are read from it:
+    the one place the level-0 footprint is computed (grid, reader and store all use it).
 
     ``tile_size_level0`` = round(tile_px * target_mpp / slide_mpp) is the footprint in level-0
-    px; ``read_px`` = round(tile_size_level0 / downsample) is the square size read at ``level``
-    before it is resized to ``tile_px``.
+    px; ``stride_level0`` = round((tile_px - overlap_px) * target_mpp / slide_mpp) the distance
+    between neighbouring tiles; ``read_px`` = round(tile_size_level0 / downsample) the square
+    size read at ``level`` before it is resized to ``tile_px``.
     """
 
     tile_px: int
@@ -60,10 +62,16 @@ class TileGeometry:
     level_mpp: float
     tile_size_level0: int
     read_px: int
+    overlap_px: int = 0
+    stride_level0: int = 0  # 0: no overlap, = tile_size_level0
 
     def __post_init__(self) -> None:
         if self.tile_px < 1 or self.read_px < 1 or self.tile_size_level0 < 1:
             raise ValueError(f"tile sizes must be >= 1 px, got {self}")
+        if not 0 <= self.overlap_px < self.tile_px:
+            raise ValueError(f"overlap_px must be in 0..tile_px-1, got {self.overlap_px}")
+        if self.stride_level0 == 0:
+            object.__setattr__(self, "stride_level0", self.tile_size_level0)
 
     @property
     def matches_level(self) -> bool:
@@ -76,9 +84,14 @@ class TileGeometry:
 
 
 def tile_geometry(
-    slide_mpp: float, level_downsamples: Sequence[float], target_mpp: float, tile_px: int
+    slide_mpp: float,
+    level_downsamples: Sequence[float],
+    target_mpp: float,
+    tile_px: int,
+    overlap_px: int = 0,
 ) -> TileGeometry:
-    """Footprint and read level of a ``tile_px`` tile at ``target_mpp`` (see TileGeometry)."""
+    """Footprint, stride and read level of ``tile_px`` tiles at ``target_mpp`` overlapping by
+    ``overlap_px`` output px (see TileGeometry)."""
     _check_positive("slide mpp", slide_mpp)
     _check_positive("target_mpp", target_mpp)
     if not isinstance(tile_px, int) or tile_px < 1:
@@ -86,7 +99,8 @@ def tile_geometry(
     level_mpps = [slide_mpp * d for d in level_downsamples]
     level = choose_level(level_mpps, target_mpp)
     downsample = float(level_downsamples[level])
-    size0 = max(1, round(tile_px * target_mpp / slide_mpp))
+    scale = target_mpp / slide_mpp  # level-0 px per output px
+    size0 = max(1, round(tile_px * scale))
     read_px = max(1, round(size0 / downsample))
     return TileGeometry(
         tile_px=tile_px,
@@ -96,6 +110,8 @@ def tile_geometry(
         level_mpp=level_mpps[level],
         tile_size_level0=size0,
         read_px=read_px,
+        overlap_px=overlap_px,
+        stride_level0=max(1, round((tile_px - overlap_px) * scale)),
     )
 
 

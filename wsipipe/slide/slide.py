@@ -233,13 +233,17 @@ class Slide:
             out[stripe.row0 : stripe.row1] = np.asarray(small)
         return out, plan.downsample
 
+    def tile_geometry(self, target_mpp: float, tile_px: int, overlap_px: int = 0) -> TileGeometry:
+        """Footprint, stride and read level of ``tile_px`` tiles at ``target_mpp`` here."""
+        check_tile_args(self.path, target_mpp, tile_px)
+        return tile_geometry(
+            self.mpp, self.info.level_downsamples, float(target_mpp), int(tile_px), overlap_px
+        )
+
     def tile_reader(self, target_mpp: float, tile_px: int, *, fast_path: bool = True) -> TileReader:
         """A TileReader for ``tile_px`` px tiles at ``target_mpp`` (fast_path=False forces the
         backend's read_region for every tile)."""
-        check_tile_args(self.path, target_mpp, tile_px)
-        geometry = tile_geometry(
-            self.mpp, self.info.level_downsamples, float(target_mpp), int(tile_px)
-        )
+        geometry = self.tile_geometry(target_mpp, tile_px)
         level_size = self.info.level_dimensions[geometry.level]
         source, reason = None, "disabled"
         if fast_path:

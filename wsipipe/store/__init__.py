@@ -10,7 +10,7 @@ from wsipipe.store.api import create_store, open_store
 from wsipipe.store.base import PatchStore, StoreWriter
 from wsipipe.store.codec import PIXEL_FORMATS, decode_tile, encode_tile
 from wsipipe.store.lookup import (
-    TileSource,
+    SlideSource,
     describe_store,
     find_store,
     list_stores,
@@ -23,9 +23,9 @@ __all__ = [
     "PIXEL_FORMATS",
     "STORE_SUFFIX",
     "PatchStore",
+    "SlideSource",
     "StoreMeta",
     "StoreWriter",
-    "TileSource",
     "create_store",
     "decode_tile",
     "describe_store",

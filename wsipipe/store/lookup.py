@@ -48,7 +48,7 @@ def list_stores(stores_dir: Path) -> list[tuple[str, Path]]:
 
 
 @dataclass(frozen=True)
-class TileSource:
+class SlideSource:
     """Where one slide's tiles come from (picklable; handles open lazily per process).
 
     kind "store": decoded from the patch store; "slide": a coords-only store, tiles read from
@@ -64,12 +64,12 @@ class TileSource:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"TileSource.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(f"SlideSource.kind must be one of {KINDS}, got {self.kind!r}")
         if self.n_tiles < 1:
             raise StoreError(f"{self.path}: slide {self.slide_id} has no tiles; re-run tiling")
 
 
-def describe_store(slide_id: str, path: Path) -> TileSource:
+def describe_store(slide_id: str, path: Path) -> SlideSource:
     """Open the store once (validates it) and describe it; StoreError if unusable."""
     with open_store(path) as store:
         n = len(store)
@@ -80,4 +80,4 @@ def describe_store(slide_id: str, path: Path) -> TileSource:
             f"{path} is a coords-only store but its slide {meta.slide_path} is missing; "
             "restore the slide at that path or re-tile with pixels stored"
         )
-    return TileSource(slide_id, kind, str(path), n, tile_px=int(meta.tile_px))
+    return SlideSource(slide_id, kind, str(path), n, tile_px=int(meta.tile_px))

@@ -53,6 +53,9 @@ class StoreMeta:
     wsipipe_version: str
     config: dict[str, object] = field(hash=False)  # full resolved tiling config (JSON-able)
     level_dim: tuple[int, int] | None = None  # (width, height) of `level`, px; optional
+    # distance between neighbouring tiles' top-lefts, level-0 px (footprint minus overlap);
+    # None in stores written before it was recorded
+    stride_level0: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("slide_id", "slide_path", "wsipipe_version"):
@@ -101,6 +104,8 @@ class StoreMeta:
                 f"store metadata jpeg_quality={self.jpeg_quality!r} must be None when "
                 f"pixels={self.pixels!r}; {_FIX}"
             )
+        if self.stride_level0 is not None:
+            _set(self, "stride_level0", _int("stride_level0", self.stride_level0, minimum=1))
         if self.level_dim is not None:
             dims = _pair("level_dim", self.level_dim, int)
             if min(dims) < 1:
@@ -122,7 +127,7 @@ class StoreMeta:
     def to_attrs(self) -> dict[str, object]:
         """Flat attrs (str, int, float, list) storable in HDF5 and zarr; config as JSON string.
 
-        ``jpeg_quality`` and ``level_dim`` are left out when None.
+        ``jpeg_quality``, ``level_dim`` and ``stride_level0`` are left out when None.
         """
         out: dict[str, object] = {}
         for f in fields(self):
@@ -142,7 +147,7 @@ class StoreMeta:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in attrs:
-                if f.name in ("jpeg_quality", "level_dim"):
+                if f.name in ("jpeg_quality", "level_dim", "stride_level0"):
                     kwargs[f.name] = None
                     continue
                 raise StoreError(

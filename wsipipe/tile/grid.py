@@ -1,9 +1,8 @@
 """The tile grid and per-tile tissue fractions (pure numpy).
 
-Coordinates are level-0 pixels of a tile's top-left corner. A tile of ``tile_px`` output
-pixels at ``target_mpp`` covers ``tile_size_level0 = round(tile_px * target_mpp / slide_mpp)``
-level-0 pixels; neighbouring tiles are ``stride_level0`` apart (the footprint minus the
-overlap). Only tiles that lie entirely inside the slide are laid.
+Coordinates are level-0 pixels of a tile's top-left corner. The footprint and stride come
+from :class:`~wsipipe.slide.levels.TileGeometry` (the one place they are computed). Only
+tiles that lie entirely inside the slide are laid.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsipipe.errors import ConfigError
+from wsipipe.slide.levels import TileGeometry
 
 
 @dataclass(frozen=True)
@@ -26,28 +25,10 @@ class Grid:
         return int(self.coords.shape[0])
 
 
-def tile_grid(
-    width: int,
-    height: int,
-    slide_mpp: float,
-    target_mpp: float,
-    tile_px: int,
-    overlap_px: int = 0,
-    source: str = "slide",
-) -> Grid:
-    """Lay a row-major grid of tiles over a ``width`` x ``height`` level-0 image."""
-    if tile_px <= 0 or overlap_px < 0 or overlap_px >= tile_px:
-        raise ConfigError(
-            f"{source}: need tile_px > 0 and 0 <= overlap_px < tile_px, got "
-            f"tile_px={tile_px} overlap_px={overlap_px}"
-        )
-    if slide_mpp <= 0 or target_mpp <= 0:
-        raise ConfigError(
-            f"{source}: mpp must be positive (slide {slide_mpp}, target {target_mpp})"
-        )
-    scale = target_mpp / slide_mpp  # level-0 px per output px
-    size = max(1, round(tile_px * scale))
-    stride = max(1, round((tile_px - overlap_px) * scale))
+def tile_grid(width: int, height: int, geometry: TileGeometry) -> Grid:
+    """Lay a row-major grid of tiles of ``geometry`` over a ``width`` x ``height`` level-0
+    image (only tiles that lie entirely inside it)."""
+    size, stride = geometry.tile_size_level0, geometry.stride_level0
     xs = np.arange(0, width - size + 1, stride, dtype=np.int64)
     ys = np.arange(0, height - size + 1, stride, dtype=np.int64)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")

@@ -35,6 +35,7 @@ from wsipipe.geometry import (
 )
 from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
 from wsipipe.slide import Slide, open_slide, slide_fingerprint
+from wsipipe.slide.levels import TileGeometry
 from wsipipe.store import STORE_SUFFIX, StoreMeta, create_store, encode_tile
 from wsipipe.tile.config import TileConfig
 from wsipipe.tile.grid import tile_grid, tissue_fractions
@@ -64,8 +65,8 @@ def tile_slide(
             polys = mask_to_polygons(mask, thumb_ds)
 
         info = slide.info
-        grid = tile_grid(info.width, info.height, mpp, cfg.target_mpp, cfg.tile_px,
-                         cfg.overlap_px, source=str(spec.path))  # fmt: skip
+        geometry = slide.tile_geometry(cfg.target_mpp, cfg.tile_px, cfg.overlap_px)
+        grid = tile_grid(info.width, info.height, geometry)
         frac = tissue_fractions(grid.coords, grid.tile_size_level0, mask, thumb_ds)
         keep = frac >= max(cfg.min_tissue, 1e-6)
         coords, frac = grid.coords[keep], frac[keep]
@@ -78,7 +79,7 @@ def tile_slide(
             )
 
         reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px)
-        meta = _store_meta(spec, cfg, slide, reader)
+        meta = _store_meta(spec, cfg, slide, geometry)
         store_rel = f"stores/{spec.slide_id}{STORE_SUFFIX[cfg.format]}"
         store_tmp = tmp_dir / Path(store_rel).name
         n_reused = 0
@@ -163,9 +164,12 @@ def _tissue_geojson_path(directory: str, spec: SlideInput) -> Path:
     )
 
 
-def _store_meta(spec: SlideInput, cfg: TileConfig, slide: Slide, reader: Any) -> StoreMeta:
+def _store_meta(
+    spec: SlideInput, cfg: TileConfig, slide: Slide, geometry: TileGeometry
+) -> StoreMeta:
     fp = slide_fingerprint(spec.path)
     mpp = slide.mpp
+    level_w, level_h = slide.info.level_dimensions[geometry.level]
     return StoreMeta(
         slide_id=spec.slide_id,
         slide_path=str(Path(spec.path).resolve()),
@@ -176,12 +180,13 @@ def _store_meta(spec: SlideInput, cfg: TileConfig, slide: Slide, reader: Any) ->
         mpp_source=slide.mpp_source,
         target_mpp=cfg.target_mpp,
         tile_px=cfg.tile_px,
-        level=reader.level,
-        downsample=float(reader.downsample),
-        read_px=int(reader.read_px),
-        tile_size_level0=int(reader.tile_size_level0),
+        level=geometry.level,
+        downsample=float(geometry.downsample),
+        read_px=int(geometry.read_px),
+        tile_size_level0=int(geometry.tile_size_level0),
+        stride_level0=int(geometry.stride_level0),
         overlap_px=cfg.overlap_px,
-        level_dim=tuple(slide.info.level_dimensions[reader.level]),
+        level_dim=(int(level_w), int(level_h)),
         pixels=cfg.pixels,
         jpeg_quality=cfg.jpeg_quality if cfg.pixels == "jpeg" else None,
         wsipipe_version=__version__,

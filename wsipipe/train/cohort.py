@@ -19,7 +19,7 @@ from wsipipe.labels.table import (
     read_labels_csv,
     training_splits,
 )
-from wsipipe.store import TileSource, describe_store, find_store, list_stores, resolve_stores_dir
+from wsipipe.store import SlideSource, describe_store, find_store, list_stores, resolve_stores_dir
 from wsipipe.train.config import TrainConfig
 from wsipipe.train.data import check_tile_sizes
 
@@ -29,7 +29,7 @@ class Cohort:
     """Slides of a run: ``specs`` (train slides first, then validation slides)."""
 
     classes: tuple[str, ...]
-    specs: list[TileSource]
+    specs: list[SlideSource]
     labels: np.ndarray  # (len(specs),) class index per spec, -1 = unlabeled
     train: list[int]  # positions into specs
     val: list[int]
@@ -38,7 +38,7 @@ class Cohort:
 
 def _specs_for(
     table: LabelTable, records: Sequence[SlideRecord], stores_dir: Path
-) -> list[TileSource]:
+) -> list[SlideSource]:
     found = check_cohort(
         table, records, lambda sid: describe_store(sid, find_store(stores_dir, sid))
     )
@@ -77,7 +77,7 @@ def load_eval_slides(
     classes: Sequence[str],
     cfg: TrainConfig,
     store_paths: Sequence[str] = (),
-) -> tuple[list[TileSource], np.ndarray, Path | None]:
+) -> tuple[list[SlideSource], np.ndarray, Path | None]:
     """Slides for ``wsipipe predict``: explicit store paths, or the rows of ``split`` in a
     labels CSV, or (no CSV) every store of the directory. Returns (specs, labels, stores_dir);
     labels are -1 where unknown."""

@@ -27,10 +27,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsipipe.errors import ConfigError, StoreError, WsipipeError
-from wsipipe.store.lookup import TileSource
+from wsipipe.store.lookup import SlideSource
 
 
-def check_tile_sizes(specs: Sequence[TileSource], input_px: int, source: str) -> None:
+def check_tile_sizes(specs: Sequence[SlideSource], input_px: int, source: str) -> None:
     """Slides batched together must share a tile size unless ``input_px`` resizes them."""
     sizes = sorted({s.tile_px for s in specs if s.kind != "features"})
     if len(sizes) > 1 and not input_px:
@@ -57,8 +57,8 @@ def to_chw(tiles: np.ndarray, input_px: int = 0) -> Tensor:
     return t
 
 
-class _StoreSource:
-    def __init__(self, spec: TileSource) -> None:
+class _StoreReader:
+    def __init__(self, spec: SlideSource) -> None:
         from wsipipe.store import open_store
 
         self.store = open_store(spec.path)
@@ -70,10 +70,10 @@ class _StoreSource:
         self.store.close()
 
 
-class _SlideSource:
+class _SlideReader:
     """Coords-only store: tiles come from the slide at the stored geometry."""
 
-    def __init__(self, spec: TileSource) -> None:
+    def __init__(self, spec: SlideSource) -> None:
         from wsipipe.slide import open_slide
         from wsipipe.store import open_store
 
@@ -101,8 +101,8 @@ class _SlideSource:
         self.slide.close()
 
 
-class _FeatureSource:
-    def __init__(self, spec: TileSource) -> None:
+class _FeatureReader:
+    def __init__(self, spec: SlideSource) -> None:
         self.arr = np.load(spec.path, mmap_mode="r")  # (N, F) float16/float32
 
     def read(self, idx: np.ndarray) -> np.ndarray:
@@ -119,11 +119,11 @@ class SourceCache:
         self.size = size
         self._open: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, spec: TileSource) -> Any:
+    def get(self, spec: SlideSource) -> Any:
         key = f"{spec.kind}:{spec.path}"
         src = self._open.get(key)
         if src is None:
-            cls = {"store": _StoreSource, "slide": _SlideSource, "features": _FeatureSource}
+            cls = {"store": _StoreReader, "slide": _SlideReader, "features": _FeatureReader}
             src = cls[spec.kind](spec)
             self._open[key] = src
             while len(self._open) > self.size:
@@ -133,7 +133,7 @@ class SourceCache:
             self._open.move_to_end(key)
         return src
 
-    def read(self, spec: TileSource, idx: np.ndarray, input_px: int = 0) -> Tensor:
+    def read(self, spec: SlideSource, idx: np.ndarray, input_px: int = 0) -> Tensor:
         """Tiles ``idx`` of the slide: (k, 3, H, W) uint8 or (k, F) features."""
         data = self.get(spec).read(np.asarray(idx, dtype=np.int64))
         if spec.kind == "features":
@@ -188,7 +188,7 @@ def scan_indices(
 
 def plan_chunks(
     slides: Sequence[int],
-    specs: Sequence[TileSource],
+    specs: Sequence[SlideSource],
     chunk_size: int,
     drop_ratio: float = 0.0,
     shuffle: bool = False,
@@ -221,7 +221,7 @@ class PlanSampler(Sampler[ChunkRequest]):
 class ChunkDataset(Dataset[SlideChunk]):
     """Map-style dataset keyed by :class:`ChunkRequest`; runs in the loader's workers."""
 
-    def __init__(self, specs: Sequence[TileSource], input_px: int = 0) -> None:
+    def __init__(self, specs: Sequence[SlideSource], input_px: int = 0) -> None:
         self.specs = list(specs)
         self.input_px = input_px
         self.cache = SourceCache()
@@ -351,11 +351,11 @@ class TileFetcher:
         self.pin = pin
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsipipe-fetch")
 
-    def _read(self, spec: TileSource, idx: np.ndarray) -> Tensor:
+    def _read(self, spec: SlideSource, idx: np.ndarray) -> Tensor:
         t = self.cache.read(spec, idx, self.input_px)
         return t.pin_memory() if self.pin else t
 
-    def submit(self, spec: TileSource, idx: np.ndarray) -> Future[Tensor]:
+    def submit(self, spec: SlideSource, idx: np.ndarray) -> Future[Tensor]:
         return self._pool.submit(self._read, spec, np.asarray(idx, dtype=np.int64))
 
     def close(self) -> None:
@@ -374,7 +374,7 @@ class ChunkPipeline:
 
     def __init__(
         self,
-        sources: Sequence[TileSource],
+        sources: Sequence[SlideSource],
         input_px: int,
         workers: int,
         prefetch: int,

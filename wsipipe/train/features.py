@@ -23,7 +23,7 @@ import torch
 
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_path, atomic_write_text, check_slide_id
-from wsipipe.store import TileSource
+from wsipipe.store import SlideSource
 from wsipipe.train.config import TrainConfig
 from wsipipe.train.data import ChunkPipeline
 from wsipipe.train.distributed import DistInfo, barrier, broadcast_object
@@ -50,7 +50,7 @@ def features_dir_for(stores_dir: Path | None, cfg: TrainConfig) -> Path:
     return default_features_dir(stores_dir, cfg)
 
 
-def _record(cfg: TrainConfig, spec: TileSource) -> dict[str, Any]:
+def _record(cfg: TrainConfig, spec: SlideSource) -> dict[str, Any]:
     return {
         "encoder": cfg.encoder,
         "pretrained": cfg.pretrained,
@@ -60,7 +60,7 @@ def _record(cfg: TrainConfig, spec: TileSource) -> dict[str, Any]:
     }
 
 
-def cached_spec(fdir: Path, spec: TileSource, cfg: TrainConfig) -> TileSource | None:
+def cached_spec(fdir: Path, spec: SlideSource, cfg: TrainConfig) -> SlideSource | None:
     """The features spec of ``spec`` if its cache is complete and current, else None."""
     sid = check_slide_id(spec.slide_id)
     npy, rec = fdir / f"{sid}.npy", fdir / f"{sid}.json"
@@ -71,18 +71,18 @@ def cached_spec(fdir: Path, spec: TileSource, cfg: TrainConfig) -> TileSource | 
     want = _record(cfg, spec)
     if any(info.get(k) != v for k, v in want.items() if k != "store") or not npy.exists():
         return None
-    return TileSource(sid, "features", str(npy), spec.n_tiles, feature_dim=int(info["dim"]))
+    return SlideSource(sid, "features", str(npy), spec.n_tiles, feature_dim=int(info["dim"]))
 
 
 def _embed_one(
     encoder: torch.nn.Module,
     chunks: Any,
-    spec: TileSource,
+    spec: SlideSource,
     fdir: Path,
     cfg: TrainConfig,
     device: torch.device,
     amp: torch.dtype | None,
-) -> TileSource:
+) -> SlideSource:
     sid = spec.slide_id
     arr: np.memmap | None = None
     with atomic_path(fdir / f"{sid}.npy") as tmp:
@@ -100,18 +100,18 @@ def _embed_one(
         arr.flush()
         del arr
     atomic_write_text(fdir / f"{sid}.json", json.dumps({**_record(cfg, spec), "dim": dim}))
-    return TileSource(sid, "features", str(fdir / f"{sid}.npy"), spec.n_tiles, feature_dim=dim)
+    return SlideSource(sid, "features", str(fdir / f"{sid}.npy"), spec.n_tiles, feature_dim=dim)
 
 
 def embed_specs(
-    specs: Sequence[TileSource],
+    specs: Sequence[SlideSource],
     fdir: Path,
     cfg: TrainConfig,
     device: torch.device,
     amp: torch.dtype | None,
     dist: DistInfo,
     on_slide: Callable[[str], None] | None = None,
-) -> list[TileSource]:
+) -> list[SlideSource]:
     """Features specs for ``specs``; missing / stale caches are computed first (slides
     sharded over ranks, then a barrier)."""
     from wsipipe.models import create_encoder

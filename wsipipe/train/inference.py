@@ -29,7 +29,7 @@ from torch import Tensor
 
 from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
-from wsipipe.store import TileSource
+from wsipipe.store import SlideSource
 from wsipipe.train.checkpoint import load_checkpoint
 from wsipipe.train.config import TrainConfig
 from wsipipe.train.data import ChunkPipeline, ChunkStream, check_tile_sizes
@@ -128,7 +128,7 @@ def load_model(
 
 def open_pipeline(
     cfg: TrainConfig,
-    sources: Sequence[TileSource],
+    sources: Sequence[SlideSource],
     stores_dir: Path | None,
     device: torch.device,
     dist: DistInfo | None = None,
