@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from wsipipe import __version__
+from wsipipe.cli_config import config_options
 from wsipipe.errors import WsipipeError
+from wsipipe.tile.config import TileConfig
 
 app = typer.Typer(
     name="wsipipe",
@@ -132,6 +134,7 @@ def synth(
 
 
 @app.command()
+@config_options(TileConfig)
 def tile(
     slides: Annotated[
         list[str],
@@ -139,54 +142,24 @@ def tile(
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
     config: Annotated[Path | None, typer.Option(help="YAML with TileConfig fields.")] = None,
-    target_mpp: Annotated[float | None, typer.Option(help="Tile resolution, um/px [0.5].")] = None,
-    tile_px: Annotated[int | None, typer.Option(help="Tile size in px [256].")] = None,
-    overlap_px: Annotated[int | None, typer.Option(help="Overlap in px [0].")] = None,
-    min_tissue: Annotated[float | None, typer.Option(help="Min tissue fraction [0.5].")] = None,
-    store_format: Annotated[str | None, typer.Option("--format", help="h5 | zarr [h5].")] = None,
-    pixels: Annotated[str | None, typer.Option(help="jpeg | png | none [jpeg].")] = None,
     coords_only: Annotated[
         bool, typer.Option("--coords-only", help="Store coordinates only (= --pixels none).")
     ] = False,
-    jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality [90].")] = None,
-    reuse_jpeg: Annotated[
-        bool | None,
-        typer.Option(
-            "--reuse-jpeg/--no-reuse-jpeg",
-            help="Copy the slide's own JPEG when a tile is one stored tile [yes].",
-        ),
-    ] = None,
-    reader: Annotated[
-        str | None, typer.Option(help="auto | openslide | tiffslide | wsidicom [auto].")
-    ] = None,
-    mpp: Annotated[
-        float | None,
-        typer.Option(help="Level-0 mpp for slides that record none (CSV `mpp` overrides)."),
-    ] = None,
-    tissue_geojson_dir: Annotated[
-        Path | None, typer.Option(help="Folder of <slide_id>.geojson tissue polygons to use.")
-    ] = None,
-    thumb_mpp: Annotated[float | None, typer.Option(help="Segmentation um/px [8].")] = None,
     workers: Annotated[int, typer.Option(help="Slides processed in parallel.")] = 1,
     threads: Annotated[int, typer.Option(help="Threads per slide for decode/encode.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Redo slides that are already done.")] = False,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Segment tissue and tile slides into one patch store per slide."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wsipipe.config import build_config, load_yaml
-    from wsipipe.tile import TileConfig, resolve_slides
+    from wsipipe.tile import resolve_slides
     from wsipipe.tile.run import tile_slides
 
-    overrides: dict[str, Any] = {
-        "target_mpp": target_mpp, "tile_px": tile_px, "overlap_px": overlap_px,
-        "min_tissue": min_tissue, "format": store_format,
-        "pixels": "none" if coords_only else pixels, "jpeg_quality": jpeg_quality,
-        "reuse_jpeg": reuse_jpeg,
-        "reader": reader, "mpp": mpp,
-        "tissue_geojson_dir": str(tissue_geojson_dir) if tissue_geojson_dir else None,
-        "tissue.thumb_mpp": thumb_mpp,
-    }  # fmt: skip
+    if coords_only:
+        overrides["pixels"] = "none"
     yaml_data = load_yaml(config) if config else None
     cfg = build_config(TileConfig, yaml_data, overrides, source=str(config or "options"))
     specs = resolve_slides(slides)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -24,6 +25,19 @@ from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write_text
 
 T = TypeVar("T")
+
+#: Autocast precision of the encoder; auto = bf16 on CUDA, fp32 on CPU.
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: str, stage: str) -> None:
+    """``device`` is auto, cpu, cuda or cuda:N, else a ConfigError naming the option."""
+    if not _DEVICE_RE.match(device):
+        raise ConfigError(
+            f"{stage} config: `device` = {device!r} must be auto, cpu, cuda or cuda:N; fix "
+            "--device or the YAML"
+        )
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

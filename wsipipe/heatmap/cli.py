@@ -1,4 +1,4 @@
-"""``wsipipe heatmap``: the command (registered by the lead as ``app.command("heatmap")``)."""
+"""``wsipipe heatmap``: the command; its options are the fields of :class:`HeatmapConfig`."""
 
 from __future__ import annotations
 
@@ -7,85 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from wsipipe.cli_options import DeviceOpt, PrecisionOpt, WorkersOpt
+from wsipipe.cli_config import config_options
+from wsipipe.heatmap.config import HeatmapConfig
 
 Opt = typer.Option
 
 
+@config_options(HeatmapConfig)
 def heatmap_command(
-    checkpoint: Annotated[
-        str | None, Opt(help="Trained checkpoint (a `wsipipe train` run's checkpoints/best.pt).")
-    ] = None,
-    stores: Annotated[
-        str | None, Opt(help="`wsipipe tile --out` directory (or its stores/ folder).")
-    ] = None,
-    out: Annotated[str | None, Opt("--out", help="Output folder [heatmaps].")] = None,
-    slides: Annotated[
-        list[str] | None,
-        Opt("--slides", help="Slide id(s) to map, repeatable or comma-separated [all stores]."),
-    ] = None,
-    annotations: Annotated[
-        str | None,
-        Opt(
-            help="Folder of <slide_id>.xml (ASAP) / .geojson (QuPath) tumour annotations: "
-            "evaluate attention against them."
-        ),
-    ] = None,
-    tissue_dir: Annotated[
-        str | None, Opt(help="Folder of <slide_id>.geojson tissue polygons [<tile out>/tissue].")
-    ] = None,
-    features_dir: Annotated[
-        str | None,
-        Opt(
-            help="Features-mode checkpoints: feature cache to use and extend [the training "
-            "run's, by default <tile out>/features/]."
-        ),
-    ] = None,
     config: Annotated[Path | None, Opt(help="YAML file with HeatmapConfig fields.")] = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    workers: WorkersOpt = None,
-    threads: Annotated[int | None, Opt(help="Threads writing each slide's outputs [4].")] = None,
-    chunk: Annotated[
-        int | None, Opt(help="Tiles encoded per step [0 = the checkpoint's I].")
-    ] = None,
-    normalise: Annotated[
-        str | None, Opt(help="Score -> colour: rank | percentile | minmax [rank].")
-    ] = None,
-    percentile_low: Annotated[
-        float | None, Opt(help="With --normalise percentile: low clip percentile [1].")
-    ] = None,
-    percentile_high: Annotated[
-        float | None, Opt(help="With --normalise percentile: high clip percentile [99].")
-    ] = None,
-    colormap: Annotated[str | None, Opt(help="jet | viridis | inferno | gray [jet].")] = None,
-    alpha: Annotated[float | None, Opt(help="Overlay opacity over tissue [0.5].")] = None,
-    smooth_um: Annotated[
-        float | None, Opt(help="Gaussian smoothing sigma in um [0 = tile squares].")
-    ] = None,
-    overlay_mpp: Annotated[float | None, Opt(help="Overlay PNG resolution, um/px [8].")] = None,
-    overlay_min_px: Annotated[
-        int | None, Opt(help="Refine the overlay to at least this longest side [1024].")
-    ] = None,
-    overlay_max_px: Annotated[
-        int | None, Opt(help="Coarsen the overlay to at most this longest side [4096].")
-    ] = None,
-    top_k: Annotated[
-        int | None, Opt(help="Top tiles outlined, in the gallery and evaluated [10].")
-    ] = None,
-    gallery_px: Annotated[int | None, Opt(help="Gallery cell size, px [192].")] = None,
-    pyramid: Annotated[
-        bool | None, Opt("--pyramid/--no-pyramid", help="Write the pyramidal TIFF [yes].")
-    ] = None,
-    pyramid_mpp: Annotated[float | None, Opt(help="Pyramidal TIFF resolution, um/px [4].")] = None,
-    pyramid_compression: Annotated[str | None, Opt(help="deflate | jpeg | none [deflate].")] = None,
-    geojson: Annotated[
-        bool | None, Opt("--geojson/--no-geojson", help="Write the tile GeoJSON [yes].")
-    ] = None,
-    tumour_threshold: Annotated[
-        float | None, Opt(help="Annotated fraction that makes a tile tumour [0.5].")
-    ] = None,
     overwrite: Annotated[bool, Opt(help="Redo slides that are already done.")] = False,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Map a trained model's attention back onto the slides: overlay PNG, pyramidal TIFF,
     QuPath GeoJSON, top-tile gallery, score tables, predictions (and evaluation)."""
@@ -93,23 +26,8 @@ def heatmap_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wsipipe.config import build_config, load_yaml
-    from wsipipe.heatmap.config import HeatmapConfig
     from wsipipe.heatmap.run import run_heatmaps
 
-    ids = [s.strip() for item in (slides or []) for s in item.split(",") if s.strip()]
-    overrides: dict[str, Any] = {
-        "checkpoint": checkpoint, "stores": stores, "out": out,
-        "slides": ids or None, "annotations": annotations, "tissue_dir": tissue_dir,
-        "features_dir": features_dir,
-        "device": device, "precision": precision, "workers": workers, "threads": threads,
-        "chunk": chunk, "normalise": normalise, "colormap": colormap, "alpha": alpha,
-        "smooth_um": smooth_um, "overlay_mpp": overlay_mpp, "top_k": top_k, "pyramid": pyramid,
-        "pyramid_mpp": pyramid_mpp, "pyramid_compression": pyramid_compression,
-        "geojson": geojson, "tumour_threshold": tumour_threshold,
-        "percentile_low": percentile_low, "percentile_high": percentile_high,
-        "overlay_min_px": overlay_min_px, "overlay_max_px": overlay_max_px,
-        "gallery_px": gallery_px,
-    }  # fmt: skip
     yaml_data = load_yaml(config) if config else None
     cfg = build_config(HeatmapConfig, yaml_data, overrides, source=str(config or "options"))
     console = Console(stderr=True)

@@ -9,18 +9,17 @@ be changed here.
 from __future__ import annotations
 
 import math
-import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from wsipipe.cli_config import opt
+from wsipipe.config import Precision, check_device
 from wsipipe.errors import ConfigError
-from wsipipe.heatmap.render import COLORMAPS, NORMALISATIONS
 
 Normalise = Literal["rank", "percentile", "minmax"]
+Colormap = Literal["jet", "viridis", "inferno", "gray"]
 Compression = Literal["deflate", "jpeg", "none"]
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -28,45 +27,51 @@ class HeatmapConfig:
     """Settings of one ``wsipipe heatmap`` run (units in the comments)."""
 
     # ---- inputs / outputs -------------------------------------------------------------
-    checkpoint: str = ""  # a training run's checkpoints/best.pt (or last.pt)
-    stores: str = ""  # `wsipipe tile --out` directory (or its stores/ subdirectory)
-    out: str = "heatmaps"  # output directory
-    slides: tuple[str, ...] = ()  # slide ids to map; () = every store in --stores
-    annotations: str = ""  # folder of <slide_id>.xml (ASAP) / .geojson / .json (QuPath)
-    tissue_dir: str = ""  # folder of <slide_id>.geojson tissue polygons; "" = <tile out>/tissue
-    # features-mode checkpoints: the feature cache to read (and extend with slides the training
-    # did not embed); "" = the checkpoint's own setting (default: <tile out>/features/...)
-    features_dir: str = ""
+    checkpoint: str = opt("", "Trained checkpoint (a `wsipipe train` run's checkpoints/best.pt)")
+    stores: str = opt("", "`wsipipe tile --out` directory (or its stores/ folder)")
+    out: str = opt("heatmaps", "Output folder")
+    slides: tuple[str, ...] = opt((), "Slide ids to map", shown="all stores")
+    annotations: str = opt(
+        "", "Folder of <slide_id>.xml (ASAP) / .geojson (QuPath) tumour annotations: "
+        "evaluate the attention against them"
+    )  # fmt: skip
+    tissue_dir: str = opt(
+        "", "Folder of <slide_id>.geojson tissue polygons", shown="<tile out>/tissue"
+    )
+    features_dir: str = opt(
+        "", "Features-mode checkpoints: the feature cache to read and extend with slides the "
+        "training did not embed", shown="the training run's"
+    )  # fmt: skip
     # ---- scoring (runtime; the model comes from the checkpoint) ---------------------------
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Precision = "auto"  # encoder autocast; auto = bf16 on CUDA, fp32 on CPU
-    workers: int = 2  # DataLoader processes reading/decoding tiles
-    chunk: int = 0  # tiles encoded per step; 0 = the checkpoint's I
-    threads: int = 4  # threads writing a slide's outputs (overlay, pyramid, GeoJSON, ...)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N (auto = cuda if present)")
+    precision: Precision = opt("auto", "Encoder autocast (auto = bf16 on CUDA, fp32 on CPU)")
+    workers: int = opt(2, "Tile-decoding loader processes (0 = decode in the main process)")
+    chunk: int = opt(0, "Tiles encoded per step (0 = the checkpoint's I)")
+    threads: int = opt(4, "Threads writing each slide's outputs")
     # ---- rendering ----------------------------------------------------------------------
-    normalise: Normalise = "rank"  # score -> colour: rank | percentile | minmax
-    percentile_low: float = 1.0  # with normalise=percentile: clip range (percent)
-    percentile_high: float = 99.0
-    colormap: str = "jet"  # jet | viridis | inferno | gray
-    alpha: float = 0.5  # overlay opacity of the colour map over tissue
-    smooth_um: float = 0.0  # Gaussian smoothing sigma (um); 0 = exact tile squares
-    overlay_mpp: float = 8.0  # overlay PNG resolution (um/px) ...
-    overlay_min_px: int = 1024  # ... refined so that its longest side is >= this ...
-    overlay_max_px: int = 4096  # ... and coarsened so that it is <= this
-    top_k: int = 10  # tiles outlined on the overlay, shown in the gallery, and evaluated
-    gallery_px: int = 192  # gallery cell size (px)
-    pyramid: bool = True  # write the pyramidal TIFF
-    pyramid_mpp: float = 4.0  # heatmap TIFF resolution (um/px), rounded to an integer downsample
-    pyramid_compression: Compression = "deflate"
-    geojson: bool = True  # write the tile GeoJSON
+    normalise: Normalise = opt("rank", "Score -> colour")
+    percentile_low: float = opt(1.0, "With --normalise percentile: low clip percentile")
+    percentile_high: float = opt(99.0, "With --normalise percentile: high clip percentile")
+    colormap: Colormap = opt("jet", "Colour map")
+    alpha: float = opt(0.5, "Overlay opacity over tissue")
+    smooth_um: float = opt(0.0, "Gaussian smoothing sigma, um (0 = exact tile squares)")
+    overlay_mpp: float = opt(8.0, "Overlay PNG resolution, um/px ...")
+    overlay_min_px: int = opt(1024, "... refined so that its longest side is at least this ...")
+    overlay_max_px: int = opt(4096, "... and coarsened so that it is at most this")
+    top_k: int = opt(10, "Top tiles outlined, shown in the gallery and evaluated")
+    gallery_px: int = opt(192, "Gallery cell size, px")
+    pyramid: bool = opt(True, "Write the pyramidal TIFF")
+    pyramid_mpp: float = opt(4.0, "Pyramidal TIFF resolution, um/px (an integer downsample)")
+    pyramid_compression: Compression = opt("deflate", "Pyramidal TIFF tile compression")
+    geojson: bool = opt(True, "Write the tile GeoJSON")
     # ---- evaluation ---------------------------------------------------------------------
-    tumour_threshold: float = 0.5  # a tile is tumour when >= this fraction of it is annotated
+    tumour_threshold: float = opt(0.5, "A tile is tumour when at least this fraction is annotated")
 
     def __post_init__(self) -> None:
-        if self.normalise not in NORMALISATIONS:
-            _bad("normalise", self.normalise, f"must be one of {', '.join(NORMALISATIONS)}")
-        if self.colormap not in COLORMAPS:
-            _bad("colormap", self.colormap, f"must be one of {', '.join(COLORMAPS)}")
+        for name, kind in (("normalise", Normalise), ("colormap", Colormap)):
+            choices = typing.get_args(kind)
+            if getattr(self, name) not in choices:
+                _bad(name, getattr(self, name), f"must be one of {', '.join(choices)}")
         if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
             _bad(
                 "percentile_low",
@@ -99,8 +104,7 @@ class HeatmapConfig:
             _bad("chunk", self.chunk, "must be >= 0 (0 = the checkpoint's I)")
         if not 0.0 < self.tumour_threshold <= 1.0:
             _bad("tumour_threshold", self.tumour_threshold, "must be in (0, 1]")
-        if not _DEVICE_RE.match(self.device):
-            _bad("device", self.device, "must be auto, cpu, cuda or cuda:N")
+        check_device(self.device, "heatmap")
         if self.pyramid_compression not in ("deflate", "jpeg", "none"):
             _bad("pyramid_compression", self.pyramid_compression, "must be deflate, jpeg or none")
 

@@ -1,11 +1,73 @@
-"""``TileConfig``: everything that determines a slide's tiling outputs."""
+"""``TileConfig`` (with ``TissueConfig``): everything that determines a slide's tiling outputs.
+
+Plain dataclasses, no heavy imports: the CLI builds its options from them at start-up."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, fields
+from typing import Literal
 
+from wsipipe.cli_config import opt
 from wsipipe.errors import ConfigError
-from wsipipe.tile.tissue import TissueConfig
+
+
+@dataclass(frozen=True)
+class TissueConfig:
+    """Tissue-segmentation settings; lengths in um, areas in um^2, colours in [0, 1]."""
+
+    thumb_mpp: float = opt(8.0, "Segmentation thumbnail resolution, um/px (2..64)",
+                           flag="--thumb-mpp")  # fmt: skip
+    min_tissue_area_um2: float = opt(
+        10_000.0, "Tissue objects smaller than this (um^2) are dropped"
+    )
+    max_hole_area_um2: float = opt(5_000.0, "Holes smaller than this (um^2) are filled")
+    closing_um: float = opt(16.0, "Morphological closing radius, um")
+    median_um: float = opt(24.0, "Median blur window, um (odd px size >= 3)")
+    min_saturation: float = opt(0.05, "Floor on the Otsu threshold (HSV saturation, 0..1)")
+    remove_pen: bool = opt(True, "Detect pen ink (blue, green, black, red) and remove it")
+    max_threshold: float = opt(0.08, "Ceiling on the Otsu threshold, so pale tissue stays tissue")
+    dark_value: float = opt(0.45, "Unsaturated pixels darker than this HSV value are tissue")
+    pen_window_um: float = opt(24.0, "Window of the ink-colour majority vote, um")
+    pen_density: float = opt(0.5, "Fraction of ink-coloured pixels in that window that is pen")
+    min_pen_area_um2: float = opt(5_000.0, "Pen objects smaller than this (um^2) are ignored")
+    pen_dilate_um: float = opt(24.0, "Pen mask grown by this (um) before it leaves the tissue")
+    pen_halo_um: float = opt(100.0, "Tissue pieces lying entirely this close (um) to pen go")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "remove_pen":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"tissue.remove_pen={value!r} must be true or false")
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"tissue.{f.name}={value!r} must be a finite number")
+        if not 2.0 <= self.thumb_mpp <= 64.0:
+            raise ConfigError(f"tissue.thumb_mpp={self.thumb_mpp} is outside 2..64 um/px")
+        nonneg = (
+            "min_tissue_area_um2",
+            "max_hole_area_um2",
+            "closing_um",
+            "median_um",
+            "pen_window_um",
+            "min_pen_area_um2",
+            "pen_dilate_um",
+            "pen_halo_um",
+        )
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"tissue.{name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= self.min_saturation <= self.max_threshold <= 1.0:
+            raise ConfigError(
+                f"tissue.min_saturation={self.min_saturation}, max_threshold="
+                f"{self.max_threshold}: need 0 <= min_saturation <= max_threshold <= 1"
+            )
+        if not 0.0 < self.pen_density <= 1.0:
+            raise ConfigError(f"tissue.pen_density={self.pen_density} must be in (0, 1]")
+        if not 0.0 <= self.dark_value <= 1.0:
+            raise ConfigError(f"tissue.dark_value={self.dark_value} must be in 0..1 (0 = off)")
+
 
 STORE_FORMATS = ("h5", "zarr")
 PIXEL_MODES = ("jpeg", "png", "none")
@@ -20,22 +82,27 @@ class TileConfig:
     so its hash tells whether an existing store is still valid for the current settings.
     """
 
-    target_mpp: float = 0.5  # microns per pixel of the stored tiles
-    tile_px: int = 256  # stored tile size in px
-    overlap_px: int = 0  # overlap between neighbouring tiles, in output px
-    min_tissue: float = 0.5  # minimum tissue fraction of a tile's footprint to keep it
-    format: str = (
-        "h5"  # "h5" (default: meets the read-speed target, CLAM/TRIDENT compatible) | "zarr"
+    target_mpp: float = opt(0.5, "Resolution of the stored tiles, um/px")
+    tile_px: int = opt(256, "Stored tile size, px")
+    overlap_px: int = opt(0, "Overlap between neighbouring tiles, in output px")
+    min_tissue: float = opt(0.5, "Minimum tissue fraction of a tile's footprint to keep it")
+    # h5 meets the read-speed target and is CLAM/TRIDENT compatible
+    format: Literal["h5", "zarr"] = opt("h5", "Store format")
+    pixels: Literal["jpeg", "png", "none"] = opt(
+        "jpeg", "Tile pixels: jpeg, png (lossless) or none (coords only, read the slide later)"
     )
-    pixels: str = (
-        "jpeg"  # "jpeg" | "png" (lossless) | "none" (coords-only: read slide at train time)
+    jpeg_quality: int = opt(90, "JPEG quality of re-encoded tiles")
+    reuse_jpeg: bool = opt(True, "Copy the slide's own JPEG when a tile is one stored tile")
+    reader: Literal["auto", "openslide", "tiffslide", "wsidicom"] = opt(
+        "auto", "Slide reader; auto tries OpenSlide, then tiffslide / wsidicom"
     )
-    jpeg_quality: int = 90
-    reuse_jpeg: bool = True  # copy the slide's own JPEG tile when it is exactly one output tile
-    reader: str = "auto"  # "auto" (OpenSlide, then tiffslide / wsidicom) or one of them
-    mpp: float | None = None  # level-0 mpp for slides that record none (CSV `mpp` overrides)
-    tissue_geojson_dir: str | None = None  # use <dir>/<slide_id>.geojson instead of segmenting
-    tissue: TissueConfig = field(default_factory=TissueConfig)
+    mpp: float | None = opt(
+        None, "Level-0 mpp for slides that record none (a slides CSV `mpp` column overrides)"
+    )
+    tissue_geojson_dir: str | None = opt(
+        None, "Folder of <slide_id>.geojson tissue polygons to use instead of segmenting"
+    )
+    tissue: TissueConfig = opt(factory=TissueConfig)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.target_mpp <= 64:

@@ -35,7 +35,7 @@ Morphology uses Euclidean discs: a footprint up to 5 px radius, a distance trans
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -43,63 +43,10 @@ from skimage.filters import rank, threshold_otsu
 
 from wsipipe.errors import ConfigError
 from wsipipe.slide.backends import to_rgb
+from wsipipe.tile.config import TissueConfig
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity for tissue / pen objects
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity for holes (dual of 8)
-
-
-@dataclass(frozen=True)
-class TissueConfig:
-    """Tissue-segmentation settings; lengths in um, areas in um^2, colours in [0, 1]."""
-
-    thumb_mpp: float = 8.0  # segmentation thumbnail resolution (um/px), valid 2..64
-    min_tissue_area_um2: float = 10_000.0  # tissue objects smaller than this are dropped
-    max_hole_area_um2: float = 5_000.0  # holes smaller than this are filled
-    closing_um: float = 16.0  # morphological closing radius, in um
-    median_um: float = 24.0  # median blur window in um (odd px size >= 3)
-    min_saturation: float = 0.05  # floor on the Otsu threshold (HSV saturation in [0, 1])
-    remove_pen: bool = True
-    max_threshold: float = 0.08  # ceiling on the Otsu threshold, so pale tissue stays tissue
-    dark_value: float = 0.45  # unsaturated pixels darker than this (HSV value) are tissue
-    pen_window_um: float = 24.0  # window of the ink-colour majority vote (see detect_pen)
-    pen_density: float = 0.5  # fraction of ink-coloured pixels in that window to call it pen
-    min_pen_area_um2: float = 5_000.0  # pen objects smaller than this are ignored
-    pen_dilate_um: float = 24.0  # pen mask grown by this before it is removed from tissue
-    pen_halo_um: float = 100.0  # tissue pieces lying entirely this close to pen are dropped
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "remove_pen":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"tissue.remove_pen={value!r} must be true or false")
-                continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"tissue.{f.name}={value!r} must be a finite number")
-        if not 2.0 <= self.thumb_mpp <= 64.0:
-            raise ConfigError(f"tissue.thumb_mpp={self.thumb_mpp} is outside 2..64 um/px")
-        nonneg = (
-            "min_tissue_area_um2",
-            "max_hole_area_um2",
-            "closing_um",
-            "median_um",
-            "pen_window_um",
-            "min_pen_area_um2",
-            "pen_dilate_um",
-            "pen_halo_um",
-        )
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"tissue.{name}={getattr(self, name)} must be >= 0")
-        if not 0.0 <= self.min_saturation <= self.max_threshold <= 1.0:
-            raise ConfigError(
-                f"tissue.min_saturation={self.min_saturation}, max_threshold="
-                f"{self.max_threshold}: need 0 <= min_saturation <= max_threshold <= 1"
-            )
-        if not 0.0 < self.pen_density <= 1.0:
-            raise ConfigError(f"tissue.pen_density={self.pen_density} must be in (0, 1]")
-        if not 0.0 <= self.dark_value <= 1.0:
-            raise ConfigError(f"tissue.dark_value={self.dark_value} must be in 0..1 (0 = off)")
 
 
 @dataclass(frozen=True)

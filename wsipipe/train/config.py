@@ -8,20 +8,17 @@ dropout 0.1). Presets live in ``wsipipe/train/presets/<name>.yaml``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from wsipipe.config import build_config, load_yaml
+from wsipipe.cli_config import opt
+from wsipipe.config import Precision, build_config, check_device, load_yaml
 from wsipipe.errors import ConfigError
 
 Method = Literal["ips", "dbps"]
 Mode = Literal["pixels", "features"]
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
-
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -29,69 +26,71 @@ class TrainConfig:
     """The resolved settings of one training run (units in the comments)."""
 
     # ---- data ---------------------------------------------------------------------------
-    labels: str = ""  # labels CSV: slide_id,label[,split][,fold]
-    stores: str = ""  # `wsipipe tile --out` directory (or its stores/ subdirectory)
-    out: str = "runs/train"  # run directory
-    label_column: str = "label"
-    split_column: str = "split"
-    train_split: str = "train"
-    val_split: str = "val"
-    fold_column: str = "fold"
-    fold: int | None = None  # cross-validation: validate on this fold, train on the others
-    classes: tuple[str, ...] = ()  # class order; () = sorted unique labels of the CSV
-    shuffle_labels: bool = False  # control: training labels made independent of the truth
+    labels: str = opt("", "Labels CSV: slide_id,label and optional split, fold columns")
+    stores: str = opt("", "`wsipipe tile --out` directory (or its stores/ folder)")
+    out: str = opt("runs/train", "Run directory")
+    label_column: str = opt("label", "Label column of the labels CSV")
+    split_column: str = opt("split", "Split column")
+    train_split: str = opt("train", "Training split value")
+    val_split: str = opt("val", "Validation split value")
+    fold_column: str = opt("fold", "Fold column")
+    fold: int | None = opt(None, "Cross-validation: validate on this fold, train on the others")
+    classes: tuple[str, ...] = opt((), "Class order", shown="sorted labels of the CSV")
+    shuffle_labels: bool = opt(False, "Control: training labels made independent of the truth")
     # ---- method -------------------------------------------------------------------------
-    method: Method = "ips"
-    mode: Mode = "pixels"  # "features": frozen `encoder` features cached beside the stores
-    M: int = 32  # memory buffer: tiles that receive gradients, per slide
-    I: int = 256  # noqa: E741  tiles encoded per scan step (chunk size)
-    S: int = 96  # DBPS auxiliary buffer of sub-salient embeddings
-    drop_ratio: float = 0.1  # random patch drop ratio r in training (keep 1 - r)
-    shuffle_tiles: bool = False  # shuffle the order of a slide's tiles in training scans
+    method: Method = opt("ips", "Slide aggregation / tile selection")
+    mode: Mode = opt("pixels", "pixels (end to end) | features (frozen `encoder` features, cached)")
+    M: int = opt(32, "Memory buffer: tiles with gradients per slide", flag="--M")
+    I: int = opt(256, "Tiles encoded per scan step (chunk size)", flag="--I")  # noqa: E741
+    S: int = opt(96, "DBPS auxiliary buffer of sub-salient embeddings", flag="--S")
+    drop_ratio: float = opt(0.1, "Random patch drop ratio r in training (keep 1 - r)")
+    shuffle_tiles: bool = opt(False, "Shuffle the order of a slide's tiles in training scans")
     # ---- encoder ------------------------------------------------------------------------
-    encoder: str = "resnet50"  # timm name or hf-hub:...; in features mode the frozen extractor
-    pretrained: bool = True
-    input_px: int = 0  # resize tiles to this size before encoding; 0 = store tile size
-    grad_checkpointing: bool = False
+    encoder: str = opt("resnet50", "timm encoder name or hf-hub:...; features mode: the extractor")
+    pretrained: bool = opt(True, "Pretrained encoder weights")
+    input_px: int = opt(0, "Resize tiles to this size before encoding (0 = as stored)")
+    grad_checkpointing: bool = opt(False, "Encoder gradient checkpointing")
     # Encoder BatchNorm in eval mode during the gradient pass (statistics fixed, affine
     # trained) so that the scan and the gradient pass embed tiles alike and batches of few
     # slides do not leak labels through batch statistics. None = auto: frozen for pixel
     # encoders, trained for the features encoder (as in the papers, batch 16 x M=5000).
-    freeze_bn: bool | None = None
+    freeze_bn: bool | None = opt(None, "Fix encoder BN statistics", shown="pixels yes, features no")
     # Before training, estimate the frozen statistics on `calibrate_tiles` training tiles;
     # None = auto: when the encoder is randomly initialised (not pretrained / features mode).
-    calibrate_bn: bool | None = None
-    calibrate_tiles: int = 2048
-    calibrate_every: int = 1  # re-estimate them every this many epochs; 0 = only at the start
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the encoder
-    features_dir: str = ""  # features mode cache; "" = <stores root>/features/<encoder>
-    embed_batch: int = 256  # tiles per chunk when computing the feature cache
+    calibrate_bn: bool | None = opt(
+        None, "Estimate frozen BN statistics from tiles", shown="if random init"
+    )
+    calibrate_tiles: int = opt(2048, "Tiles used to estimate BN statistics")
+    calibrate_every: int = opt(1, "Re-estimate BN statistics every N epochs (0 = once)")
+    channels_last: bool = opt(True, "channels_last memory format")
+    compile: bool = opt(False, "torch.compile the encoder")
+    features_dir: str = opt("", "Features-mode cache", shown="<tile out>/features/<encoder>")
+    embed_batch: int = opt(256, "Tiles per chunk when computing the feature cache")
     # ---- aggregator ---------------------------------------------------------------------
-    dim: int = 512  # D
-    heads: int = 8  # H
-    dim_head: int = 64  # D_k
-    dim_inner: int = 2048  # D_inner
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
+    dim: int = opt(512, "Aggregator width D")
+    heads: int = opt(8, "Attention heads H")
+    dim_head: int = opt(64, "Head width D_k")
+    dim_inner: int = opt(2048, "MLP width D_inner")
+    dropout: float = opt(0.1, "Dropout")
+    attn_dropout: float = opt(0.1, "Attention dropout")
     # ---- optimisation -------------------------------------------------------------------
-    batch_size: int = 16  # slides per optimiser step
-    micro_batch: int = 0  # slides per gradient pass (accumulated); 0 = all batch_size together
-    epochs: int = 50
-    warmup_epochs: float = 10.0
-    lr: float = 3e-4
-    min_lr_ratio: float = 1e-3  # cosine decay ends at min_lr_ratio * lr
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # max gradient L2 norm; 0 = no clipping
-    seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    batch_size: int = opt(16, "Slides per optimiser step")
+    micro_batch: int = opt(0, "Slides per gradient pass, accumulated (0 = the whole batch)")
+    epochs: int = opt(50, "Epochs")
+    warmup_epochs: float = opt(10.0, "Linear warm-up epochs")
+    lr: float = opt(3e-4, "Peak learning rate (AdamW)")
+    min_lr_ratio: float = opt(1e-3, "Final lr / peak lr of the cosine decay")
+    weight_decay: float = opt(0.1, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "Max gradient L2 norm (0 = no clipping)")
+    seed: int = opt(0, "Random seed")
+    deterministic: bool = opt(False, "torch.use_deterministic_algorithms (slower)")
     # ---- runtime ------------------------------------------------------------------------
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Precision = "auto"  # auto = bf16 on CUDA, fp32 on CPU
-    workers: int = 4  # DataLoader worker processes reading/decoding tiles
-    prefetch: int = 2  # chunks prefetched per worker
-    progress: bool = True  # rich progress bar
-    tensorboard: bool = True  # TensorBoard logs when tensorboard is installed
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N (auto = cuda if present)")
+    precision: Precision = opt("auto", "Encoder autocast (auto = bf16 on CUDA, fp32 on CPU)")
+    workers: int = opt(4, "DataLoader processes reading/decoding tiles (0 = main process)")
+    prefetch: int = opt(2, "Chunks prefetched per worker")
+    progress: bool = opt(True, "Progress bar")
+    tensorboard: bool = opt(True, "TensorBoard logs when tensorboard is installed")
 
     def __post_init__(self) -> None:
         positive = {
@@ -139,8 +138,7 @@ class TrainConfig:
             _bad("min_lr_ratio", self.min_lr_ratio, "must be in (0, 1]")
         if 0 < self.input_px < 8:
             _bad("input_px", self.input_px, "must be 0 (store size) or >= 8 px")
-        if not _DEVICE_RE.match(self.device):
-            _bad("device", self.device, "must be auto, cpu, cuda or cuda:N")
+        check_device(self.device, "train")
         if len(set(self.classes)) != len(self.classes):
             _bad("classes", list(self.classes), "must not repeat a class name")
         if self.classes and len(self.classes) < 2:
@@ -169,7 +167,8 @@ class TrainConfig:
 
 
 def _bad(name: str, value: Any, why: str) -> None:
-    raise ConfigError(f"train config: `{name}` = {value!r} {why}; fix --{name} or the YAML")
+    flag = name if name in ("M", "I", "S") else name.replace("_", "-")
+    raise ConfigError(f"train config: `{name}` = {value!r} {why}; fix --{flag} or the YAML")
 
 
 def preset_names() -> list[str]:
