@@ -22,6 +22,7 @@ PUBLISHED_PARAMS = {
     "h-optimus-1": 1.13e9,
     "prov-gigapath": 1.13e9,  # ViT-g tile encoder (Nature 2024: 1.1B+)
     "uni2-h": 0.681e9,  # ViT-H/14-reg8
+    "phikon-v2": 0.303e9,  # DINOv2 ViT-L/16
 }
 
 

@@ -16,7 +16,10 @@ from wsipipe.encoders.registry import (
 )
 from wsipipe.errors import ConfigError
 
-PATHOLOGY = ("uni", "uni2-h", "virchow2", "h-optimus-0", "h-optimus-1", "h0-mini", "prov-gigapath")
+PATHOLOGY = (
+    "uni", "uni2-h", "virchow2", "h-optimus-0", "h-optimus-1", "h0-mini", "prov-gigapath",
+    "phikon-v2",
+)  # fmt: skip
 
 
 def test_registry_covers_the_issue_list() -> None:

@@ -141,6 +141,20 @@ ENTRIES: tuple[EncoderEntry, ...] = (
         unverified=("timm_kwargs",),
         notes="model card: research use only; centre crop 224 of a 256 px tile at 0.5 µm/px",
     ),
+    EncoderEntry(
+        name="phikon-v2", arch="vit_large_patch16_224",
+        timm_kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5,
+                     "dynamic_img_size": True, "global_pool": "token"},
+        embed_dim=1024, input_px=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        interpolation="bilinear", mpp=0.5, pooling="cls",
+        hub_repo="owkin/phikon-v2", weight_files=("model.safetensors",), key_map="hf-dinov2",
+        licence="see model card", gated=False,
+        verified=f"{TRIDENT} (transformers AutoModel, CLS of last_hidden_state, ImageNet "
+                 "norm, resize + centre crop 224); arXiv 2409.09173 (DINOv2 ViT-L/16); the "
+                 "transformers -> timm key map is tested against transformers' Dinov2Model",
+        unverified=("timm_kwargs", "mpp", "licence"),
+        notes="a transformers Dinov2 checkpoint, converted to timm's ViT on load",
+    ),
     # ---- ImageNet models with timm's own weights ----------------------------------------
     _timm("resnet18", "a1_in1k", 512, IMAGENET_MEAN, IMAGENET_STD, 0.95),
     _timm("resnet50", "a1_in1k", 2048, IMAGENET_MEAN, IMAGENET_STD, 0.95),

@@ -29,7 +29,7 @@ POOLINGS: tuple[str, ...] = ("model", "cls", "cls+mean")
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest")
 # layer classes allowed in timm_kwargs, by the name the registry writes them with
 LAYER_NAMES: tuple[str, ...] = ("SwiGLUPacked", "SiLU", "GELU")
-KEY_MAP_NAMES: tuple[str, ...] = ("efficientnet-lite",)
+KEY_MAP_NAMES: tuple[str, ...] = ("efficientnet-lite", "hf-dinov2")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -235,7 +235,13 @@ def _effnet_lite(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor
     return effnet_lite0.map_reference_state(state, effnet_lite0.block_layout(model))
 
 
-KEY_MAPS: dict[str, KeyMap] = {"efficientnet-lite": _effnet_lite}
+def _hf_dinov2(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    from wsipipe.encoders.hf_dinov2 import hf_dinov2_to_timm
+
+    return hf_dinov2_to_timm(state, model)
+
+
+KEY_MAPS: dict[str, KeyMap] = {"efficientnet-lite": _effnet_lite, "hf-dinov2": _hf_dinov2}
 
 
 def entry_weights_path(entry: EncoderEntry, weights: str | Path | None) -> Path:
