@@ -206,6 +206,7 @@ def _register_optional() -> None:
     from wsipipe.labels.cli import labels_command
 
     app.command("labels")(labels_command)
+    app.command("encoders")(importlib.import_module("wsipipe.encoders.cli").encoders_command)
     if importlib.util.find_spec("wsipipe.train.cli") is not None:
         from wsipipe.train.cli import embed_command, predict_command, train_command
 

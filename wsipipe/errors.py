@@ -38,3 +38,7 @@ class StoreError(WsipipeError):
 
 class LockedError(WsipipeError):
     """Another live process holds the lock for this output."""
+
+
+class EncoderWeightsError(ConfigError):
+    """Pretrained encoder weights cannot be found or do not fit the encoder's architecture."""

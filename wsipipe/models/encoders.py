@@ -119,31 +119,19 @@ def create_encoder(
     channels_last: bool = False,
     grad_checkpointing: bool = False,
 ) -> PatchEncoder:
-    """Create a patch encoder by timm name (``"resnet18"``, ``"vit_small_patch16_224"``,
-    ``"hf-hub:org/model"``), classifier removed (``num_classes=0``).
+    """A patch encoder by registry or timm name (``"resnet18"``, ``"uni2-h"``,
+    ``"hf-hub:org/model"``), classifier removed, normalisation of the encoder's own training.
 
-    Normalisation comes from the model's own ``pretrained_cfg`` (ImageNet when absent).
+    Kept for callers of ``wsipipe.models``; it delegates to
+    :func:`wsipipe.encoders.create_encoder`, which also takes ``weights=`` and
+    ``freeze_stages=``.
     """
-    import timm  # deferred: importing timm costs seconds, only encoders built by name need it
+    from wsipipe.encoders import create_encoder as _create
 
-    is_hub = name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))
-    if not is_hub and not timm.is_model(name):
-        raise ConfigError(
-            f"encoder name {name!r} is not a timm model; use e.g. 'resnet18', 'resnet50', "
-            "'vit_small_patch16_224' or 'hf-hub:org/model'"
-        )
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
-    std = tuple(cfg.get("std", IMAGENET_STD))
-    if len(mean) == 1:  # single-channel configs: broadcast to RGB
-        mean, std = mean * 3, std * 3
-    return PatchEncoder(
-        model,
-        num_features=int(model.num_features),  # type: ignore[arg-type]
+    return _create(
+        name,
+        pretrained=pretrained,
         out_dim=out_dim,
-        mean=mean,
-        std=std,
         channels_last=channels_last,
         grad_checkpointing=grad_checkpointing,
     )
