@@ -165,7 +165,11 @@ def _fit(axes: tuple[float, float], harm: tuple[tuple[float, float], ...], limit
     return min(1.0, limit / r)
 
 
-def _make_sections(rng: np.random.Generator, w: int, h: int) -> list[Blob]:
+def _make_sections(
+    rng: np.random.Generator, w: int, h: int, fill: tuple[float, float] = (0.7, 0.9)
+) -> list[Blob]:
+    """1-3 sections side by side along the long axis, each spanning ``fill`` (drawn
+    uniformly) of its cell's width and height before the deformation."""
     n = int(rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25]))
     horizontal = w >= h
     cells = []
@@ -177,8 +181,8 @@ def _make_sections(rng: np.random.Generator, w: int, h: int) -> list[Blob]:
     sections = []
     for cx0, cy0, cw, ch in cells:
         harm = _harmonics(rng, 7, 0.2, decay=0.8)
-        a = 0.5 * cw * rng.uniform(0.7, 0.9)
-        b = 0.5 * ch * rng.uniform(0.7, 0.9)
+        a = 0.5 * cw * rng.uniform(*fill)
+        b = 0.5 * ch * rng.uniform(*fill)
         angle = float(rng.uniform(-0.3, 0.3))
         cx = cx0 + cw / 2 + rng.uniform(-0.04, 0.04) * cw
         cy = cy0 + ch / 2 + rng.uniform(-0.04, 0.04) * ch
