@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ from rich.table import Table
 from wsipipe import __version__
 from wsipipe.cli_config import config_options
 from wsipipe.errors import WsipipeError
+from wsipipe.synth.config import CohortConfig
 from wsipipe.tile.config import TileConfig
 
 app = typer.Typer(
@@ -88,13 +89,18 @@ def info(
 # ---- synth --------------------------------------------------------------------------------
 
 
+_SYNTH_FIELDS = ("n_slides", "width", "height", "mpp", "seed", "tumour_fraction",
+                 "positive_fraction", "pen_fraction")  # fmt: skip
+
+
 @app.command()
+@config_options(CohortConfig, only=_SYNTH_FIELDS)
 def synth(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder for slides/, annotations/, labels.csv.")
     ],
     texture: Annotated[
-        str,
+        Literal["synthetic", "real"],
         typer.Option(
             help="synthetic (procedural H&E) | real (real H&E cut from the slides in "
             "--real-dir: normal skin, squamous carcinoma foci; train/test split only).",
@@ -104,58 +110,31 @@ def synth(
         Path | None,
         typer.Option(help="Folder with the real source slides [<repo>/../shared/data/real]."),
     ] = None,
-    n_slides: Annotated[
-        int | None, typer.Option(help="Number of slides [12 synthetic, 32 real].")
-    ] = None,
-    width: Annotated[
-        int | None, typer.Option(help="Level-0 width in px [6144 synthetic, 4096 real].")
-    ] = None,
-    height: Annotated[
-        int | None, typer.Option(help="Level-0 height in px [4608 synthetic, 3072 real].")
-    ] = None,
-    mpp: Annotated[float, typer.Option(help="Microns per pixel written into the slides.")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    tumour_fraction: Annotated[
-        str | None,
-        typer.Option(
-            help="Share of a positive slide's tissue that is tumour, LOW,HIGH (drawn per "
-            "slide) [0.05,0.16 synthetic (0.15,0.35 gives macro-metastases), 0.004,0.09 real].",
-        ),
-    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes rendering slides [all cores].")
     ] = None,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Generate a small CAMELYON-like cohort of pyramidal SVS slides with tumour annotations."""
+    from wsipipe.config import build_config
     from wsipipe.errors import ConfigError
 
-    if texture not in ("synthetic", "real"):
-        raise ConfigError(f"--texture {texture!r}: choose synthetic or real")
-    fraction = None
-    if tumour_fraction is not None:
-        try:
-            lo, hi = (float(v) for v in tumour_fraction.split(","))
-        except ValueError:
-            raise ConfigError(
-                f"--tumour-fraction {tumour_fraction!r}: give two fractions LOW,HIGH, e.g. "
-                "0.05,0.16"
-            ) from None
-        fraction = (lo, hi)
-    given = {"n_slides": n_slides, "width": width, "height": height, "tumour_fraction": fraction}
-    kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    cohort: Any
     if texture == "real":
         from wsipipe.synth.real import RealCohortConfig, generate_real_cohort
 
-        cohort: Any = generate_real_cohort(
-            out_dir, RealCohortConfig(mpp=mpp, seed=seed, **kwargs), real_dir=real_dir,
-            workers=workers,
-        )  # fmt: skip
+        if "pen_fraction" in overrides:
+            raise ConfigError("--pen-fraction is only used with --texture synthetic")
+        real_cfg = build_config(RealCohortConfig, None, overrides, source="options")
+        cohort = generate_real_cohort(out_dir, real_cfg, real_dir=real_dir, workers=workers)
     else:
         if real_dir is not None:
             raise ConfigError("--real-dir is only used with --texture real")
-        from wsipipe.synth import CohortConfig, generate_cohort
+        from wsipipe.synth.cohort import generate_cohort
 
-        cohort = generate_cohort(out_dir, CohortConfig(mpp=mpp, seed=seed, **kwargs), workers)
+        cfg = build_config(CohortConfig, None, overrides, source="options")
+        cohort = generate_cohort(out_dir, cfg, workers)
     out.print(f"slides:      {cohort.root / 'slides'} ({len(cohort.slides)} slides)")
     out.print(f"labels:      {cohort.labels_csv}")
     out.print(f"annotations: {cohort.annotations_dir}")

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsipipe.annotations import read_annotations
-from wsipipe.heatmap.evaluate import roc_auc, tumour_fraction
+from wsipipe.geometry.annotations import read_annotations
+from wsipipe.geometry.polygons import tumour_fraction
+from wsipipe.stats import roc_auc
 from wsipipe.store import open_store
 
 

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import REAL, REAL_TILES
 from tests.synth.real_probe import SlideTiles, linear_probe, slide_statistics, tile_cohort
-from wsipipe.annotations import read_annotations
 from wsipipe.errors import ConfigError, MissingMppError
+from wsipipe.geometry.annotations import read_annotations
 from wsipipe.synth.real import (
     RealCohort,
     RealCohortConfig,

@@ -171,3 +171,37 @@ def _scan_fill(edges: np.ndarray, h: int, w: int, diff: np.ndarray) -> None:
     size = h * (w + 1)
     diff += np.bincount(r * (w + 1) + c0, minlength=size).astype(np.int32)
     diff -= np.bincount(r * (w + 1) + c1, minlength=size).astype(np.int32)
+
+
+# ------------------------------------------------------------------- tiles in polygons
+
+
+def tumour_fraction(
+    coords: np.ndarray,
+    size_level0: float,
+    tumour: Sequence[Polygon],
+    exclusion: Sequence[Polygon] = (),
+) -> np.ndarray:
+    """(N,) float32 fraction of each tile's area inside tumour minus exclusion.
+
+    coords (N, 2) level-0 (x, y) top-left; tiles are squares of ``size_level0`` px. Only
+    tiles whose square intersects the tumour are measured exactly (an STR-tree query).
+    """
+    xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros(len(xy), np.float32)
+    if len(xy) == 0 or not tumour:
+        return out
+    region = shapely.union_all(list(tumour))
+    if exclusion:
+        region = shapely.difference(region, shapely.union_all(list(exclusion)))
+    if region.is_empty:
+        return out
+    s = float(size_level0)
+    boxes = shapely.box(xy[:, 0], xy[:, 1], xy[:, 0] + s, xy[:, 1] + s)
+    tree = shapely.STRtree(boxes)
+    hits = tree.query(region, predicate="intersects")
+    if len(hits):
+        shapely.prepare(region)
+        inter = shapely.intersection(boxes[hits], region)
+        out[hits] = np.clip(shapely.area(inter) / (s * s), 0.0, 1.0)
+    return out

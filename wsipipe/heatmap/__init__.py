@@ -8,48 +8,40 @@ pyramidal TIFF with mpp), :mod:`~wsipipe.heatmap.geojson` (QuPath tile squares),
 (one streaming pass per slide) and :mod:`~wsipipe.heatmap.run` (the batch command).
 """
 
-from wsipipe.heatmap.config import HeatmapConfig
-from wsipipe.heatmap.evaluate import (
-    SlideEvaluation,
-    evaluate_slide,
-    summarise,
-    topk_fraction,
-    tumour_fraction,
-)
-from wsipipe.heatmap.figures import colour_bar, gallery
-from wsipipe.heatmap.geojson import read_tiles_geojson, write_tiles_geojson
-from wsipipe.heatmap.pyramid import PyramidGeometry, write_heatmap_tiff
-from wsipipe.heatmap.render import (
-    blend_overlay,
-    colormap_lut,
-    normalise_scores,
-    score_ranks,
-    splat_mean,
-    tile_spans,
-)
-from wsipipe.heatmap.scores import ScoreTable, read_scores, write_scores, write_scores_csv
+from __future__ import annotations
 
-__all__ = [
-    "HeatmapConfig",
-    "PyramidGeometry",
-    "ScoreTable",
-    "SlideEvaluation",
-    "blend_overlay",
-    "colormap_lut",
-    "colour_bar",
-    "evaluate_slide",
-    "gallery",
-    "normalise_scores",
-    "read_scores",
-    "read_tiles_geojson",
-    "score_ranks",
-    "splat_mean",
-    "summarise",
-    "tile_spans",
-    "topk_fraction",
-    "tumour_fraction",
-    "write_heatmap_tiff",
-    "write_scores",
-    "write_scores_csv",
-    "write_tiles_geojson",
-]
+import importlib
+from typing import Any
+
+# name -> module; imported on first use (the CLI imports this package at start-up)
+_EXPORTS = {
+    "HeatmapConfig": "wsipipe.heatmap.config",
+    "PyramidGeometry": "wsipipe.heatmap.pyramid",
+    "ScoreTable": "wsipipe.heatmap.scores",
+    "SlideEvaluation": "wsipipe.heatmap.evaluate",
+    "blend_overlay": "wsipipe.heatmap.render",
+    "colormap_lut": "wsipipe.heatmap.render",
+    "colour_bar": "wsipipe.heatmap.figures",
+    "evaluate_slide": "wsipipe.heatmap.evaluate",
+    "gallery": "wsipipe.heatmap.figures",
+    "normalise_scores": "wsipipe.heatmap.render",
+    "read_scores": "wsipipe.heatmap.scores",
+    "read_tiles_geojson": "wsipipe.heatmap.geojson",
+    "score_ranks": "wsipipe.heatmap.render",
+    "splat_mean": "wsipipe.heatmap.render",
+    "summarise": "wsipipe.heatmap.evaluate",
+    "tile_spans": "wsipipe.heatmap.render",
+    "topk_fraction": "wsipipe.heatmap.evaluate",
+    "tumour_fraction": "wsipipe.heatmap.evaluate",
+    "write_heatmap_tiff": "wsipipe.heatmap.pyramid",
+    "write_scores": "wsipipe.heatmap.scores",
+    "write_scores_csv": "wsipipe.heatmap.scores",
+    "write_tiles_geojson": "wsipipe.heatmap.geojson",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

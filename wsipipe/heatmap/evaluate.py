@@ -26,42 +26,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import shapely
-from shapely.geometry import Polygon
 
 from wsipipe.errors import ConfigError
+from wsipipe.geometry.polygons import tumour_fraction
 from wsipipe.stats import roc_auc
 
-
-def tumour_fraction(
-    coords: np.ndarray,
-    size_level0: float,
-    tumour: Sequence[Polygon],
-    exclusion: Sequence[Polygon] = (),
-) -> np.ndarray:
-    """(N,) float32 fraction of each tile's area inside tumour minus exclusion.
-
-    coords (N, 2) level-0 (x, y) top-left; tiles are squares of ``size_level0`` px. Only
-    tiles whose square intersects the tumour are measured exactly (an STR-tree query).
-    """
-    xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    out = np.zeros(len(xy), np.float32)
-    if len(xy) == 0 or not tumour:
-        return out
-    region = shapely.union_all(list(tumour))
-    if exclusion:
-        region = shapely.difference(region, shapely.union_all(list(exclusion)))
-    if region.is_empty:
-        return out
-    s = float(size_level0)
-    boxes = shapely.box(xy[:, 0], xy[:, 1], xy[:, 0] + s, xy[:, 1] + s)
-    tree = shapely.STRtree(boxes)
-    hits = tree.query(region, predicate="intersects")
-    if len(hits):
-        shapely.prepare(region)
-        inter = shapely.intersection(boxes[hits], region)
-        out[hits] = np.clip(shapely.area(inter) / (s * s), 0.0, 1.0)
-    return out
+__all__ = ["SlideEvaluation", "evaluate_slide", "summarise", "topk_fraction", "tumour_fraction"]
 
 
 def topk_fraction(scores: np.ndarray, labels: np.ndarray, k: int) -> float:

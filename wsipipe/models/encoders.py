@@ -126,7 +126,7 @@ def create_encoder(
     :func:`wsipipe.encoders.create_encoder`, which also takes ``weights=`` and
     ``freeze_stages=``.
     """
-    from wsipipe.encoders import create_encoder as _create
+    from wsipipe.encoders.factory import create_encoder as _create
 
     return _create(
         name,

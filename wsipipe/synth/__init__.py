@@ -9,25 +9,25 @@ and :mod:`wsipipe.synth.tissue_render` (procedural H&E rendering).
 
 from __future__ import annotations
 
-from wsipipe.synth.cohort import (
-    Cohort,
-    CohortConfig,
-    generate_cohort,
-    generate_slide,
-    stratified_splits,
-)
-from wsipipe.synth.layout import SlideLayout, make_layout
-from wsipipe.synth.svs import write_svs
-from wsipipe.synth.tissue_render import TissueRenderer
+import importlib
+from typing import Any
 
-__all__ = [
-    "Cohort",
-    "CohortConfig",
-    "SlideLayout",
-    "TissueRenderer",
-    "generate_cohort",
-    "generate_slide",
-    "make_layout",
-    "stratified_splits",
-    "write_svs",
-]
+# name -> module; imported on first use (the CLI imports this package at start-up)
+_EXPORTS = {
+    "Cohort": "wsipipe.synth.cohort",
+    "CohortConfig": "wsipipe.synth.config",
+    "SlideLayout": "wsipipe.synth.layout",
+    "TissueRenderer": "wsipipe.synth.tissue_render",
+    "generate_cohort": "wsipipe.synth.cohort",
+    "generate_slide": "wsipipe.synth.cohort",
+    "make_layout": "wsipipe.synth.layout",
+    "stratified_splits": "wsipipe.synth.cohort",
+    "write_svs": "wsipipe.synth.svs",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from shapely.geometry import Polygon
 
-from wsipipe.errors import ConfigError
 from wsipipe.geometry.annotations import write_asap_xml, write_geojson_annotations
-from wsipipe.synth.layout import DEFAULT_TUMOUR_FRACTION, make_layout
+from wsipipe.synth.config import DEFAULT_TUMOUR_FRACTION, CohortConfig
+from wsipipe.synth.layout import make_layout
 from wsipipe.synth.svs import write_svs
 from wsipipe.synth.tissue_render import TissueRenderer
 
@@ -40,53 +40,6 @@ __all__ = [
 ]
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class CohortConfig:
-    """What :func:`generate_cohort` makes. Sizes in level-0 px, ``mpp`` in um/px."""
-
-    n_slides: int = 12
-    width: int = 6144
-    height: int = 4608
-    mpp: float = 0.5
-    positive_fraction: float = 0.5
-    seed: int = 0
-    pen_fraction: float = 0.5  # fraction of slides with pen strokes
-    splits: tuple[float, float, float] = (0.5, 0.25, 0.25)  # train/val/test, stratified
-    # share of a positive slide's tissue area covered by tumour, drawn uniformly per slide;
-    # the default gives small CAMELYON-like foci, (0.15, 0.35) macro-metastases
-    tumour_fraction: tuple[float, float] = DEFAULT_TUMOUR_FRACTION
-
-    def __post_init__(self) -> None:
-        if self.n_slides < 1:
-            raise ConfigError(f"CohortConfig.n_slides={self.n_slides} must be >= 1")
-        if self.width < 512 or self.height < 512:
-            raise ConfigError(
-                f"CohortConfig size {self.width}x{self.height} is too small; use >= 512x512 px"
-            )
-        if not (math.isfinite(self.mpp) and 0.05 <= self.mpp <= 10.0):
-            raise ConfigError(f"CohortConfig.mpp={self.mpp!r} must be in 0.05..10 um/px")
-        for name in ("positive_fraction", "pen_fraction"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-                raise ConfigError(f"CohortConfig.{name}={v!r} must be in 0..1")
-        if len(self.splits) != 3 or any(not (math.isfinite(f) and f >= 0) for f in self.splits):
-            raise ConfigError(
-                f"CohortConfig.splits={self.splits!r} must be 3 non-negative fractions"
-            )
-        if abs(sum(self.splits) - 1.0) > 1e-6:
-            raise ConfigError(
-                f"CohortConfig.splits={self.splits!r} must sum to 1 (train, val, test)"
-            )
-        tf = tuple(self.tumour_fraction)
-        if not (len(tf) == 2 and all(math.isfinite(v) for v in tf) and 0.0 < tf[0] <= tf[1] < 1):
-            raise ConfigError(
-                f"CohortConfig.tumour_fraction={self.tumour_fraction!r} must be two fractions "
-                "0 < low <= high < 1, e.g. (0.05, 0.16)"
-            )
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"CohortConfig.seed={self.seed} must be in 0..2**32-1")
 
 
 @dataclass(frozen=True)

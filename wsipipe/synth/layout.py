@@ -19,6 +19,7 @@ import shapely
 from shapely.geometry import Polygon
 
 from wsipipe.errors import ConfigError
+from wsipipe.synth.config import DEFAULT_TUMOUR_FRACTION
 
 __all__ = ["Blob", "PenStroke", "SlideLayout", "Stain", "make_layout"]
 
@@ -225,9 +226,6 @@ def _sample_inside(
     if hits.size == 0:
         return None
     return float(xs[hits[0]]), float(ys[hits[0]])
-
-
-DEFAULT_TUMOUR_FRACTION = (0.05, 0.16)
 
 
 def _make_tumours(

@@ -44,8 +44,8 @@ import shapely
 from PIL import Image
 from shapely.geometry import Polygon
 
-from wsipipe.annotations import write_asap_xml, write_geojson_annotations
 from wsipipe.errors import ConfigError
+from wsipipe.geometry.annotations import write_asap_xml, write_geojson_annotations
 from wsipipe.synth.cohort import _slide_seed, _worker_init
 from wsipipe.synth.layout import Blob, _harmonics, _make_holes, _make_sections
 from wsipipe.synth.real_render import ColourJitter, compose_slide
@@ -192,10 +192,11 @@ def count_tumour_tiles(
     polygons: list[Polygon], width: int, height: int, mpp: float, cfg: RealCohortConfig
 ) -> int:
     """Tiles of the ``wsipipe tile`` grid (cfg.tile_px at cfg.tile_mpp) >= 50 % tumour."""
-    from wsipipe.heatmap.evaluate import tumour_fraction
+    from wsipipe.geometry.polygons import tumour_fraction
+    from wsipipe.slide.levels import tile_geometry
     from wsipipe.tile.grid import tile_grid
 
-    grid = tile_grid(width, height, mpp, cfg.tile_mpp, cfg.tile_px)
+    grid = tile_grid(width, height, tile_geometry(mpp, [1.0], cfg.tile_mpp, cfg.tile_px))
     frac = tumour_fraction(grid.coords, grid.tile_size_level0, polygons)
     return int((frac >= 0.5).sum())
 
@@ -461,8 +462,9 @@ def generate_real_cohort(
     Slides are rendered in ``workers`` processes (default: all cores); the output does not
     depend on it.
     """
-    from wsipipe.cohorts import LabelRow, stratified_split, write_labels_csv
     from wsipipe.config import atomic_write_text
+    from wsipipe.labels.cohorts import LabelRow, write_labels_csv
+    from wsipipe.labels.splits import stratified_split
 
     if textures is None:
         if normal is None or tumour is None:
