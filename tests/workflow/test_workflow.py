@@ -169,17 +169,28 @@ def test_slurm_profile_and_resources(cohort3: Path, tmp_path: Path) -> None:
     )
     write_config(
         tmp_path, slides=str(cohort3 / "slides"), labels="labels.csv",
-        train={"gpus": 2, "threads": 16, "mem_mb": 64000},
+        train={"gpus": 2, "threads": 16, "mem_mb": 64000, "gpu_type": "a100"},
     )  # fmt: skip
     profile = REPO / "workflows" / "profiles" / "slurm"
     out = ok(snakemake(tmp_path, "-n", "--profile", str(profile)))
     blocks = {b.split(":")[0].strip(): b for b in out.split("\nrule ")[1:]}
-    assert "slurm_partition=gpu" in blocks["train"] and "gpu=2" in blocks["train"]
+    # GPUs reach sbatch as --gres only: the profile zeroes the plugin's `gpu` (--gpus=<n>)
+    assert "slurm_partition=gpu" in blocks["train"] and "gpu=0, gres=gpu:a100:2" in blocks["train"]
     assert "mem_mb=64000" in blocks["train"]
     assert "--workers 7" in blocks["train"]  # 16 threads / 2 GPUs - 1 loader processes per rank
     assert "torchrun --standalone --nproc_per_node=2 -m wsipipe train" in blocks["train"]
-    assert "slurm_partition=cpu" in blocks["tile"] and "gpu=" not in blocks["tile"]
-    assert "slurm_partition=gpu" in blocks["heatmap"] and "gpu=1" in blocks["heatmap"]
+    assert "slurm_partition=cpu" in blocks["tile"] and "gpu" not in blocks["tile"].split("shell")[0]
+    assert "slurm_partition=gpu" in blocks["heatmap"] and "gpu=0, gres=gpu:1" in blocks["heatmap"]
+
+    # without the profile (a local run) the numeric `gpu` resource is the stage's GPU count
+    out = ok(snakemake(tmp_path, "-n"))
+    blocks = {b.split(":")[0].strip(): b for b in out.split("\nrule ")[1:]}
+    assert "gpu=2, gres=gpu:a100:2" in blocks["train"]
+
+    write_config(tmp_path, slides=str(cohort3 / "slides"), heatmap={"gpu_type": "a100 x"})
+    res = snakemake(tmp_path, "-n")
+    assert res.returncode != 0
+    assert "`heatmap.gpu_type` = 'a100 x' must be a GRES type" in res.stdout + res.stderr
 
 
 def _heatmap_registered() -> bool:
