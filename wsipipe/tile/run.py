@@ -77,7 +77,7 @@ def tile_slide(
                 "--tissue-geojson-dir"
             )
 
-        reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px)
+        reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px, resample=cfg.resample)
         meta = _store_meta(spec, cfg, slide, reader)
         store_rel = f"stores/{spec.slide_id}{STORE_SUFFIX[cfg.format]}"
         store_tmp = tmp_dir / Path(store_rel).name
@@ -111,6 +111,7 @@ def tile_slide(
         "reader": slide.reader,
         "level": reader.level,
         "fast_path": bool(reader.fast),
+        "dct_factor": int(reader.dct_factor),
         "jpeg_reused": n_reused,
     }
     return outputs, stats

@@ -1,0 +1,62 @@
+"""TileConfig.resample: validation, the config hash, and what tile_slide stores for each mode."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import real_tile
+from wsipipe.errors import ConfigError
+from wsipipe.store import open_store
+from wsipipe.synth.svs import write_svs
+from wsipipe.tile.config import TileConfig
+from wsipipe.tile.inputs import SlideSpec
+from wsipipe.tile.run import _tile_hash, tile_slide
+
+
+def test_resample_is_validated_and_changes_the_hash() -> None:
+    assert TileConfig().resample == "dct"
+    with pytest.raises(ConfigError, match="resample='lanczos'; choose one of dct, exact"):
+        TileConfig(resample="lanczos")
+    # stores made with the other mode are not taken as done for this one
+    assert _tile_hash(TileConfig()) != _tile_hash(TileConfig(resample="exact"))
+
+
+@pytest.fixture(scope="module")
+def fine_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3072x2048 px at 0.25 um/px of real H&E texture with a glass margin (256 px tiles)."""
+    tex = np.asarray(Image.open(real_tile("tiatoolbox_target_image.png")).convert("RGB"))
+
+    def render(x: int, y: int, w: int, h: int, ds: float) -> np.ndarray:
+        ys = (y + np.arange(h)) % tex.shape[0]
+        xs = (x + np.arange(w)) % tex.shape[1]
+        out = tex[ys[:, None], xs[None, :]]
+        glass = ((x + np.arange(w))[None, :] < 512) | ((y + np.arange(h))[:, None] < 512)
+        return np.ascontiguousarray(np.where(glass[..., None], np.uint8(240), out))
+
+    path = tmp_path_factory.mktemp("resample") / "fine.svs"
+    write_svs(path, 3072, 2048, render, mpp=0.25)
+    return path
+
+
+def test_tile_slide_records_and_applies_the_mode(fine_svs: Path, tmp_path: Path) -> None:
+    tiles, coords = {}, {}
+    for mode in ("dct", "exact"):
+        work = tmp_path / mode
+        work.mkdir()
+        cfg = replace(TileConfig(), resample=mode)
+        outputs, info = tile_slide(SlideSpec("s", fine_svs), cfg, work, threads=2)
+        assert info["dct_factor"] == (2 if mode == "dct" else 1) and info["n_tiles"] >= 10
+        with open_store(outputs["stores/s.h5"]) as store:
+            assert store.meta.config["resample"] == mode  # recorded in the store metadata
+            assert store.meta.read_px == 512 and store.meta.tile_px == 256
+            coords[mode] = np.asarray(store.coords)
+            tiles[mode] = np.stack([store.read_tile(i) for i in range(len(store))])
+    np.testing.assert_array_equal(coords["dct"], coords["exact"])  # same tiles, same places
+    # both re-encoded at q90 (which adds its own ~1-2 levels of noise to each): close, not equal
+    diff = np.abs(tiles["dct"].astype(np.int16) - tiles["exact"].astype(np.int16))
+    assert 0 < diff.mean() <= 2.5
