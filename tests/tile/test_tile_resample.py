@@ -60,3 +60,23 @@ def test_tile_slide_records_and_applies_the_mode(fine_svs: Path, tmp_path: Path)
     # both re-encoded at q90 (which adds its own ~1-2 levels of noise to each): close, not equal
     diff = np.abs(tiles["dct"].astype(np.int16) - tiles["exact"].astype(np.int16))
     assert 0 < diff.mean() <= 2.5
+
+
+def test_pipelined_chunks_keep_order_and_match_one_thread(fine_svs: Path) -> None:
+    """With a pool the next chunk is decoded while this one is stored: same chunks, same
+    order, same bytes as the single-threaded loop."""
+    from wsipipe.slide import open_slide
+    from wsipipe.tile.run import CHUNK, _encoded_chunks
+
+    grid = np.array([(x, y) for y in range(512, 1536, 512) for x in range(512, 2560, 512)])
+    coords = np.concatenate([grid] * ((2 * CHUNK + 37) // len(grid) + 1))[: 2 * CHUNK + 37]
+    frac = np.linspace(0.5, 1.0, len(coords)).astype(np.float32)
+    cfg = TileConfig()
+    with open_slide(fine_svs) as slide:
+        reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px, resample=cfg.resample)
+        runs = {t: list(_encoded_chunks(reader, coords, frac, cfg, t)) for t in (1, 2)}
+    for chunks in runs.values():
+        assert [len(c) for c, *_ in chunks] == [CHUNK, CHUNK, 37]
+        np.testing.assert_array_equal(np.concatenate([c for c, *_ in chunks]), coords)
+        np.testing.assert_array_equal(np.concatenate([f for _, f, *_ in chunks]), frac)
+    assert [t for *_, t, _ in runs[1]] == [t for *_, t, _ in runs[2]]  # identical bytes
