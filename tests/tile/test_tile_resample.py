@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import real_tile
+from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
 from wsipipe.store import open_store
 from wsipipe.synth.svs import write_svs
@@ -24,6 +25,8 @@ def test_resample_is_validated_and_changes_the_hash() -> None:
         TileConfig(resample="lanczos")
     # stores made with the other mode are not taken as done for this one
     assert _tile_hash(TileConfig()) != _tile_hash(TileConfig(resample="exact"))
+    # set from a tile config YAML (`wsipipe tile --config`), like every TileConfig field
+    assert build_config(TileConfig, {"resample": "exact"}).resample == "exact"
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +83,32 @@ def test_pipelined_chunks_keep_order_and_match_one_thread(fine_svs: Path) -> Non
         np.testing.assert_array_equal(np.concatenate([c for c, *_ in chunks]), coords)
         np.testing.assert_array_equal(np.concatenate([f for _, f, *_ in chunks]), frac)
     assert [t for *_, t, _ in runs[1]] == [t for *_, t, _ in runs[2]]  # identical bytes
+
+
+def test_coords_only_stores_read_back_with_their_recorded_mode(
+    fine_svs: Path, tmp_path: Path
+) -> None:
+    """Training from a coords-only store reads the slide with the mode the store records;
+    a store from before the option (no "resample" in its config) reads as "exact"."""
+    from wsipipe.slide import open_slide
+    from wsipipe.slide.dctscale import stored_resample
+    from wsipipe.train.data import _SlideSource, describe_store
+
+    assert stored_resample({}) == "exact" and stored_resample({"resample": "dct"}) == "dct"
+    assert stored_resample({"resample": 3}) == "exact"
+    with open_slide(fine_svs) as slide:
+        want = {m: slide.tile_reader(0.5, 256, resample=m) for m in ("dct", "exact")}
+        for mode in ("dct", "exact"):
+            work = tmp_path / mode
+            work.mkdir()
+            cfg = replace(TileConfig(), pixels="none", resample=mode)
+            outputs, _ = tile_slide(SlideSpec("s", fine_svs), cfg, work)
+            source = _SlideSource(describe_store("s", outputs["stores/s.h5"]))
+            try:
+                assert source.reader.resample == mode
+                got = source.read(np.array([0, 3]))
+                for j, i in enumerate((0, 3)):
+                    x, y = (int(v) for v in source.coords[i])
+                    np.testing.assert_array_equal(got[j], want[mode].read(x, y))
+            finally:
+                source.close()

@@ -13,6 +13,8 @@ stream (tables merged, colour space pinned: see :mod:`wsipipe.slide.jpeg`) at 1/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import simplejpeg
 
@@ -24,6 +26,14 @@ from wsipipe.slide.jpeg import JpegFormatError
 RESAMPLE_MODES = ("dct", "exact")
 DEFAULT_RESAMPLE = "dct"
 DCT_FACTORS = (8, 4, 2)  # the power-of-two scales whose geometry is exact
+
+
+def stored_resample(config: Mapping[str, object]) -> str:
+    """The resample mode a patch store's tiles were made with, from its recorded TileConfig
+    (stores written before the option existed: "exact"), so that tiles read back from the
+    slide (coords-only stores) have the pixels the store was made with."""
+    mode = config.get("resample", "exact")
+    return mode if isinstance(mode, str) and mode in RESAMPLE_MODES else "exact"
 
 
 def dct_factor(reduction: int, tile_width: int, tile_height: int) -> int:
