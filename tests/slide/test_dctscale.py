@@ -239,3 +239,22 @@ def test_sparse_tiles_are_white_in_the_reduced_path(single_level: Path) -> None:
 def test_resample_argument_is_checked(single_level: Path) -> None:
     with open_slide(single_level) as slide, pytest.raises(ConfigError, match="resample 'box'"):
         slide.tile_reader(0.5, 256, resample="box")
+
+
+def test_real_aperio_svs_abbreviated_rgb_tiles() -> None:
+    """CMU-1-Small-Region.svs: Aperio's abbreviated RGB-coded tiles with shared JPEGTables
+    and 240 px file tiles; 2x reduction (0.998 um/px) through the reduced path."""
+    from tests.conftest import real_slide
+
+    with open_slide(real_slide("CMU-1-Small-Region.svs")) as slide:
+        dct = slide.tile_reader(slide.mpp * 2, 128)
+        exact = slide.tile_reader(slide.mpp * 2, 128, resample="exact")
+        source = dct._source
+        assert source is not None and source.index.jpegtables is not None
+        assert source.index.colorspace == "RGB" and dct.dct_factor == 2 and dct.read_px == 256
+        positions = [(x, y) for y in range(0, 2600, 520) for x in range(0, 1900, 470)]
+        assert all(dct._read_reduced(x, y) is not None for x, y in positions)
+        _assert_close(
+            np.stack([dct.read(x, y) for x, y in positions]),
+            np.stack([exact.read(x, y) for x, y in positions]),
+        )
