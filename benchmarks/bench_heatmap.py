@@ -136,9 +136,8 @@ def _child(
     import timm  # noqa: F401
 
     import wsipipe.heatmap.outputs
-    import wsipipe.heatmap.scoring
     import wsipipe.slide
-    import wsipipe.train.engine
+    import wsipipe.train.inference
     import wsipipe.train.loop  # noqa: F401
     from wsipipe.heatmap.config import HeatmapConfig
     from wsipipe.heatmap.run import run_heatmaps

@@ -96,8 +96,10 @@ def pipeline_digests(root: Path) -> dict[str, Any]:
     run("synth", "--out", str(root / "cohort"), "--n-slides", "6", "--width", "2048",
         "--height", "1536", "--seed", "3", "--tumour-fraction", "0.15,0.35", cwd=root)  # fmt: skip
     slides = root / "cohort" / "slides"
+    # exact resampling: the pixels of the pre-refactor reference (the default dct decode,
+    # issue 14, has its own tolerance tests in tests/slide/test_dctscale.py)
     run("tile", str(slides), "--out", str(root / "tiles"), "--tile-px", "128",
-        "--target-mpp", "1.0", cwd=root)  # fmt: skip
+        "--target-mpp", "1.0", "--resample", "exact", cwd=root)  # fmt: skip
     cfg = root / "train.yaml"
     cfg.write_text(
         "method: dbps\nmode: pixels\nencoder: test_resnet.r160_in1k\npretrained: false\n"

@@ -129,8 +129,9 @@ def test_multi_tile_fast_read_and_downsampling(fine_slide: Path, image: np.ndarr
         assert native.fast and native.read_px == 256
         for x, y in [(0, 0), (256, 128), (1152, 896), (1280, 768)]:
             np.testing.assert_array_equal(native.read(x, y), slide.read_region(x, y, 0, 256, 256))
-        # 0.5 um: read 512 px at level 0, area-average to 256
-        half = slide.tile_reader(0.5, 256)
+        # 0.5 um: read 512 px at level 0, area-average to 256 (the reduced-scale decode,
+        # resample="dct", is tested against this in test_dctscale.py)
+        half = slide.tile_reader(0.5, 256, resample="exact")
         assert (half.level, half.read_px, half.tile_size_level0) == (0, 512, 512)
         assert half.fast  # aligned 2x2 stored tiles are decoded directly, then reduced
         assert half.read_encoded(256, 0) is None  # resampled: no bitstream to reuse

@@ -4,7 +4,8 @@ Pure parts (numpy in, numpy out): :mod:`~wsipipe.heatmap.render` (normalisation,
 maps, tile splatting, overlay, colour bar, gallery), :mod:`~wsipipe.heatmap.pyramid` (tiled
 pyramidal TIFF with mpp), :mod:`~wsipipe.heatmap.geojson` (QuPath tile squares),
 :mod:`~wsipipe.heatmap.evaluate` (annotations -> tile labels -> metrics),
-:mod:`~wsipipe.heatmap.scores` (score tables). Orchestration: :mod:`~wsipipe.heatmap.scoring`
+:mod:`~wsipipe.heatmap.scores` (score tables). Orchestration: one streaming pass per slide
+(``attention_pass`` of :mod:`wsipipe.train.inference`)
 (one streaming pass per slide) and :mod:`~wsipipe.heatmap.run` (the batch command).
 """
 

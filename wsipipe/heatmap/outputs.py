@@ -160,10 +160,12 @@ def read_top_tiles(
         out[order] = tiles
         return out
     from wsipipe.slide import open_slide
+    from wsipipe.slide.dctscale import stored_resample
 
     coords = store.coords
     with open_slide(slide_path, reader=reader, mpp=mpp) as slide:
-        tr = slide.tile_reader(meta.target_mpp, meta.tile_px)
+        resample = stored_resample(meta.config)  # the pixels the store was tiled with
+        tr = slide.tile_reader(meta.target_mpp, meta.tile_px, resample=resample)
         return np.stack([tr.read(int(coords[i, 0]), int(coords[i, 1])) for i in idx])
 
 

@@ -1,7 +1,8 @@
 """``wsipipe heatmap``: a trained checkpoint's attention mapped back onto every slide.
 
 For each slide (a patch store written by ``wsipipe tile``): one eval-mode streaming pass over
-all its tiles (:mod:`wsipipe.heatmap.scoring`) gives each tile's attention (softmax of the
+all its tiles (``attention_pass`` of :mod:`wsipipe.train.inference`) gives each tile's
+attention (softmax of the
 learned query over ALL tiles, per head and averaged), the IPS/DBPS selection flags and the
 slide prediction; then the outputs of :mod:`wsipipe.heatmap.outputs` are written, and with
 ``--annotations`` the attention is evaluated against the annotated tumour.

@@ -10,6 +10,7 @@ APP14 marker that pins the colour transform, producing a standalone JPEG that an
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -126,12 +127,11 @@ def standalone_jpeg(tile: bytes, tables: bytes | None, colorspace: str | None) -
         return None
     try:
         tile_segments, rest = split_header(tile)
-        table_segments = split_header(tables)[0] if tables else []
+        table_segments = list(_table_segments(tables)) if tables else []
     except JpegFormatError:
         return None
     if not rest.startswith(b"\xff\xda"):
         return None
-    table_segments = [s for s in table_segments if s.marker in _TABLE_MARKERS]
     app = [s for s in tile_segments if 0xE0 <= s.marker <= 0xEF]
     other = [s for s in tile_segments if not 0xE0 <= s.marker <= 0xEF]
     merged_view = app + table_segments + other
@@ -146,6 +146,13 @@ def standalone_jpeg(tile: bytes, tables: bytes | None, colorspace: str | None) -
     parts += [s.data for s in other]
     parts.append(rest)
     return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=16)
+def _table_segments(tables: bytes) -> tuple[Segment, ...]:
+    """The DQT/DHT/DRI/DAC segments of a JPEGTables stream, parsed once per distinct value
+    (a level's tiles all share one)."""
+    return tuple(s for s in split_header(tables)[0] if s.marker in _TABLE_MARKERS)
 
 
 def split_tables(stream: bytes) -> tuple[bytes, bytes]:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from wsipipe.errors import ConfigError, MissingMppError, SlideOpenError
 from wsipipe.slide.backends import Backend, one_line, open_backend
+from wsipipe.slide.dctscale import DEFAULT_RESAMPLE
 from wsipipe.slide.dicom import check_series_folder, is_dicom_file, is_dicom_input
 from wsipipe.slide.info import READERS, SlideInfo
 from wsipipe.slide.levels import (
@@ -240,32 +241,44 @@ class Slide:
             self.mpp, self.info.level_downsamples, float(target_mpp), int(tile_px), overlap_px
         )
 
-    def tile_reader(self, target_mpp: float, tile_px: int, *, fast_path: bool = True) -> TileReader:
+    def tile_reader(
+        self,
+        target_mpp: float,
+        tile_px: int,
+        *,
+        fast_path: bool = True,
+        resample: str = DEFAULT_RESAMPLE,
+    ) -> TileReader:
         """A TileReader for ``tile_px`` px tiles at ``target_mpp`` (fast_path=False forces the
-        backend's read_region for every tile)."""
+        backend's read_region for every tile). ``resample``: "dct" (default) reduces 2x, 4x or
+        8x while decoding stored JPEG tiles where the grid allows it, "exact" always decodes
+        in full and area-averages (see :mod:`wsipipe.slide.dctscale`)."""
         geometry = self.tile_geometry(target_mpp, tile_px)
         level_size = self.info.level_dimensions[geometry.level]
         source, reason = None, "disabled"
         if fast_path:
             source, reason = self._fast_source(geometry)
         return TileReader(
-            self.path, self.reader, geometry, level_size, source, reason, backend=self._backend
+            self.path,
+            self.reader,
+            geometry,
+            level_size,
+            source,
+            reason,
+            backend=self._backend,
+            resample=resample,
         )
 
     def _fast_source(self, geometry: TileGeometry) -> tuple[TileSource | None, str]:
         # Aligned stored tiles are decoded directly whether or not the level matches the
         # target: when it does not, the decoded region is resized exactly as a backend read
-        # would be (e.g. 2x2 tiles at 0.25 um/px -> one 0.5 um/px tile).
-        level, read_px = geometry.level, geometry.read_px
+        # would be (e.g. 2x2 tiles at 0.25 um/px -> one 0.5 um/px tile). The TileReader
+        # checks that the read size is a whole number of file tiles.
+        level = geometry.level
         if level not in self._indexes:
             w, h = self.info.level_dimensions[level]
             self._indexes[level] = level_index(self.path, w, h, self.info.vendor, self.reader)
         index, reason = self._indexes[level]
         if index is None:
             return None, reason
-        if read_px % index.tile_width or read_px % index.tile_height:
-            return None, (
-                f"read size {read_px}px is not a multiple of the file tile "
-                f"{index.tile_width}x{index.tile_height}"
-            )
         return TileSource(str(self.path), index), "ok"

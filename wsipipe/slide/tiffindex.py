@@ -22,7 +22,13 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from wsipipe.slide.jpeg import PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR, standalone_jpeg
+from wsipipe.slide.dctscale import decode_reduced
+from wsipipe.slide.jpeg import (
+    PHOTOMETRIC_RGB,
+    PHOTOMETRIC_YCBCR,
+    JpegFormatError,
+    standalone_jpeg,
+)
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 MAX_PAGES_SCANNED = 64
@@ -252,6 +258,15 @@ class TileSource:
 
     def standalone(self, data: bytes) -> bytes | None:
         return standalone_jpeg(data, self.index.jpegtables, self.index.colorspace)
+
+    def decode_reduced(self, data: bytes, factor: int) -> np.ndarray:
+        """(tile_height // factor, tile_width // factor, 3) uint8 RGB of one stored tile,
+        decoded at 1/factor in the DCT domain (tables merged and colour space pinned first,
+        so that it is the same image that `decode` gives, only reduced)."""
+        stream = self.standalone(data)
+        if stream is None:
+            raise JpegFormatError("stored tile cannot be made a standalone JPEG")
+        return decode_reduced(stream, factor, self.index.tile_width, self.index.tile_height)
 
     def close(self) -> None:
         if self._fd is not None and self._pid == os.getpid():

@@ -15,6 +15,7 @@ Output layout under ``--out``::
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -78,7 +79,7 @@ def tile_slide(
                 "--tissue-geojson-dir"
             )
 
-        reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px)
+        reader = slide.tile_reader(cfg.target_mpp, cfg.tile_px, resample=cfg.resample)
         meta = _store_meta(spec, cfg, slide, geometry)
         store_rel = f"stores/{spec.slide_id}{STORE_SUFFIX[cfg.format]}"
         store_tmp = tmp_dir / Path(store_rel).name
@@ -112,6 +113,7 @@ def tile_slide(
         "reader": slide.reader,
         "level": reader.level,
         "fast_path": bool(reader.fast),
+        "dct_factor": int(reader.dct_factor),
         "jpeg_reused": n_reused,
     }
     return outputs, stats
@@ -199,7 +201,9 @@ def _encoded_chunks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[bytes] | None, int]]:
     """Yield (coords, fractions, encoded tiles or None, n reused) in chunks of CHUNK tiles.
 
-    JPEG decode/resize/encode release the GIL, so ``threads`` > 1 overlaps them.
+    JPEG decode/resize/encode release the GIL, so ``threads`` > 1 overlaps them. With a pool,
+    the next chunk is submitted before this one is yielded: the workers keep decoding while
+    the caller appends to the store (h5py holds the GIL), with at most 2 chunks in memory.
     """
 
     def one(xy: np.ndarray) -> tuple[bytes, bool]:
@@ -210,19 +214,30 @@ def _encoded_chunks(
                 return raw, True
         return encode_tile(reader.read(x, y), cfg.pixels, cfg.jpeg_quality), False
 
+    if cfg.pixels == "none":
+        for start in range(0, len(coords), CHUNK):
+            yield coords[start : start + CHUNK], frac[start : start + CHUNK], None, 0
+        return
     pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
-    mapper: Callable[..., Any] = pool.map if pool else map
+    mapper: Callable[..., Any] = pool.map if pool else map  # pool.map submits at once
+    inflight: deque[tuple[np.ndarray, np.ndarray, Iterator[tuple[bytes, bool]]]] = deque()
+
+    def finish() -> tuple[np.ndarray, np.ndarray, list[bytes], int]:
+        c, f, pending = inflight.popleft()
+        results = list(pending)
+        return c, f, [r[0] for r in results], sum(r[1] for r in results)
+
     try:
         for start in range(0, len(coords), CHUNK):
-            c, f = coords[start : start + CHUNK], frac[start : start + CHUNK]
-            if cfg.pixels == "none":
-                yield c, f, None, 0
-                continue
-            results = list(mapper(one, c))
-            yield c, f, [r[0] for r in results], sum(r[1] for r in results)
+            c = coords[start : start + CHUNK]
+            inflight.append((c, frac[start : start + CHUNK], mapper(one, c)))
+            if pool is None or len(inflight) > 1:
+                yield finish()
+        while inflight:
+            yield finish()
     finally:
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
 
 
 # ---- batch ------------------------------------------------------------------------------

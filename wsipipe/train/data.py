@@ -75,6 +75,7 @@ class _SlideReader:
 
     def __init__(self, spec: SlideSource) -> None:
         from wsipipe.slide import open_slide
+        from wsipipe.slide.dctscale import stored_resample
         from wsipipe.store import open_store
 
         with open_store(spec.path) as store:
@@ -87,7 +88,9 @@ class _SlideReader:
                 "restore the slide or re-tile with pixels stored"
             )
         self.slide = open_slide(meta.slide_path, reader=meta.reader, mpp=mpp)
-        self.reader = self.slide.tile_reader(meta.target_mpp, meta.tile_px)
+        self.reader = self.slide.tile_reader(
+            meta.target_mpp, meta.tile_px, resample=stored_resample(meta.config)
+        )
         self.px = int(meta.tile_px)
 
     def read(self, idx: np.ndarray) -> np.ndarray:
