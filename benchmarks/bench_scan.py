@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 import torch
 
 from benchmarks.common import Row, format_table
+from wsipipe.encoders import create_encoder
 from wsipipe.models import (
     AggregatorConfig,
     CrossAttentionAggregator,
     FeatureEncoder,
     TaskSpec,
-    create_encoder,
     dbps_scan,
     gradient_pass,
     ips_scan,

@@ -92,7 +92,7 @@ def make_checkpoint(path: Path, method: str = "ips", M: int = 6, I: int = 16, S:
     "features": an aggregator over the frozen ENCODER's cached features)."""
     import torch
 
-    from wsipipe.models import create_encoder
+    from wsipipe.encoders import create_encoder
     from wsipipe.train.checkpoint import save_checkpoint
     from wsipipe.train.config import TrainConfig
     from wsipipe.train.model import build_model

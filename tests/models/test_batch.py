@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.models.helpers import chunked, tiny_aggregator, tiny_feature_encoder
+from wsipipe.encoders import create_encoder
 from wsipipe.errors import ConfigError
 from wsipipe.models import (
-    create_encoder,
     dbps_scan,
     gradient_pass,
     pad_batch,

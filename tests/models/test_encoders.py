@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from wsipipe.encoders import create_encoder
 from wsipipe.errors import ConfigError
-from wsipipe.models import FeatureEncoder, PatchEncoder, create_encoder
+from wsipipe.models import FeatureEncoder, PatchEncoder
 
 
 def test_resnet18_shapes_and_uint8_normalisation() -> None:

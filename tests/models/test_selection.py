@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.models.helpers import chunked, one_shot_logits, tiny_aggregator, tiny_feature_encoder
+from wsipipe.encoders import create_encoder
 from wsipipe.errors import ConfigError
-from wsipipe.models import ScanResult, create_encoder, dbps_scan, ips_scan, scores_from_logits
+from wsipipe.models import ScanResult, dbps_scan, ips_scan, scores_from_logits
 
 F = 24
 SETTINGS = settings(max_examples=25, deadline=None)

@@ -9,7 +9,7 @@ from wsipipe.models.aggregator import (
     scores_from_logits,
 )
 from wsipipe.models.batch import gradient_pass, pad_batch, random_patch_drop
-from wsipipe.models.encoders import FeatureEncoder, PatchEncoder, create_encoder
+from wsipipe.models.encoders import FeatureEncoder, PatchEncoder
 from wsipipe.models.selection import ChunkHook, ScanResult, dbps_scan, ips_scan
 from wsipipe.models.streaming import AttentionMap, AttentionStream
 
@@ -23,7 +23,6 @@ __all__ = [
     "PatchEncoder",
     "ScanResult",
     "TaskSpec",
-    "create_encoder",
     "dbps_scan",
     "gradient_pass",
     "ips_scan",

@@ -112,31 +112,6 @@ class PatchEncoder(nn.Module):
         return self.proj(feats.flatten(1))  # (k, out_dim)
 
 
-def create_encoder(
-    name: str,
-    pretrained: bool = False,
-    out_dim: int | None = None,
-    channels_last: bool = False,
-    grad_checkpointing: bool = False,
-) -> PatchEncoder:
-    """A patch encoder by registry or timm name (``"resnet18"``, ``"uni2-h"``,
-    ``"hf-hub:org/model"``), classifier removed, normalisation of the encoder's own training.
-
-    Kept for callers of ``wsipipe.models``; it delegates to
-    :func:`wsipipe.encoders.create_encoder`, which also takes ``weights=`` and
-    ``freeze_stages=``.
-    """
-    from wsipipe.encoders.factory import create_encoder as _create
-
-    return _create(
-        name,
-        pretrained=pretrained,
-        out_dim=out_dim,
-        channels_last=channels_last,
-        grad_checkpointing=grad_checkpointing,
-    )
-
-
 class FeatureEncoder(nn.Module):
     """Encoder for precomputed tile features (frozen backbone):
     ``LayerNorm(F, no affine) -> Linear(F, D) -> BatchNorm1d(D) -> ReLU``; ``(k, F) -> (k, D)``.

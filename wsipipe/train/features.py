@@ -114,7 +114,7 @@ def embed_specs(
 ) -> list[SlideSource]:
     """Features specs for ``specs``; missing / stale caches are computed first (slides
     sharded over ranks, then a barrier)."""
-    from wsipipe.models import create_encoder
+    from wsipipe.encoders import create_encoder
 
     fdir.mkdir(parents=True, exist_ok=True)
     # rank 0 decides what is missing (a rank that looked later could see rank 0's first

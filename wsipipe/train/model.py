@@ -45,12 +45,12 @@ class SlideModel(nn.Module):
 
 def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> SlideModel:
     """Encoder (timm backbone + projection to D, or the features encoder) + aggregator."""
+    from wsipipe.encoders import create_encoder
     from wsipipe.models import (
         AggregatorConfig,
         CrossAttentionAggregator,
         FeatureEncoder,
         TaskSpec,
-        create_encoder,
     )
 
     encoder: nn.Module
