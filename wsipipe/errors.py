@@ -42,3 +42,11 @@ class LockedError(WsipipeError):
 
 class EncoderWeightsError(ConfigError):
     """Pretrained encoder weights cannot be found or do not fit the encoder's architecture."""
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (``warning: <message>``): something the user should know
+    that does not stop the run (a setting that looks wrong, a fallback taken)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ from wsipipe.heatmap.run import run_heatmaps
 from wsipipe.heatmap.scores import read_scores, read_scores_csv
 from wsipipe.models import ips_scan
 from wsipipe.store import open_store
+from wsipipe.store.features import open_features
 from wsipipe.train.inference import load_model
 
 openslide = pytest.importorskip("openslide")
@@ -243,9 +244,9 @@ def test_features_mode_checkpoint_uses_its_feature_cache(tmp_path):
     cache = tmp_path / "feature-cache"
     outcomes = run_heatmaps(_cfg(tmp_path, annotations="", features_dir=str(cache)))
     assert sorted((o.slide_id, o.state) for o in outcomes) == [("a", "done"), ("b", "done")]
-    assert sorted(p.name for p in cache.rglob("*.npy")) == ["a.npy", "b.npy"]
+    assert sorted(p.name for p in cache.rglob("*.h5")) == ["a.h5", "b.h5"]
     assert not (tmp_path / "tile" / "features").exists()
-    feats = torch.from_numpy(np.load(next(cache.rglob("a.npy")))).float()  # (N, F)
+    feats = torch.from_numpy(np.asarray(open_features(next(cache.rglob("a.h5"))))).float()
     lm = load_model(ck, "cpu")
     chunks = ((torch.arange(s, min(len(feats), s + 16)), feats[s : s + 16])
               for s in range(0, len(feats), 16))  # fmt: skip

@@ -54,7 +54,7 @@ def test_store_lookup(tmp_path: Path, stores: list[SlideSource]) -> None:
         find_store(root / "stores", "../t0")
     with pytest.raises(ConfigError, match="not a directory"):
         resolve_stores_dir(tmp_path / "missing")
-    assert stores[0] == SlideSource("t0", "store", stores[0].path, 70, tile_px=32)
+    assert stores[0] == SlideSource("t0", "store", stores[0].path, 70, tile_px=32, target_mpp=0.5)
 
 
 def test_scan_indices_patch_drop_is_seeded() -> None:
@@ -134,9 +134,14 @@ def test_fetcher_rereads_selected_tiles(stores: list[SlideSource]) -> None:
 
 
 def test_feature_source(tmp_path: Path) -> None:
+    from wsipipe.store.features import write_feature_file
+
     arr = np.random.default_rng(0).random((20, 6)).astype(np.float16)
-    np.save(tmp_path / "f.npy", arr)
-    spec = SlideSource("f", "features", str(tmp_path / "f.npy"), 20, feature_dim=6)
+    coords = np.stack([np.arange(20) * 256, np.zeros(20, np.int64)], axis=1)
+    with write_feature_file(tmp_path / "f.h5", 20, 6, coords, {"patch_size": 256}, {}) as w:
+        w.write(np.arange(10, 20), arr[10:])  # any order of chunks
+        w.write(np.array([3, 1, 2, 0, 4, 5, 6, 7, 8, 9]), arr[[3, 1, 2, 0, 4, 5, 6, 7, 8, 9]])
+    spec = SlideSource("f", "features", str(tmp_path / "f.h5"), 20, feature_dim=6)
     sampler = PlanSampler()
     loader = make_loader(ChunkDataset([spec]), sampler, 0, 2, False, 0)
     chunks = list(ChunkStream(loader, sampler, plan_chunks([0], [spec], 8)).slide(0))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -158,11 +159,13 @@ def test_multiclass_and_features_mode(tmp_path: Path) -> None:
     assert len(recs) == 2 and 0.0 <= recs[-1]["val_auc"] <= 1.0
     pred = list(csv.DictReader((tmp_path / "run" / "predictions" / "val_epoch_002.csv").open()))
     assert set(pred[0]) == {"slide_id", "label", "pred", "prob_a", "prob_b", "prob_c"}
-    feats = sorted((tmp_path / "features" / cfg.encoder).glob("*.npy"))
+    feats = sorted((tmp_path / "features" / cfg.encoder).glob("*.h5"))
     assert len(feats) == 12
-    arr = np.load(feats[0])
     meta = json.loads(feats[0].with_suffix(".json").read_text())
-    assert arr.dtype == np.float16 and arr.shape == (meta["n_tiles"], meta["dim"])
+    with h5py.File(feats[0]) as f:  # TRIDENT's layout: features (N, F) and coords (N, 2)
+        assert f["features"].dtype == np.float16
+        assert f["features"].shape == (meta["n_tiles"], meta["dim"])
+        assert f["coords"].shape == (meta["n_tiles"], 2) and "patch_size" in f["coords"].attrs
     ck = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert ck["feature_dim"] == meta["dim"]
     mtime = feats[0].stat().st_mtime_ns  # a second run reuses the cache

@@ -93,3 +93,22 @@ def assign_splits(
         return split, fold
     fr = [("test", test_fraction), ("val", val_fraction)]
     return stratified_split(strata, fr, seed), {}
+
+
+def carve_validation(
+    slides: Sequence[tuple[str, str, str]], fraction: float, seed: int = 0
+) -> set[str]:
+    """The slide ids to validate on, carved from training slides ``(slide_id, label,
+    patient)``: a seeded, label-stratified ``fraction``, whole patients at a time when
+    patients are given (a patient's label for the strata is its most common slide label)."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"val_fraction {fraction!r} must be in (0, 1), e.g. 0.2")
+    groups: dict[str, list[str]] = defaultdict(list)
+    labels: dict[str, list[str]] = defaultdict(list)
+    for sid, label, patient in slides:
+        key = patient or sid
+        groups[key].append(sid)
+        labels[key].append(label)
+    strata = {k: max(sorted(set(v)), key=v.count) for k, v in labels.items()}
+    split = stratified_split(strata, [("val", fraction)], seed)
+    return {sid for key, sids in groups.items() if split[key] == "val" for sid in sids}

@@ -29,6 +29,7 @@ class SlideRecord:
     split: str
     fold: int | None
     line: int  # 1-based line number in the CSV (header is line 1)
+    patient: str = ""  # `patient_id` column: slides of one patient share a split and fold
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,13 @@ def read_labels_csv(
             f"slide_id,{label_column}[,{split_column}][,{fold_column}]"
         )
     problems: list[str] = []
-    rows: list[tuple[str, str, str, int | None, int]] = []
+    rows: list[tuple[str, str, str, int | None, int, str]] = []
     seen: dict[str, int] = {}
     for line, row in enumerate(reader, start=2):
         sid = (row.get("slide_id") or "").strip()
         label = (row.get(label_column) or "").strip()
         split = (row.get(split_column) or "").strip() if split_column in header else ""
+        patient = (row.get("patient_id") or "").strip() if "patient_id" in header else ""
         fold: int | None = None
         fold_text = (row.get(fold_column) or "").strip() if fold_column in header else ""
         if fold_text:
@@ -121,7 +123,7 @@ def read_labels_csv(
         seen[sid] = line
         if classes and label and label not in classes:
             problems.append(f"line {line} {sid!r}: label {label!r} is not one of {list(classes)}")
-        rows.append((sid, label, split, fold, line))
+        rows.append((sid, label, split, fold, line, patient))
     if not rows and not problems:
         problems.append("no data rows")
     if problems:
@@ -129,8 +131,8 @@ def read_labels_csv(
     names = tuple(classes) if classes else _sort_classes({r[1] for r in rows if r[1]})
     index = {name: i for i, name in enumerate(names)}
     records = tuple(
-        SlideRecord(sid, index.get(label, -1), label, split, fold, line)
-        for sid, label, split, fold, line in rows
+        SlideRecord(sid, index.get(label, -1), label, split, fold, line, patient)
+        for sid, label, split, fold, line, patient in rows
     )
     return LabelTable(p, names, records)
 
@@ -142,12 +144,14 @@ def training_splits(
     fold: int | None = None,
     split_column: str = "split",
     fold_column: str = "fold",
+    allow_empty_val: bool = False,
 ) -> tuple[list[SlideRecord], list[SlideRecord]]:
     """(train, validation) records; every one labeled, every split with >= 2 classes.
 
     With ``fold`` set: validation = rows whose fold equals it, training = rows with another
     fold (rows without a fold, e.g. a held-out test set, take no part). Otherwise the split
-    column decides.
+    column decides; with ``allow_empty_val`` the validation split may be empty (the caller
+    carves one from the training slides).
     """
     p = table.path
     if fold is not None:
@@ -167,6 +171,8 @@ def training_splits(
         names = (f"split {train_split!r}", f"split {val_split!r}")
     problems: list[str] = []
     for recs, name in zip((train, val), names, strict=True):
+        if not recs and recs is val and allow_empty_val:
+            continue
         if not recs:
             problems.append(f"{name} has no slides")
             continue

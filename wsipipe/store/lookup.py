@@ -52,15 +52,17 @@ class SlideSource:
     """Where one slide's tiles come from (picklable; handles open lazily per process).
 
     kind "store": decoded from the patch store; "slide": a coords-only store, tiles read from
-    the slide through the reader; "features": rows of a cached (N, F) ``.npy`` feature array.
+    the slide through the reader; "features": rows of a slide's feature file (N, F)
+    (:mod:`wsipipe.store.features`).
     """
 
     slide_id: str
     kind: str
-    path: str  # the store (kinds store/slide) or the .npy features file
+    path: str  # the store (kinds store/slide) or the feature file (.h5)
     n_tiles: int
     tile_px: int = 0  # stored tile size (0 for features)
     feature_dim: int = 0
+    target_mpp: float = 0.0  # um/px of the stored tiles (0: unknown)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,4 +82,6 @@ def describe_store(slide_id: str, path: Path) -> SlideSource:
             f"{path} is a coords-only store but its slide {meta.slide_path} is missing; "
             "restore the slide at that path or re-tile with pixels stored"
         )
-    return SlideSource(slide_id, kind, str(path), n, tile_px=int(meta.tile_px))
+    return SlideSource(
+        slide_id, kind, str(path), n, tile_px=int(meta.tile_px), target_mpp=meta.target_mpp
+    )

@@ -99,8 +99,8 @@ def predict_command(
         cleanup_distributed()
 
 
-_EMBED_FIELDS = ("stores", "encoder", "pretrained", "input_px", "features_dir", "embed_batch",
-                 "device", "precision", "workers")  # fmt: skip
+_EMBED_FIELDS = ("stores", "encoder", "pretrained", "weights", "input_px", "features_dir",
+                 "embed_batch", "device", "precision", "workers")  # fmt: skip
 
 
 @config_options(TrainConfig, only=_EMBED_FIELDS)
@@ -118,12 +118,14 @@ def embed_command(
         init_distributed,
         resolve_device,
     )
+    from wsipipe.train.encoding import resolve_input
     from wsipipe.train.features import embed_specs, features_dir_for
     from wsipipe.train.model import amp_dtype_for
 
     cfg = load_train_config(config, {**overrides, "mode": "features"})
     stores_dir = resolve_stores_dir(cfg.stores)
     specs = [describe_store(sid, p) for sid, p in list_stores(stores_dir)]
+    cfg = resolve_input(cfg, specs)
     dev = resolve_device(cfg.device, env_dist()[2])
     try:
         dist = init_distributed(dev)

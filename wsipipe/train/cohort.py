@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write_text
+from wsipipe.labels.splits import carve_validation
 from wsipipe.labels.table import (
     LabelTable,
     SlideRecord,
@@ -34,6 +36,7 @@ class Cohort:
     train: list[int]  # positions into specs
     val: list[int]
     stores_dir: Path
+    carved: bool = False  # the validation slides were carved from the training split
 
 
 def _specs_for(
@@ -52,9 +55,24 @@ def load_cohort(cfg: TrainConfig) -> Cohort:
     table = read_labels_csv(
         cfg.labels, cfg.label_column, cfg.split_column, cfg.fold_column, cfg.classes
     )
+    carve = cfg.fold is None and cfg.val_fraction > 0
     train, val = training_splits(
-        table, cfg.train_split, cfg.val_split, cfg.fold, cfg.split_column, cfg.fold_column
-    )
+        table, cfg.train_split, cfg.val_split, cfg.fold, cfg.split_column, cfg.fold_column,
+        allow_empty_val=carve,
+    )  # fmt: skip
+    carved = carve and not val
+    if carved:  # e.g. CAMELYON16: train and test only
+        picked = carve_validation(
+            [(r.slide_id, r.label_name, r.patient) for r in train], cfg.val_fraction, cfg.seed
+        )
+        val = [r for r in train if r.slide_id in picked]
+        train = [r for r in train if r.slide_id not in picked]
+        if len({r.label for r in val}) < 2 or len({r.label for r in train}) < 2:
+            raise ConfigError(
+                f"{cfg.labels}: too few training slides to carve a validation split with "
+                f"every class (val_fraction {cfg.val_fraction}); add a `{cfg.split_column}` "
+                f"= {cfg.val_split} split to the CSV or raise --val-fraction"
+            )
     stores_dir = resolve_stores_dir(cfg.stores)
     records = [*train, *val]
     specs = _specs_for(table, records, stores_dir)
@@ -67,7 +85,19 @@ def load_cohort(cfg: TrainConfig) -> Cohort:
         train=list(range(len(train))),
         val=list(range(len(train), len(records))),
         stores_dir=stores_dir,
+        carved=carved,
     )
+
+
+def write_splits(path: Path, cohort: Cohort) -> None:
+    """``slide_id,label,split`` of the run's training and validation slides (what trained
+    and what validated, also when the validation split was carved)."""
+    rows = ["slide_id,label,split"]
+    for part, positions in (("train", cohort.train), ("val", cohort.val)):
+        for pos in positions:
+            label = cohort.classes[int(cohort.labels[pos])]
+            rows.append(f"{cohort.specs[pos].slide_id},{label},{part}")
+    atomic_write_text(path, "\n".join(rows) + "\n")
 
 
 def load_eval_slides(

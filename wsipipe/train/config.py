@@ -16,7 +16,9 @@ from wsipipe.cli_config import opt
 from wsipipe.config import Precision, build_config, check_device, load_yaml
 from wsipipe.errors import ConfigError
 
-Method = Literal["ips", "dbps"]
+Method = Literal["ips", "dbps", "abmil", "mean"]
+#: methods that stream a slide through a scan and keep M tiles; the others take all tiles
+SCAN_METHODS = ("ips", "dbps")
 Mode = Literal["pixels", "features"]
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -35,10 +37,20 @@ class TrainConfig:
     val_split: str = opt("val", "Validation split value")
     fold_column: str = opt("fold", "Fold column")
     fold: int | None = opt(None, "Cross-validation: validate on this fold, train on the others")
+    val_fraction: float = opt(
+        0.2, "Labels without a val split: validate on this stratified, seeded fraction of the "
+        "training slides (whole patients with a patient_id column); 0 = refuse"
+    )  # fmt: skip
+    folds: int = opt(
+        0, "K-fold cross-validation over the training slides: K runs, one summary (0 = off)"
+    )
     classes: tuple[str, ...] = opt((), "Class order", shown="sorted labels of the CSV")
     shuffle_labels: bool = opt(False, "Control: training labels made independent of the truth")
     # ---- method -------------------------------------------------------------------------
-    method: Method = opt("ips", "Slide aggregation / tile selection")
+    method: Method = opt(
+        "ips", "ips | dbps (memory-bounded tile selection) | abmil (gated attention MIL) | mean "
+        "(mean pooling); abmil and mean aggregate all tiles, in features mode"
+    )  # fmt: skip
     mode: Mode = opt("pixels", "pixels (end to end) | features (frozen `encoder` features, cached)")
     M: int = opt(32, "Memory buffer: tiles with gradients per slide", flag="--M")
     I: int = opt(256, "Tiles encoded per scan step (chunk size)", flag="--I")  # noqa: E741
@@ -47,7 +59,12 @@ class TrainConfig:
     shuffle_tiles: bool = opt(False, "Shuffle the order of a slide's tiles in training scans")
     # ---- encoder ------------------------------------------------------------------------
     encoder: str = opt("resnet50", "timm encoder name or hf-hub:...; features mode: the extractor")
-    pretrained: bool = opt(True, "Pretrained encoder weights")
+    pretrained: bool = opt(True, "Pretrained encoder weights (hub cache or package; never random)")
+    weights: str = opt(
+        "", "Encoder weights to load: a .pth/.bin/.safetensors state dict or a local hub "
+        "snapshot folder (offline clusters)", shown="the encoder's own"
+    )  # fmt: skip
+    freeze_stages: int = opt(0, "Pixel-mode fine-tuning: freeze the stem and first K stages")
     input_px: int = opt(0, "Resize tiles to this size before encoding (0 = as stored)")
     grad_checkpointing: bool = opt(False, "Encoder gradient checkpointing")
     # Encoder BatchNorm in eval mode during the gradient pass (statistics fixed, affine
@@ -71,6 +88,7 @@ class TrainConfig:
     heads: int = opt(8, "Attention heads H")
     dim_head: int = opt(64, "Head width D_k")
     dim_inner: int = opt(2048, "MLP width D_inner")
+    abmil_dim: int = opt(128, "ABMIL attention width L")
     dropout: float = opt(0.1, "Dropout")
     attn_dropout: float = opt(0.1, "Attention dropout")
     # ---- optimisation -------------------------------------------------------------------
@@ -104,6 +122,7 @@ class TrainConfig:
             "dim_inner": self.dim_inner,
             "prefetch": self.prefetch,
             "embed_batch": self.embed_batch,
+            "abmil_dim": self.abmil_dim,
         }
         for name, value in positive.items():
             if value < 1:
@@ -118,10 +137,18 @@ class TrainConfig:
             "weight_decay": self.weight_decay,
             "grad_clip": self.grad_clip,
             "warmup_epochs": self.warmup_epochs,
+            "freeze_stages": self.freeze_stages,
         }
         for name, number in non_negative.items():
             if number < 0:
                 _bad(name, number, "must be >= 0")
+        if self.method not in SCAN_METHODS and self.mode != "features":
+            _bad("method", self.method, "aggregates all tiles of a slide: use it with --mode "
+                 "features (a frozen encoder), or --method ips / dbps end to end")  # fmt: skip
+        if not 0.0 <= self.val_fraction < 1.0:
+            _bad("val_fraction", self.val_fraction, "must be in [0, 1), e.g. 0.2")
+        if self.folds == 1 or self.folds < 0:
+            _bad("folds", self.folds, "must be 0 (off) or >= 2")
         if self.method == "dbps" and self.S < 1:
             _bad("S", self.S, "must be >= 1 with --method dbps (or use --method ips)")
         if not 0.0 <= self.drop_ratio < 1.0:
@@ -159,6 +186,11 @@ class TrainConfig:
         random_init = self.mode == "features" or not self.pretrained
         auto = random_init if self.calibrate_bn is None else self.calibrate_bn
         return self.bn_frozen and auto and self.calibrate_tiles > 0
+
+    @property
+    def scans(self) -> bool:
+        """IPS / DBPS: a slide streams through a scan that keeps M tiles (else: all tiles)."""
+        return self.method in SCAN_METHODS
 
     @property
     def n_aux(self) -> int:

@@ -106,7 +106,9 @@ class _SlideReader:
 
 class _FeatureReader:
     def __init__(self, spec: SlideSource) -> None:
-        self.arr = np.load(spec.path, mmap_mode="r")  # (N, F) float16/float32
+        from wsipipe.store.features import open_features
+
+        self.arr = open_features(spec.path)  # (N, F) float16 memory map
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.arr[idx])

@@ -1,13 +1,16 @@
 """Features mode: each tile's frozen-encoder feature, computed once, cached beside the stores.
 
-Layout: ``<tile out>/features/<encoder tag>/<slide_id>.npy`` -- an (N, F) float16 array in
-store order, written through a memory map (never the whole array in RAM), renamed into place
-when complete -- and ``<slide_id>.json`` (encoder, pretrained, input size, N, F, store),
+Layout: ``<tile out>/features/<encoder tag>/<slide_id>.h5`` -- a TRIDENT-style feature file
+(:mod:`wsipipe.store.features`: ``features`` (N, F) in store order, ``coords`` (N, 2)),
+written chunk by chunk (never the whole matrix in RAM) into a temporary file renamed into
+place when complete -- and ``<slide_id>.json`` (encoder, weights, input size, N, F, store),
 written last as the completion record. A cache whose record does not match the current
-encoder settings or the store's tile count is recomputed.
+encoder settings or the store's tile count is recomputed; a killed embedding resumes at the
+first slide without a record.
 
 IPS/DBPS then train on the features (the official CAMELYON16 setting: F=2048, M=I=5000 for
-IPS; M=100, I=500, S=400 for DBPS) with the features encoder LayerNorm -> Linear -> BN -> ReLU.
+IPS; M=100, I=500, S=400 for DBPS) with the features encoder LayerNorm -> Linear -> BN -> ReLU;
+ABMIL and mean pooling on the same features.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsipipe import __version__
 from wsipipe.errors import ConfigError
-from wsipipe.fileio import atomic_path, atomic_write_text, check_slide_id
-from wsipipe.store import SlideSource
+from wsipipe.fileio import atomic_write_text, check_slide_id
+from wsipipe.store import SlideSource, open_store
+from wsipipe.store.features import write_feature_file
 from wsipipe.train.config import TrainConfig
 from wsipipe.train.data import ChunkPipeline
 from wsipipe.train.distributed import DistInfo, barrier, broadcast_object
-
-FEATURE_DTYPE = np.float16
 
 
 def encoder_tag(name: str, input_px: int = 0) -> str:
@@ -50,10 +53,20 @@ def features_dir_for(stores_dir: Path | None, cfg: TrainConfig) -> Path:
     return default_features_dir(stores_dir, cfg)
 
 
+def weights_fingerprint(weights: str) -> str:
+    """Which weights file embedded a cache: path, size and mtime ("" = the encoder's own)."""
+    if not weights:
+        return ""
+    p = Path(weights)
+    st = p.stat() if p.exists() else None
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}" if st else str(p)
+
+
 def _record(cfg: TrainConfig, spec: SlideSource) -> dict[str, Any]:
     return {
         "encoder": cfg.encoder,
         "pretrained": cfg.pretrained,
+        "weights": weights_fingerprint(cfg.weights),
         "input_px": cfg.input_px,
         "n_tiles": spec.n_tiles,
         "store": str(Path(spec.path).resolve()),
@@ -63,15 +76,31 @@ def _record(cfg: TrainConfig, spec: SlideSource) -> dict[str, Any]:
 def cached_spec(fdir: Path, spec: SlideSource, cfg: TrainConfig) -> SlideSource | None:
     """The features spec of ``spec`` if its cache is complete and current, else None."""
     sid = check_slide_id(spec.slide_id)
-    npy, rec = fdir / f"{sid}.npy", fdir / f"{sid}.json"
+    h5, rec = fdir / f"{sid}.h5", fdir / f"{sid}.json"
     try:
         info = json.loads(rec.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     want = _record(cfg, spec)
-    if any(info.get(k) != v for k, v in want.items() if k != "store") or not npy.exists():
+    if any(info.get(k) != v for k, v in want.items() if k != "store") or not h5.exists():
         return None
-    return SlideSource(sid, "features", str(npy), spec.n_tiles, feature_dim=int(info["dim"]))
+    return SlideSource(sid, "features", str(h5), spec.n_tiles, feature_dim=int(info["dim"]))
+
+
+def _store_coords(spec: SlideSource) -> tuple[np.ndarray, dict[str, Any]]:
+    """The store's coords and CLAM/TRIDENT's attributes of them."""
+    with open_store(spec.path) as store:
+        meta = store.meta
+        coords = np.asarray(store.coords, dtype=np.int64)
+    attrs = {
+        "patch_size": int(meta.read_px),
+        "patch_level": int(meta.level),
+        "patch_size_level0": int(meta.tile_size_level0),
+        "target_mpp": float(meta.target_mpp),
+        "tile_px": int(meta.tile_px),
+        "name": spec.slide_id,
+    }
+    return coords, attrs
 
 
 def _embed_one(
@@ -84,23 +113,18 @@ def _embed_one(
     amp: torch.dtype | None,
 ) -> SlideSource:
     sid = spec.slide_id
-    arr: np.memmap | None = None
-    with atomic_path(fdir / f"{sid}.npy") as tmp:
+    dim = int(getattr(encoder, "out_dim", 0))
+    coords, coords_attrs = _store_coords(spec)
+    record = _record(cfg, spec)
+    attrs = {**{k: str(v) for k, v in record.items()}, "wsipipe_version": __version__}
+    with write_feature_file(fdir / f"{sid}.h5", spec.n_tiles, dim, coords, coords_attrs,
+                            attrs) as out:  # fmt: skip
         for idx, tiles in chunks:
             with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 feats = encoder(tiles.to(device, non_blocking=True)).float()  # (k, F)
-            if arr is None:
-                arr = np.lib.format.open_memmap(
-                    tmp, mode="w+", dtype=FEATURE_DTYPE, shape=(spec.n_tiles, feats.shape[1])
-                )
-            arr[idx.numpy()] = feats.cpu().numpy().astype(FEATURE_DTYPE)
-        if arr is None:
-            raise ConfigError(f"{spec.path}: no tiles to embed")
-        dim = int(arr.shape[1])
-        arr.flush()
-        del arr
-    atomic_write_text(fdir / f"{sid}.json", json.dumps({**_record(cfg, spec), "dim": dim}))
-    return SlideSource(sid, "features", str(fdir / f"{sid}.npy"), spec.n_tiles, feature_dim=dim)
+            out.write(idx.numpy(), feats.cpu().numpy())
+    atomic_write_text(fdir / f"{sid}.json", json.dumps({**record, "dim": dim}))
+    return SlideSource(sid, "features", str(fdir / f"{sid}.h5"), spec.n_tiles, feature_dim=dim)
 
 
 def embed_specs(
@@ -126,7 +150,10 @@ def embed_specs(
     if mine:
         torch.manual_seed(cfg.seed)  # identical frozen weights on every rank when random
         encoder = create_encoder(
-            cfg.encoder, pretrained=cfg.pretrained, channels_last=cfg.channels_last
+            cfg.encoder,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights or None,
+            channels_last=cfg.channels_last,
         )
         encoder.to(device).eval()
         pipeline = ChunkPipeline(specs, cfg.input_px, cfg.workers, cfg.prefetch, device, cfg.seed)

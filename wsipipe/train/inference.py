@@ -7,7 +7,8 @@ nothing else from :mod:`wsipipe.train`.
 * :func:`load_model` -- a checkpoint's model rebuilt on a device, every check in one place.
 * :func:`open_pipeline` -- the tile pipeline for some slides (features computed first in
   features mode), :class:`~wsipipe.train.data.ChunkPipeline`.
-* :func:`scan_slide` -- IPS or DBPS scan of one slide's chunk stream (no gradients).
+* :func:`scan_slide` -- IPS or DBPS scan of one slide's chunk stream (no gradients);
+  :func:`all_tiles` -- the "selection" of ABMIL / mean pooling, which take every tile.
 * :func:`attention_pass` -- the same scan, also keeping every tile's attention logits
   (softmax over ALL tiles, for heatmaps).
 * :func:`eval_forward` / :func:`predict_slides` -- class probabilities of slides from their
@@ -31,7 +32,7 @@ from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
 from wsipipe.store import SlideSource
 from wsipipe.train.checkpoint import load_checkpoint
-from wsipipe.train.config import TrainConfig
+from wsipipe.train.config import SCAN_METHODS, TrainConfig
 from wsipipe.train.data import ChunkPipeline, ChunkStream, check_tile_sizes
 from wsipipe.train.distributed import (
     DistInfo,
@@ -49,6 +50,7 @@ __all__ = [
     "LoadedModel",
     "Predictions",
     "ScanSettings",
+    "all_tiles",
     "attention_pass",
     "check_feature_dim",
     "collate",
@@ -78,6 +80,11 @@ class ScanSettings:
         return cls(
             cfg.method, cfg.M, cfg.I, cfg.n_aux, device, amp_dtype_for(cfg.precision, device)
         )
+
+    @property
+    def scans(self) -> bool:
+        """IPS / DBPS select M tiles by a scan; ABMIL / mean pooling take all tiles."""
+        return self.method in SCAN_METHODS
 
 
 # ---- the model of a checkpoint --------------------------------------------------------------
@@ -118,7 +125,8 @@ def load_model(
     classes = tuple(str(c) for c in ckpt["classes"])
     fdim = int(ckpt.get("feature_dim") or 0)
     dev = resolve_device(cfg.device, env_dist()[2])  # under torchrun: this rank's GPU
-    model = build_model(replace(cfg, pretrained=False), len(classes), fdim)
+    # the checkpoint holds every weight: no pretrained weights to look for
+    model = build_model(replace(cfg, pretrained=False, weights=""), len(classes), fdim)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     return LoadedModel(
@@ -181,6 +189,15 @@ def scan_slide(
     return ips_scan(model.encoder, agg, chunks, st.M, st.device, st.amp_dtype, on_chunk)
 
 
+def all_tiles(indices: Tensor | np.ndarray) -> ScanResult:
+    """The "selection" of the methods that aggregate every tile (ABMIL, mean pooling)."""
+    from wsipipe.models import ScanResult
+
+    idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+    n = int(idx.numel())
+    return ScanResult(indices=idx, scores=torch.full((n,), 1.0 / max(n, 1)), n_tiles=n)
+
+
 @dataclass
 class AttentionPass:
     """Outcome of one slide's attention pass: attention over all tiles and the selection."""
@@ -203,6 +220,17 @@ def attention_pass(
     from wsipipe.models import AttentionStream, CrossAttentionAggregator
 
     stream = AttentionStream(n_tiles)
+    if not st.scans:  # ABMIL / mean pooling: every tile's own attention logit (k, 1, 1)
+        from wsipipe.models._scan import device_chunks, encode, eval_no_grad
+
+        with eval_no_grad(model.encoder, model.aggregator):
+            for idx, tiles in device_chunks(chunks, st.device):
+                emb = encode(model.encoder, tiles, st.device, st.amp_dtype)  # (k, D)
+                stream.add(idx, model.aggregator.tile_logits(emb).float())  # type: ignore[operator]
+        if stream.n_tiles == 0:
+            raise ConfigError("the slide yielded no tiles; re-run `wsipipe tile`")
+        amap = stream.result(1, 1)
+        return AttentionPass(amap, all_tiles(amap.indices.sort().values))
     result = scan_slide(model, chunks, st, on_chunk=stream.add)
     if stream.n_tiles == 0:
         raise ConfigError("the slide yielded no tiles; re-run `wsipipe tile`")
@@ -266,7 +294,7 @@ def predict_slides(
     de-duplicated predictions in the order of ``slides``."""
     sources = pipeline.sources
     mine = [slides[i] for i in shard_order(len(slides), dist, 0, 0, shuffle=False)]
-    stream = pipeline.stream(mine, st.I)
+    stream = pipeline.stream(mine, st.I) if st.scans else None
     out: list[tuple[str, tuple[list[float], int]]] = []
     pending: tuple[int, ScanResult, Future[Tensor]] | None = None
     n_tiles = 0
@@ -279,7 +307,10 @@ def predict_slides(
             on_slide(res.n_tiles)
 
     for pos in mine:
-        res = scan_slide(model, stream.slide(pos), st)
+        if stream is not None:
+            res = scan_slide(model, stream.slide(pos), st)
+        else:  # every tile, in storage order (ABMIL / mean pooling)
+            res = all_tiles(np.arange(sources[pos].n_tiles))
         n_tiles += res.n_tiles
         fut = pipeline.fetch(pos, res.indices.cpu().numpy())
         if pending is not None:

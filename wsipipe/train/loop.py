@@ -36,9 +36,9 @@ from wsipipe.config import config_to_dict, save_config
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write_text
 from wsipipe.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from wsipipe.train.cohort import Cohort, load_cohort
+from wsipipe.train.cohort import Cohort, load_cohort, write_splits
 from wsipipe.train.config import TrainConfig
-from wsipipe.train.data import ChunkPipeline
+from wsipipe.train.data import ChunkPipeline, scan_indices
 from wsipipe.train.distributed import (
     DistInfo,
     all_gather_objects,
@@ -48,8 +48,10 @@ from wsipipe.train.distributed import (
     resolve_device,
     shard_order,
 )
+from wsipipe.train.encoding import resolve_input
 from wsipipe.train.inference import (
     ScanSettings,
+    all_tiles,
     collate,
     open_pipeline,
     predict_slides,
@@ -173,6 +175,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
     last = _check_run_dir(Path(cfg.out), resume)
     cohort = load_cohort(cfg)
+    cfg = resolve_input(cfg, cohort.specs)  # tile size the encoder sees, resolved once
     pipeline, feature_dim = open_pipeline(cfg, cohort.specs, cohort.stores_dir, device, dist)
 
     torch.manual_seed(cfg.seed)
@@ -206,6 +209,14 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
         run.ddp = DistributedDataParallel(model, device_ids=ids)
     if dist.is_main:
         save_config(cfg, run.run_dir / "config.yaml", extra={"_classes": list(cohort.classes)})
+        write_splits(run.run_dir / "splits.csv", cohort)
+        if cohort.carved and not resume:
+            n_val = len(cohort.val)
+            RunProgress(False, True).log(
+                f"{cfg.labels}: no `{cfg.val_split}` split, so {n_val} of the training slides "
+                f"(a stratified, seeded {cfg.val_fraction:g}) validate; the split is in "
+                f"{run.run_dir / 'splits.csv'}"
+            )
         run.log = MetricsLog(run.run_dir, keep_until_epoch=run.epoch)
         if cfg.tensorboard:
             run.log.enable_tensorboard(run.run_dir / "tensorboard")
@@ -275,9 +286,10 @@ def train_epoch(run: Run, epoch: int, prog: RunProgress) -> dict[str, Any]:
     train_set = run.cohort.train
     order = [train_set[i] for i in shard_order(len(train_set), dist, epoch, cfg.seed, True)]
     _log_order(run, epoch, order)
+    # random patch drop and the optional shuffle: seeded per (seed, epoch, slide)
     stream = run.pipeline.stream(
         order, cfg.I, cfg.drop_ratio, cfg.shuffle_tiles, cfg.seed, epoch
-    )  # random patch drop and the optional shuffle: seeded per (seed, epoch, slide)
+    ) if cfg.scans else None  # fmt: skip
     run.model.train()
     if cfg.bn_frozen:
         freeze_batchnorm(run.model.encoder)
@@ -292,7 +304,12 @@ def train_epoch(run: Run, epoch: int, prog: RunProgress) -> dict[str, Any]:
         results: list[ScanResult] = []
         selected: list[Future[Tensor]] = []
         for pos in batch:
-            res = scan_slide(run.model, stream.slide(pos), run.st)
+            if stream is not None:
+                res = scan_slide(run.model, stream.slide(pos), run.st)
+            else:  # ABMIL / mean pooling: every tile that survives the patch drop
+                n = run.pipeline.sources[pos].n_tiles
+                keep = scan_indices(n, cfg.drop_ratio, cfg.shuffle_tiles, cfg.seed, epoch, pos)
+                res = all_tiles(np.sort(keep))
             results.append(res)
             selected.append(run.pipeline.fetch(pos, res.indices.cpu().numpy()))
             tiles += res.n_tiles

@@ -44,14 +44,10 @@ class SlideModel(nn.Module):
 
 
 def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> SlideModel:
-    """Encoder (timm backbone + projection to D, or the features encoder) + aggregator."""
-    from wsipipe.encoders import create_encoder
-    from wsipipe.models import (
-        AggregatorConfig,
-        CrossAttentionAggregator,
-        FeatureEncoder,
-        TaskSpec,
-    )
+    """Encoder (a registry / timm backbone + projection to D, or the features encoder) and
+    the aggregator of ``cfg.method`` (cross-attention for IPS / DBPS, ABMIL, mean pooling)."""
+    from wsipipe.models import AggregatorConfig, CrossAttentionAggregator, FeatureEncoder, TaskSpec
+    from wsipipe.models.mil import GatedAttentionMIL, MeanPoolMIL
 
     encoder: nn.Module
     if cfg.mode == "features":
@@ -59,23 +55,34 @@ def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> Slide
             raise ConfigError("features mode: feature width unknown; run the embed step first")
         encoder = FeatureEncoder(feature_dim, cfg.dim)
     else:
+        from wsipipe.encoders import create_encoder
+
         encoder = create_encoder(
             cfg.encoder,
             pretrained=cfg.pretrained,
+            weights=cfg.weights or None,
             out_dim=cfg.dim,
             channels_last=cfg.channels_last,
             grad_checkpointing=cfg.grad_checkpointing,
+            freeze_stages=cfg.freeze_stages,
         )
-    agg_cfg = AggregatorConfig(
-        dim=cfg.dim,
-        heads=cfg.heads,
-        dim_head=cfg.dim_head,
-        dim_inner=cfg.dim_inner,
-        dropout=cfg.dropout,
-        attn_dropout=cfg.attn_dropout,
-        tasks=(TaskSpec(TASK, n_classes),),
-    )
-    return SlideModel(encoder, CrossAttentionAggregator(agg_cfg))
+    aggregator: nn.Module
+    if cfg.method == "abmil":
+        aggregator = GatedAttentionMIL(cfg.dim, n_classes, TASK, cfg.abmil_dim, cfg.dropout)
+    elif cfg.method == "mean":
+        aggregator = MeanPoolMIL(cfg.dim, n_classes, TASK, cfg.dropout)
+    else:
+        agg_cfg = AggregatorConfig(
+            dim=cfg.dim,
+            heads=cfg.heads,
+            dim_head=cfg.dim_head,
+            dim_inner=cfg.dim_inner,
+            dropout=cfg.dropout,
+            attn_dropout=cfg.attn_dropout,
+            tasks=(TaskSpec(TASK, n_classes),),
+        )
+        aggregator = CrossAttentionAggregator(agg_cfg)
+    return SlideModel(encoder, aggregator)
 
 
 def freeze_batchnorm(module: nn.Module) -> int:
