@@ -59,3 +59,36 @@ def cross_entropy(y: np.ndarray, probs: np.ndarray, eps: float = 1e-12) -> float
     if y.size == 0:
         return float("nan")
     return float(-np.mean(np.log(np.clip(probs[np.arange(y.size), y], eps, 1.0))))
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    probs: np.ndarray,
+    metric: str = "auc",
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``level`` confidence interval of a slide metric ("auc" = macro
+    AUC, "bacc" = balanced accuracy) over resamples of the slides, with replacement.
+
+    ``y`` (N,) class indices, ``probs`` (N, C). Resamples in which a class is missing are
+    redrawn (AUC needs both); (nan, nan) for fewer than two classes."""
+    y = np.asarray(y)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    values: list[float] = []
+    while len(values) < n_boot:
+        idx = rng.integers(0, n, n)
+        if len(np.unique(y[idx])) < 2:
+            continue
+        if metric == "auc":
+            values.append(macro_auc(y[idx], probs[idx]))
+        else:
+            values.append(balanced_accuracy(y[idx], probs[idx].argmax(axis=1)))
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(np.asarray(values), [tail, 1.0 - tail])
+    return float(lo), float(hi)

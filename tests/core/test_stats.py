@@ -61,3 +61,18 @@ def test_roc_auc_matches_pairwise_definition_with_ties():
     assert roc_auc([False, True], [0.2, 0.9]) == 1.0
     assert roc_auc([False, True], [0.9, 0.2]) == 0.0
     assert math.isnan(roc_auc([True, True], [0.1, 0.2]))
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_is_seeded() -> None:
+    from wsipipe.stats import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    p1 = np.clip(0.5 + (y - 0.5) * 0.4 + rng.normal(0, 0.25, 60), 0, 1)
+    probs = np.stack([1 - p1, p1], axis=1)
+    lo, hi = bootstrap_ci(y, probs, "auc", n_boot=500, seed=1)
+    assert lo < macro_auc(y, probs) < hi and hi - lo < 0.3
+    assert bootstrap_ci(y, probs, "auc", n_boot=500, seed=1) == (lo, hi)
+    blo, bhi = bootstrap_ci(y, probs, "bacc", n_boot=500)
+    assert blo < balanced_accuracy(y, probs.argmax(1)) < bhi
+    assert all(math.isnan(v) for v in bootstrap_ci(np.zeros(5, int), probs[:5]))

@@ -174,7 +174,11 @@ def training_splits(
         if not recs and recs is val and allow_empty_val:
             continue
         if not recs:
-            problems.append(f"{name} has no slides")
+            hint = ""
+            if recs is val and fold is None:
+                hint = (f" (add rows with {split_column} = {val_split}, or pass --val-fraction "
+                        "0.2 to carve them from the training slides)")  # fmt: skip
+            problems.append(f"{name} has no slides{hint}")
             continue
         for r in recs:
             if r.label < 0:

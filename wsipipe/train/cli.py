@@ -62,6 +62,14 @@ def train_command(
             res = predict(ckpt, out, cfg.stores, cfg.labels, split, overrides=runtime)
             _print_result(res)
             return
+        if cfg.folds:
+            from wsipipe.train.crossval import cross_validate, summary_lines
+
+            summary = cross_validate(cfg)
+            for line in summary_lines(summary):
+                typer.echo(line)
+            typer.echo(f"summary: {Path(cfg.out) / 'cv_summary.csv'}")
+            return
         from wsipipe.train.loop import train
 
         train(cfg, resume=resume)

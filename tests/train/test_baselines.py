@@ -1,0 +1,119 @@
+"""ABMIL and mean pooling through the same loop, predict and heatmap as IPS/DBPS; a
+validation split carved when the labels have none; K-fold cross-validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.train.synthstores import make_cohort, tiny_overrides
+from wsipipe.errors import ConfigError
+from wsipipe.train.config import load_train_config
+from wsipipe.train.loop import train
+from wsipipe.train.predict import predict
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_cohort(tmp_path_factory.mktemp("cohort"), n_train=12, n_val=8, n_tiles=(30, 60))
+
+
+def _cfg(cohort: tuple[Path, Path], out: Path, **kw: object):
+    labels, stores = cohort
+    return load_train_config(None, tiny_overrides(
+        labels=str(labels), stores=str(stores.parent), out=str(out), mode="features",
+        freeze_bn=True, **kw))  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["abmil", "mean"])
+def test_baselines_learn_in_features_mode(cohort, tmp_path: Path, method: str) -> None:
+    recs = train(_cfg(cohort, tmp_path / "run", method=method, epochs=6, lr=3e-3))
+    assert recs[-1]["val_auc"] >= 0.9 and recs[-1]["val_loss"] < recs[0]["val_loss"]
+    res = predict(tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "pred",
+                  labels=str(cohort[0]), split="val")  # fmt: skip
+    assert res.metrics is not None and res.metrics["auc"] >= 0.9
+
+
+def test_baselines_need_features_mode(cohort, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--mode features"):
+        load_train_config(None, tiny_overrides(method="abmil", mode="pixels"))
+
+
+def test_abmil_heatmap_scores_are_its_attention(cohort, tmp_path: Path) -> None:
+    import torch
+
+    from wsipipe.config import build_config
+    from wsipipe.heatmap.config import HeatmapConfig
+    from wsipipe.heatmap.run import run_heatmaps
+    from wsipipe.store.features import open_features
+    from wsipipe.train.inference import load_model
+
+    train(_cfg(cohort, tmp_path / "run", method="abmil", epochs=2))
+    ck = tmp_path / "run" / "checkpoints" / "best.pt"
+    cfg = build_config(HeatmapConfig, None, {
+        "checkpoint": str(ck), "stores": str(cohort[1].parent), "out": str(tmp_path / "heat"),
+        "slides": ["s013"], "workers": 0, "pyramid": False, "device": "cpu"})  # fmt: skip
+    outcomes = run_heatmaps(cfg)
+    assert [o.state for o in outcomes] == ["done"]
+    rows = list(csv.DictReader((tmp_path / "heat" / "scores" / "s013.csv").open()))
+    score = np.array([float(r["score"]) for r in rows])
+    lm = load_model(ck, "cpu")
+    feats = torch.from_numpy(np.array(open_features(
+        next((cohort[1].parent / "features").rglob("s013.h5"))))).float()  # fmt: skip
+    with torch.no_grad():
+        want = torch.softmax(lm.model.aggregator.tile_logits(lm.model.encoder(feats)).view(-1), 0)
+    assert score.sum() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(score, want.numpy(), rtol=1e-3, atol=1e-6)  # CSV: 8 digits
+    assert all(r["selected"] == "1" for r in rows)  # ABMIL looks at every tile
+
+
+def test_labels_without_val_split_carve_one(cohort, tmp_path: Path, capsys) -> None:
+    labels, stores = cohort
+    rows = list(csv.DictReader(labels.open()))
+    no_val = tmp_path / "labels.csv"
+    with no_val.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slide_id", "label", "split"])
+        for r in rows:
+            w.writerow([r["slide_id"], r["label"], "train" if r["split"] == "train" else "test"])
+    cfg = load_train_config(None, tiny_overrides(labels=str(no_val), stores=str(stores.parent),
+                            out=str(tmp_path / "run"), mode="features", epochs=1, val_fraction=0.25,
+                            progress=True))  # fmt: skip
+    train(cfg)
+    assert "no `val` split, so 4 of the training slides" in capsys.readouterr().err
+    split = list(csv.DictReader((tmp_path / "run" / "splits.csv").open()))
+    val = [r for r in split if r["split"] == "val"]
+    assert len(split) == 12 and len(val) == 4
+    assert sorted(r["label"] for r in val) == ["normal", "normal", "tumor", "tumor"]
+    assert {r["slide_id"] for r in split} == {r["slide_id"] for r in rows if r["split"] == "train"}
+    with pytest.raises(
+        ConfigError, match="has no slides .add rows with split = val, or pass --val-fraction"
+    ):  # refused when carving is off
+        train(load_train_config(None, tiny_overrides(
+            labels=str(no_val), stores=str(stores.parent), out=str(tmp_path / "r2"),
+            mode="features", val_fraction=0.0)))  # fmt: skip
+
+
+def test_cross_validation_writes_one_summary(cohort, tmp_path: Path) -> None:
+    from wsipipe.train.crossval import cross_validate
+
+    cfg = _cfg(cohort, tmp_path / "cv", method="abmil", epochs=3, lr=3e-3, folds=3)
+    s = cross_validate(cfg)
+    assert [r["fold"] for r in s["folds"]] == [0, 1, 2] and s["pooled_n"] == 20
+    assert sum(r["n"] for r in s["folds"]) == 20  # every training/val slide predicted once
+    lo, hi = s["pooled_auc_ci95"]
+    assert 0.0 <= lo <= s["pooled_auc"] <= hi <= 1.0
+    table = list(csv.reader((tmp_path / "cv" / "cv_summary.csv").open()))
+    assert [r[0] for r in table[1:]] == ["0", "1", "2", "mean", "sd", "pooled"]
+    assert json.loads((tmp_path / "cv" / "cv_summary.json").read_text())["pooled_n"] == 20
+    folds = {
+        r["slide_id"]: r["fold"] for r in csv.DictReader((tmp_path / "cv" / "cv_labels.csv").open())
+    }
+    assert sorted(set(folds.values())) == ["0", "1", "2"]
+    mtime = (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    cross_validate(cfg)  # finished folds are not trained again
+    assert (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime

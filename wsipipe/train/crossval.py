@@ -1,0 +1,177 @@
+"""``wsipipe train --folds K``: K-fold cross-validation over the training slides, one summary.
+
+The labelled slides of the training (and validation) split -- never the test split -- are
+assigned to K folds: the CSV's own ``fold`` column when it has one for them, else seeded,
+label-stratified folds (whole patients with a ``patient_id`` column). Run ``k`` validates on
+fold k and trains on the others, in ``<out>/fold_<k>/``, each a complete run (checkpoints,
+metrics, predictions); a finished fold is not trained again, an unfinished one resumes.
+
+``<out>/cv_summary.csv`` / ``.json``: per fold the best checkpoint's validation AUC and
+balanced accuracy, their mean +- sd, and on the pooled out-of-fold predictions (every slide
+predicted by the model that did not train on it) the AUC and balanced accuracy with a
+bootstrap 95 % confidence interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsipipe.errors import ConfigError
+from wsipipe.fileio import atomic_write_text
+from wsipipe.labels.splits import stratified_folds
+from wsipipe.labels.table import SlideRecord, read_labels_csv
+from wsipipe.stats import balanced_accuracy, bootstrap_ci, macro_auc
+from wsipipe.train.config import TrainConfig
+
+CV_LABELS = "cv_labels.csv"
+
+
+def assign_folds(records: list[SlideRecord], k: int, seed: int) -> dict[str, int]:
+    """Fold of each slide: the CSV's when every slide has one, else stratified by label,
+    a patient's slides together."""
+    if records and all(r.fold is not None for r in records):
+        folds = {r.slide_id: int(r.fold) for r in records if r.fold is not None}
+        if sorted(set(folds.values())) != list(range(k)):
+            raise ConfigError(
+                f"the labels' fold column holds folds {sorted(set(folds.values()))}, not "
+                f"0..{k - 1}; pass --folds {len(set(folds.values()))} or drop the column"
+            )
+        return folds
+    keys = {r.patient or r.slide_id: r.label_name for r in records}
+    by_key = stratified_folds(keys, k, seed)
+    return {r.slide_id: by_key[r.patient or r.slide_id] for r in records}
+
+
+def _cv_labels(cfg: TrainConfig, out: Path) -> tuple[Path, tuple[str, ...], dict[str, int]]:
+    table = read_labels_csv(
+        cfg.labels, cfg.label_column, cfg.split_column, cfg.fold_column, cfg.classes
+    )
+    splits = {cfg.train_split, cfg.val_split}
+    records = [r for r in table.records if r.label >= 0 and (r.split in splits or not r.split)]
+    if len(records) < 2 * cfg.folds:
+        raise ConfigError(
+            f"{cfg.labels}: {len(records)} labelled training slides are too few for "
+            f"--folds {cfg.folds}; use fewer folds"
+        )
+    folds = assign_folds(records, cfg.folds, cfg.seed)
+    lines = ["slide_id,label,split,fold,patient_id"]
+    lines += [f"{r.slide_id},{r.label_name},train,{folds[r.slide_id]},{r.patient}" for r in records]
+    path = out / CV_LABELS
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path, table.classes, folds
+
+
+def _fold_done(run_dir: Path, epochs: int) -> bool:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return False
+    lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+    return bool(lines) and int(json.loads(lines[-1]).get("epoch", 0)) >= epochs
+
+
+def _read_predictions(path: Path, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray,
+                                                                      np.ndarray]:  # fmt: skip
+    rows = list(csv.DictReader(path.open()))
+    index = {c: i for i, c in enumerate(classes)}
+    ids = [r["slide_id"] for r in rows]
+    y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows], dtype=np.float64)
+    return ids, y, probs
+
+
+def _fmt(v: float) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
+    """Train the K folds (see the module docstring) and write the summary; returns it."""
+    from wsipipe.train.loop import train
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels, classes, _ = _cv_labels(cfg, out)
+    rows: list[dict[str, Any]] = []
+    pooled_ids: list[str] = []
+    pooled_y: list[np.ndarray] = []
+    pooled_p: list[np.ndarray] = []
+    for k in range(cfg.folds):
+        run_dir = out / f"fold_{k}"
+        fold_cfg = replace(cfg, labels=str(labels), fold=k, folds=0, out=str(run_dir),
+                           classes=classes)  # fmt: skip
+        if not _fold_done(run_dir, cfg.epochs):
+            train(fold_cfg, resume=(run_dir / "checkpoints" / "last.pt").exists())
+        ids, y, probs = _read_predictions(run_dir / "predictions" / "val_best.csv", classes)
+        rows.append({"fold": k, "n": len(ids), "auc": macro_auc(y, probs),
+                     "bacc": balanced_accuracy(y, probs.argmax(axis=1))})  # fmt: skip
+        pooled_ids += ids
+        pooled_y.append(y)
+        pooled_p.append(probs)
+    y_all, p_all = np.concatenate(pooled_y), np.concatenate(pooled_p)
+    aucs = np.array([r["auc"] for r in rows], dtype=np.float64)
+    baccs = np.array([r["bacc"] for r in rows], dtype=np.float64)
+    summary = {
+        "folds": rows,
+        "auc_mean": float(np.nanmean(aucs)),
+        "auc_sd": float(np.nanstd(aucs, ddof=1)) if len(aucs) > 1 else math.nan,
+        "bacc_mean": float(np.nanmean(baccs)),
+        "bacc_sd": float(np.nanstd(baccs, ddof=1)) if len(baccs) > 1 else math.nan,
+        "pooled_n": len(pooled_ids),
+        "pooled_auc": macro_auc(y_all, p_all),
+        "pooled_auc_ci95": bootstrap_ci(y_all, p_all, "auc", seed=cfg.seed),
+        "pooled_bacc": balanced_accuracy(y_all, p_all.argmax(axis=1)),
+        "pooled_bacc_ci95": bootstrap_ci(y_all, p_all, "bacc", seed=cfg.seed),
+    }
+    _write_summary(out, summary)
+    return summary
+
+
+def _write_summary(out: Path, s: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["fold", "n", "auc", "balanced_accuracy", "auc_ci95", "balanced_accuracy_ci95"])
+    for r in s["folds"]:
+        w.writerow([r["fold"], r["n"], _fmt(r["auc"]), _fmt(r["bacc"]), "", ""])
+    w.writerow(["mean", "", _fmt(s["auc_mean"]), _fmt(s["bacc_mean"]), "", ""])
+    w.writerow(["sd", "", _fmt(s["auc_sd"]), _fmt(s["bacc_sd"]), "", ""])
+    lo, hi = s["pooled_auc_ci95"]
+    blo, bhi = s["pooled_bacc_ci95"]
+    w.writerow(["pooled", s["pooled_n"], _fmt(s["pooled_auc"]), _fmt(s["pooled_bacc"]),
+                f"{_fmt(lo)}-{_fmt(hi)}", f"{_fmt(blo)}-{_fmt(bhi)}"])  # fmt: skip
+    atomic_write_text(out / "cv_summary.csv", buf.getvalue())
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+
+    atomic_write_text(out / "cv_summary.json", json.dumps(clean(s), indent=1) + "\n")
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """The summary as lines for the console."""
+    lines = [f"fold {r['fold']}: n={r['n']} auc {_fmt(r['auc'])} bacc {_fmt(r['bacc'])}"
+             for r in s["folds"]]  # fmt: skip
+    lo, hi = s["pooled_auc_ci95"]
+    blo, bhi = s["pooled_bacc_ci95"]
+    lines.append(
+        f"mean +- sd: auc {_fmt(s['auc_mean'])} +- {_fmt(s['auc_sd'])}, balanced accuracy "
+        f"{_fmt(s['bacc_mean'])} +- {_fmt(s['bacc_sd'])}"
+    )
+    lines.append(
+        f"pooled out-of-fold (n={s['pooled_n']}): auc {_fmt(s['pooled_auc'])} "
+        f"[95% CI {_fmt(lo)}-{_fmt(hi)}], balanced accuracy {_fmt(s['pooled_bacc'])} "
+        f"[{_fmt(blo)}-{_fmt(bhi)}]"
+    )
+    return lines
