@@ -91,7 +91,7 @@ def test_labels_without_val_split_carve_one(cohort, tmp_path: Path, capsys) -> N
     assert sorted(r["label"] for r in val) == ["normal", "normal", "tumor", "tumor"]
     assert {r["slide_id"] for r in split} == {r["slide_id"] for r in rows if r["split"] == "train"}
     with pytest.raises(
-        ConfigError, match="has no slides .add rows with split = val, or pass --val-fraction"
+        ConfigError, match=r"has no slides \(add rows with split = val, or pass --val-fraction"
     ):  # refused when carving is off
         train(load_train_config(None, tiny_overrides(
             labels=str(no_val), stores=str(stores.parent), out=str(tmp_path / "r2"),
