@@ -39,7 +39,10 @@ def test_outputs_match_reference(digests: dict) -> None:
         assert got == want, f"tile output {name} changed"
     assert set(digests["heatmap"]) == set(ref["heatmap"])
     for name, want in ref["heatmap"].items():
-        assert digests["heatmap"][name] == want, (
+        got = digests["heatmap"][name]
+        if isinstance(want, dict):  # a JSON record: the fields the reference has (new ones may
+            got = {k: got.get(k) for k in want}  # be added); CSV tables are compared whole
+        assert got == want, (
             f"heatmap output {name} changed (if only floating-point last bits on another CPU "
             "family, regenerate with WSIPIPE_WRITE_GOLDEN=1 there)"
         )

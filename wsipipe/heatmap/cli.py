@@ -87,7 +87,8 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
         con.print(
             f"evaluation ({s['n_slides']} slides): tile AUC {f(s['auc'])} "
             f"(n={s['n_auc']}), top-k in tumour {f(s['topk_in_tumour'])} "
-            f"(normalised {f(s['topk_in_tumour_norm'])}, touching {f(s['topk_touching_tumour'])}, "
+            f"(top-min(k, tumour) {f(s['topk_min_in_tumour'])}, touching "
+            f"{f(s['topk_touching_tumour'])}, "
             f"n={s['n_topk_in_tumour']}), tumour tiles in M {f(s['tumour_selected'])}; "
             f"{out_dir / 'evaluation.csv'}"
         )

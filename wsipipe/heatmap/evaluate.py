@@ -12,6 +12,8 @@ exclusion polygons in level-0 px):
   n_tumour / k when a slide has fewer than k tumour tiles); ``topk_in_tumour_norm``: the same
   count divided by min(k, n_tumour) (1.0 = every tumour tile the top k could hold);
   ``topk_touching_tumour``: fraction of the top k that overlap the tumour at all;
+  ``topk_min_in_tumour``: fraction of the top min(k, n_tumour) tiles that are tumour tiles
+  (1.0 = the most attended tiles are exactly tumour, however few tumour tiles there are);
 * ``tumour_selected``: fraction of the tumour tiles that are in the selected M (and
   ``tumour_selected_aux`` for M ∪ S with DBPS);
 * ``selected_in_tumour``: fraction of the selected M that are tumour tiles.
@@ -59,6 +61,9 @@ class SlideEvaluation:
     topk_in_tumour: float
     topk_in_tumour_norm: float
     topk_touching_tumour: float
+    # the top min(k, tumour tiles) tiles inside tumour: 1.0 = the attention's top tiles are
+    # exactly tumour, whatever the number of tumour tiles
+    topk_min_in_tumour: float
     tumour_selected: float
     tumour_selected_aux: float
     selected_in_tumour: float
@@ -96,6 +101,7 @@ def evaluate_slide(
         topk_in_tumour=hits / kk if n_t else math.nan,
         topk_in_tumour_norm=hits / min(kk, n_t) if n_t else math.nan,
         topk_touching_tumour=topk_fraction(scores, frac > 0, kk) if n_t else math.nan,
+        topk_min_in_tumour=topk_fraction(scores, y, min(kk, n_t)) if n_t else math.nan,
         tumour_selected=_frac(int((y & sel).sum()), n_t),
         tumour_selected_aux=_frac(int((y & both).sum()), n_t),
         selected_in_tumour=_frac(int((y & sel).sum()), int(sel.sum())) if n_t else math.nan,
@@ -107,6 +113,7 @@ METRICS = (
     "topk_in_tumour",
     "topk_in_tumour_norm",
     "topk_touching_tumour",
+    "topk_min_in_tumour",
     "tumour_selected",
     "tumour_selected_aux",
     "selected_in_tumour",
