@@ -117,3 +117,18 @@ def test_cross_validation_writes_one_summary(cohort, tmp_path: Path) -> None:
     mtime = (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
     cross_validate(cfg)  # finished folds are not trained again
     assert (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_stores_tiled_otherwise_are_refused_or_warned(cohort, tmp_path: Path, capsys) -> None:
+    import torch
+
+    train(_cfg(cohort, tmp_path / "run", method="mean", epochs=1))
+    ck = tmp_path / "run" / "checkpoints" / "best.pt"
+    tiling = torch.load(ck, weights_only=True)["tiling"]
+    assert tiling["tile_px"] == [32] and tiling["target_mpp"] == [0.5]
+    other = make_cohort(tmp_path / "other", n_train=2, n_val=2, px=48)  # 48 px tiles
+    with pytest.raises(ConfigError, match=r"tiled at tile px 48 \(trained on 32\).*--tile-px"):
+        predict(ck, tmp_path / "p", str(other[1].parent), str(other[0]), "val")
+    res = predict(ck, tmp_path / "p", str(other[1].parent), str(other[0]), "val",
+                  allow_tiling_mismatch=True)  # fmt: skip
+    assert len(res.slide_ids) == 2 and "warning: " in capsys.readouterr().err

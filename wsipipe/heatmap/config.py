@@ -48,6 +48,9 @@ class HeatmapConfig:
     workers: int = opt(2, "Tile-decoding loader processes (0 = decode in the main process)")
     chunk: int = opt(0, "Tiles encoded per step (0 = the checkpoint's I)")
     threads: int = opt(4, "Threads writing each slide's outputs")
+    allow_tiling_mismatch: bool = opt(
+        False, "Use stores tiled at another tile size or um/px than the training's"
+    )
     # ---- rendering ----------------------------------------------------------------------
     normalise: Normalise = opt("rank", "Score -> colour")
     percentile_low: float = opt(1.0, "With --normalise percentile: low clip percentile")
@@ -115,4 +118,5 @@ def _bad(name: str, value: Any, why: str) -> None:
 
 
 #: Fields that do not change what a slide's outputs contain (the checkpoint FILE is hashed).
-RUNTIME_FIELDS = ("checkpoint", "out", "slides", "device", "workers", "threads", "features_dir")
+RUNTIME_FIELDS = ("checkpoint", "out", "slides", "device", "workers", "threads", "features_dir",
+                  "allow_tiling_mismatch")  # fmt: skip

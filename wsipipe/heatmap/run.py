@@ -52,6 +52,7 @@ from wsipipe.train.inference import (
     LoadedModel,
     attention_pass,
     check_feature_dim,
+    check_tiling,
     eval_forward,
     load_model,
     open_pipeline,
@@ -339,6 +340,7 @@ def _prepare(
 ) -> tuple[LoadedModel, _Run]:
     runtime = {"workers": cfg.workers, "features_dir": cfg.features_dir or None}
     lm = load_model(cfg.checkpoint, cfg.device, cfg.precision, cfg.chunk, runtime)
+    check_tiling(lm, sources, cfg.allow_tiling_mismatch)
     pipeline, fdim = open_pipeline(lm.config, sources, stores_dir, lm.settings.device)
     check_feature_dim(lm, fdim)
     chunks = pipeline.stream(range(len(sources)), lm.settings.I)

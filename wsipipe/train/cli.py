@@ -93,6 +93,9 @@ def predict_command(
     store: Annotated[
         list[str] | None, Opt("--store", help="Explicit store path(s), repeatable.")
     ] = None,
+    allow_tiling_mismatch: Annotated[
+        bool, Opt(help="Use stores tiled at another tile size or um/px than the training's.")
+    ] = False,
     *,
     overrides: dict[str, Any],
 ) -> None:
@@ -101,7 +104,8 @@ def predict_command(
     from wsipipe.train.predict import predict
 
     try:
-        res = predict(checkpoint, out, stores or "", labels, split, store or (), overrides)
+        res = predict(checkpoint, out, stores or "", labels, split, store or (), overrides,
+                      allow_tiling_mismatch)  # fmt: skip
         _print_result(res)
     finally:
         cleanup_distributed()

@@ -53,12 +53,14 @@ __all__ = [
     "all_tiles",
     "attention_pass",
     "check_feature_dim",
+    "check_tiling",
     "collate",
     "eval_forward",
     "load_model",
     "open_pipeline",
     "predict_slides",
     "scan_slide",
+    "tiling_record",
 ]
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ class LoadedModel:
     settings: ScanSettings
     checkpoint: Path
     epoch: int
+    tiling: dict[str, Any]  # what the model was trained on (:func:`tiling_record`); {} = old
 
 
 def load_model(
@@ -130,8 +133,9 @@ def load_model(
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     return LoadedModel(
-        model, cfg, classes, fdim, ScanSettings.of(cfg, dev), path, int(ckpt.get("epoch", 0))
-    )
+        model, cfg, classes, fdim, ScanSettings.of(cfg, dev), path, int(ckpt.get("epoch", 0)),
+        dict(ckpt.get("tiling") or {}),
+    )  # fmt: skip
 
 
 def open_pipeline(
@@ -159,6 +163,48 @@ def open_pipeline(
         fdim = sources[0].feature_dim
     pipeline = ChunkPipeline(sources, cfg.input_px, cfg.workers, cfg.prefetch, device, cfg.seed)
     return pipeline, fdim
+
+
+def tiling_record(sources: Sequence[SlideSource], cfg: TrainConfig) -> dict[str, Any]:
+    """What a model was trained on, recorded in its checkpoints: the stores' tile sizes and
+    um/px, and the encoder's input size and normalisation."""
+    from wsipipe.encoders.factory import encoder_spec
+
+    rec: dict[str, Any] = {
+        "tile_px": sorted({s.tile_px for s in sources if s.tile_px}),
+        "target_mpp": sorted({round(s.target_mpp, 6) for s in sources if s.target_mpp}),
+        "input_px": cfg.input_px,
+        "encoder": cfg.encoder,
+    }
+    if not cfg.encoder.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        spec = encoder_spec(cfg.encoder)
+        rec.update(mean=list(spec.mean), std=list(spec.std))
+    return rec
+
+
+def check_tiling(lm: LoadedModel, sources: Sequence[SlideSource], allow: bool = False) -> None:
+    """Stores tiled otherwise than the ones the model was trained on are refused in one line
+    (with ``allow``, a warning): another tile size or um/px changes what the model sees."""
+    from wsipipe.errors import warn
+
+    want_px, want_mpp = lm.tiling.get("tile_px") or [], lm.tiling.get("target_mpp") or []
+    for s in sources:
+        bad = []
+        if want_px and s.tile_px and lm.config.input_px == 0 and s.tile_px not in want_px:
+            bad.append(f"tile px {s.tile_px} (trained on {', '.join(map(str, want_px))})")
+        if want_mpp and s.target_mpp and all(abs(s.target_mpp - m) > 1e-3 * m for m in want_mpp):
+            bad.append(
+                f"{s.target_mpp:g} um/px (trained on {', '.join(f'{m:g}' for m in want_mpp)})"
+            )
+        if not bad:
+            continue
+        msg = (
+            f"{s.path}: tiled at {' and '.join(bad)} for checkpoint {lm.checkpoint}; re-tile "
+            "the slides with the training run's --tile-px / --target-mpp"
+        )
+        if not allow:
+            raise ConfigError(msg + ", or pass --allow-tiling-mismatch to use them anyway")
+        warn(msg)
 
 
 def check_feature_dim(lm: LoadedModel, fdim: int) -> None:

@@ -56,6 +56,7 @@ from wsipipe.train.inference import (
     open_pipeline,
     predict_slides,
     scan_slide,
+    tiling_record,
 )
 from wsipipe.train.metrics import MetricsLog, slide_metrics, write_predictions
 from wsipipe.train.model import (
@@ -126,6 +127,7 @@ class Run:
             "config": config_to_dict(self.cfg),
             "classes": list(self.cohort.classes),
             "feature_dim": self.feature_dim,
+            "tiling": tiling_record(self.cohort.specs, self.cfg),
             "wsipipe_version": __version__,
         }
 

