@@ -108,11 +108,9 @@ def run_all(root: Path, seeds: list[int], finetune: bool) -> list[Row]:
     slides = test_slides(labels)
     rows = [Row(BENCH, "real-texture cohort (40 slides, 256 px at 0.5 um/px)",
                 "generate + tile", time.perf_counter() - t0, "s")]  # fmt: skip
-    runs: list[tuple[str, dict[str, Any], bool, str]] = [
-        (n, o, c, "features-offline") for n, o, c in RUNS
-    ]
+    runs: list[tuple[str, dict[str, Any], bool]] = list(RUNS)
     if finetune:
-        runs += [(n, o, False, "features-offline") for n, o in FINETUNE]
+        runs += [(n, o, False) for n, o in FINETUNE]
     for name, overrides, control in runs:
         for seed in seeds:
             out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"

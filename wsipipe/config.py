@@ -125,6 +125,19 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], source: str, prefix: st
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def coerce_fields(obj: Any, error: type[Exception], hint: str) -> None:
+    """Coerce every field of a (frozen) dataclass instance to its annotated type in place --
+    the one coercion of wsipipe, for configs and records read back from files alike; a bad
+    value raises ``error`` with the field's message and ``hint`` (what to do)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        try:
+            value = _coerce(hints[f.name], getattr(obj, f.name), "", f.name)
+        except ConfigError as exc:
+            raise error(f"{type(obj).__name__}{exc}; {hint}") from None
+        object.__setattr__(obj, f.name, value)
+
+
 def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
     """Convert a YAML/CLI value to the annotated field type, or raise a ConfigError."""
     origin = typing.get_origin(tp)
@@ -148,6 +161,10 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: `{name}` must be a list, got {value!r}")
+        if args and Ellipsis not in args:  # fixed length: tuple[float, float]
+            if len(value) != len(args):
+                raise ConfigError(f"{source}: `{name}` must hold {len(args)} values, got {value!r}")
+            return tuple(_coerce(t, v, source, name) for t, v in zip(args, value, strict=True))
         item_type = args[0] if args else Any
         return tuple(_coerce(item_type, v, source, name) for v in value)
     if origin is typing.Literal:

@@ -7,19 +7,18 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from wsipipe.config import coerce_fields
 from wsipipe.errors import StoreError
-from wsipipe.store.codec import PIXEL_FORMATS
 
 #: Store formats: an "h5" store is one HDF5 file, a "zarr" store a zarr v3 directory.
 FORMATS = ("h5", "zarr")
 STORE_SUFFIX = {"h5": ".h5", "zarr": ".zarr"}
 #: Slide readers a store may record.
-READERS = ("openslide", "tiffslide", "wsidicom")
-MPP_SOURCES = ("file", "override")
+Reader = Literal["openslide", "tiffslide", "wsidicom"]
 
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _FIX = "fix the tiling config or re-run `wsipipe tile` for this slide"
@@ -38,9 +37,9 @@ class StoreMeta:
     slide_path: str
     slide_size: int  # bytes (a DICOM series folder: of its DICOM files)
     slide_md5_1mb: str  # md5 hex of the slide's first MiB
-    reader: str  # "openslide" | "tiffslide" | "wsidicom"
+    reader: Reader
     slide_mpp: tuple[float, float]  # (x, y) level-0 um/px actually used
-    mpp_source: str  # "file" | "override"
+    mpp_source: Literal["file", "override"]
     target_mpp: float
     tile_px: int  # stored tile size (px)
     level: int  # pyramid level read from
@@ -48,7 +47,7 @@ class StoreMeta:
     read_px: int  # tile size read at `level` (CLAM's patch_size)
     tile_size_level0: int  # footprint of a tile in level-0 px (TRIDENT's patch_size_level0)
     overlap_px: int  # overlap between neighbouring tiles, in stored-tile px
-    pixels: str  # "jpeg" | "png" | "none" (coords-only store)
+    pixels: Literal["jpeg", "png", "none"]  # "none": a coords-only store
     jpeg_quality: int | None
     wsipipe_version: str
     config: dict[str, object] = field(hash=False)  # full resolved tiling config (JSON-able)
@@ -58,31 +57,35 @@ class StoreMeta:
     stride_level0: int | None = None
 
     def __post_init__(self) -> None:
+        coerce_fields(self, StoreError, _FIX)  # types (h5py / zarr give numpy values)
         for name in ("slide_id", "slide_path", "wsipipe_version"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise StoreError(f"store metadata {name}={value!r} must be a non-empty string")
-        _set(self, "slide_size", _int("slide_size", self.slide_size, minimum=1))
-        md5 = self.slide_md5_1mb
-        if not isinstance(md5, str) or not _MD5_RE.match(md5.lower()):
+            if not getattr(self, name):
+                raise StoreError(f"store metadata {name} is empty; {_FIX}")
+        if not _MD5_RE.match(self.slide_md5_1mb.lower()):
             raise StoreError(
-                f"store metadata slide_md5_1mb={md5!r} is not a 32-digit md5 hex digest; "
-                "pass hashlib.md5(first_mib).hexdigest()"
+                f"store metadata slide_md5_1mb={self.slide_md5_1mb!r} is not a 32-digit md5 "
+                "hex digest; pass hashlib.md5(first_mib).hexdigest()"
             )
-        _set(self, "slide_md5_1mb", md5.lower())
-        _choice("reader", self.reader, READERS)
-        _choice("mpp_source", self.mpp_source, MPP_SOURCES)
-        _choice("pixels", self.pixels, PIXEL_FORMATS)
-        mpp = _pair("slide_mpp", self.slide_mpp, float)
-        for v in mpp:
-            _check_positive("slide_mpp", v, self.slide_mpp)
-        _set(self, "slide_mpp", mpp)
-        _set(self, "target_mpp", _float("target_mpp", self.target_mpp))
-        _set(self, "downsample", _float("downsample", self.downsample))
-        for name in ("tile_px", "read_px", "tile_size_level0"):
-            _set(self, name, _int(name, getattr(self, name), minimum=1))
-        _set(self, "level", _int("level", self.level, minimum=0))
-        _set(self, "overlap_px", _int("overlap_px", self.overlap_px, minimum=0))
+        object.__setattr__(self, "slide_md5_1mb", self.slide_md5_1mb.lower())
+        positive = {
+            "slide_mpp": min(self.slide_mpp, key=lambda v: v if v == v else -1.0),  # nan too
+            "target_mpp": self.target_mpp,
+            "downsample": self.downsample, "slide_size": self.slide_size,
+            "tile_px": self.tile_px, "read_px": self.read_px,
+            "tile_size_level0": self.tile_size_level0,
+            "stride_level0": 1 if self.stride_level0 is None else self.stride_level0,
+            "level_dim": 1 if self.level_dim is None else min(self.level_dim),
+        }  # fmt: skip
+        for name, v in positive.items():
+            if not (math.isfinite(v) and v > 0):
+                raise StoreError(
+                    f"store metadata {name}={getattr(self, name)!r} must be > 0; {_FIX}"
+                )
+        for name in ("level", "overlap_px"):
+            if getattr(self, name) < 0:
+                raise StoreError(
+                    f"store metadata {name}={getattr(self, name)} must be >= 0; {_FIX}"
+                )
         if self.overlap_px >= self.tile_px:
             raise StoreError(
                 f"store metadata overlap_px={self.overlap_px} must be smaller than "
@@ -94,27 +97,14 @@ class StoreMeta:
                 f"store metadata tile_size_level0={self.tile_size_level0} disagrees with "
                 f"read_px*downsample={footprint:g}; {_FIX}"
             )
-        if self.pixels == "jpeg":
-            q = _int("jpeg_quality", self.jpeg_quality, minimum=1)
-            if q > 100:
-                raise StoreError(f"store metadata jpeg_quality={q} must be 1-100; {_FIX}")
-            _set(self, "jpeg_quality", q)
-        elif self.jpeg_quality is not None:
+        if self.pixels == "jpeg" and not (self.jpeg_quality and 1 <= self.jpeg_quality <= 100):
+            raise StoreError(
+                f"store metadata jpeg_quality={self.jpeg_quality!r} must be 1-100; {_FIX}"
+            )
+        if self.pixels != "jpeg" and self.jpeg_quality is not None:
             raise StoreError(
                 f"store metadata jpeg_quality={self.jpeg_quality!r} must be None when "
                 f"pixels={self.pixels!r}; {_FIX}"
-            )
-        if self.stride_level0 is not None:
-            _set(self, "stride_level0", _int("stride_level0", self.stride_level0, minimum=1))
-        if self.level_dim is not None:
-            dims = _pair("level_dim", self.level_dim, int)
-            if min(dims) < 1:
-                raise StoreError(f"store metadata level_dim={self.level_dim!r} must be positive")
-            _set(self, "level_dim", dims)
-        if not isinstance(self.config, dict) or not all(isinstance(k, str) for k in self.config):
-            raise StoreError(
-                f"store metadata config must be a dict with string keys, got "
-                f"{type(self.config).__name__}; pass the resolved tiling config"
             )
         try:
             json.dumps(self.config, allow_nan=False)
@@ -178,46 +168,3 @@ def _plain(value: object) -> object:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return value
-
-
-def _set(obj: StoreMeta, name: str, value: object) -> None:
-    object.__setattr__(obj, name, value)
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise StoreError(f"store metadata {name}={value!r} is not one of {', '.join(allowed)}")
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise StoreError(f"store metadata {name}={value!r} must be an integer; {_FIX}")
-    if int(value) < minimum:
-        raise StoreError(f"store metadata {name}={value!r} must be >= {minimum}; {_FIX}")
-    return int(value)
-
-
-def _float(name: str, value: object) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise StoreError(f"store metadata {name}={value!r} must be a number; {_FIX}")
-    v = float(value)
-    _check_positive(name, v, value)
-    return v
-
-
-def _check_positive(name: str, v: float, shown: object) -> None:
-    if not math.isfinite(v) or v <= 0:
-        raise StoreError(f"store metadata {name}={shown!r} must be finite and > 0; {_FIX}")
-
-
-def _pair(name: str, value: object, kind: type) -> tuple[Any, Any]:
-    if not isinstance(value, (tuple, list, np.ndarray)) or len(value) != 2:
-        raise StoreError(f"store metadata {name}={value!r} must be a pair (x, y); {_FIX}")
-    out = []
-    for v in value:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
-            raise StoreError(f"store metadata {name}={value!r} must hold numbers; {_FIX}")
-        if kind is int and float(v) != int(v):
-            raise StoreError(f"store metadata {name}={value!r} must hold integers; {_FIX}")
-        out.append(kind(v))
-    return out[0], out[1]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
 from wsipipe.slide import Slide, open_slide, slide_fingerprint
 from wsipipe.slide.levels import TileGeometry
 from wsipipe.store import STORE_SUFFIX, StoreMeta, create_store, encode_tile
+from wsipipe.store.meta import Reader
 from wsipipe.tile.config import TileConfig
 from wsipipe.tile.grid import tile_grid, tissue_fractions
 from wsipipe.tile.inputs import SlideInput
@@ -177,9 +178,9 @@ def _store_meta(
         slide_path=str(Path(spec.path).resolve()),
         slide_size=int(fp["size"]),  # type: ignore[call-overload]
         slide_md5_1mb=str(fp["md5_first_mb"]),
-        reader=slide.reader,
+        reader=cast(Reader, slide.reader),
         slide_mpp=(mpp, mpp),
-        mpp_source=slide.mpp_source,
+        mpp_source="override" if slide.mpp_source == "override" else "file",
         target_mpp=cfg.target_mpp,
         tile_px=cfg.tile_px,
         level=geometry.level,
