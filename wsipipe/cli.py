@@ -33,7 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # paths printed whole (scripts read them)
 
 
 def _version(value: bool) -> None:

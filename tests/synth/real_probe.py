@@ -79,7 +79,7 @@ def slide_statistics(root: Path, slides: list[SlideTiles]) -> dict[str, float]:
         stats["tissue_tiles"].append(float(len(s.frac)))
         stats["file_size"].append(float(path.stat().st_size))
     y = np.array([s.label == "tumor" for s in slides])
-    return {k: roc_auc(np.array(v), y) for k, v in stats.items()}
+    return {k: roc_auc(y, np.array(v)) for k, v in stats.items()}
 
 
 def load_encoder():  # type: ignore[no-untyped-def]
@@ -158,8 +158,8 @@ def linear_probe(
     slide_auc = float("nan")
     if normal_per_slide is None:
         top = np.array([prob[grp == g].max() for g in range(len(slides))])
-        slide_auc = roc_auc(top, np.array([s.label == "tumor" for s in slides]))
-    return ProbeResult(len(f), int(y.sum()), roc_auc(prob[clear], y[clear]), slide_auc)
+        slide_auc = roc_auc(np.array([s.label == "tumor" for s in slides]), top)
+    return ProbeResult(len(f), int(y.sum()), roc_auc(y[clear], prob[clear]), slide_auc)
 
 
 def main(argv: list[str]) -> None:

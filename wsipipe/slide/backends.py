@@ -101,6 +101,12 @@ def level_window(
     return LevelWindow(lx, ly, max(lx, 0), max(ly, 0), min(lx + width, lw), min(ly + height, lh))
 
 
+def _info(path: Path, reader: str, props: dict[str, Any], slide: Any) -> SlideInfo:
+    """SlideInfo of an OpenSlide or TiffSlide handle (the same API)."""
+    dims, downs = tuple(slide.level_dimensions), tuple(slide.level_downsamples)
+    return info_from_properties(path, reader, props, dims, downs)
+
+
 def read_error(path: Path, reader: str, where: str, exc: BaseException) -> SlideError:
     return SlideError(
         f"{path}: {reader} failed reading {where}: {one_line(exc)}; the file may be truncated "
@@ -120,13 +126,7 @@ class OpenSlideBackend:
         self.closed = False
         props = dict(self._slide.properties)
         self._props = props
-        self.info = info_from_properties(
-            path,
-            self.name,
-            props,
-            tuple(self._slide.level_dimensions),
-            tuple(self._slide.level_downsamples),
-        )
+        self.info = _info(path, self.name, props, self._slide)
 
     def tile_height(self, level: int) -> int | None:
         value = self._props.get(f"openslide.level[{level}].tile-height")
@@ -159,13 +159,7 @@ class TiffSlideBackend:
             props: dict[str, Any] = dict(self._slide.properties)
         self.closed = False
         self._props = props
-        self.info = info_from_properties(
-            path,
-            self.name,
-            props,
-            tuple(self._slide.level_dimensions),
-            tuple(self._slide.level_downsamples),
-        )
+        self.info = _info(path, self.name, props, self._slide)
 
     def tile_height(self, level: int) -> int | None:
         value = self._props.get(f"tiffslide.level[{level}].tile-height")

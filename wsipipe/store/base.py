@@ -300,3 +300,16 @@ class PatchStore:
 
     def _load_array(self, name: str) -> np.ndarray:
         raise NotImplementedError
+
+
+def check_complete(path: Path, attrs: dict[str, Any], kind: str) -> None:
+    """A store's root attributes must say: a wsipipe store, this schema, writer finished."""
+    if "wsipipe_store_schema" not in attrs:
+        raise StoreError(f"{path} is {kind} but not a wsipipe patch store; {RERUN}")
+    schema = int(attrs["wsipipe_store_schema"])
+    if schema != STORE_SCHEMA:
+        raise StoreError(
+            f"patch store {path} has schema {schema}, this wsipipe reads {STORE_SCHEMA}; {RERUN}"
+        )
+    if not bool(attrs.get("complete", False)):
+        raise StoreError(f"patch store {path} is incomplete (its writer never closed); {RERUN}")

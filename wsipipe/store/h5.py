@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from wsipipe.errors import StoreError
-from wsipipe.store.base import RERUN, STORE_SCHEMA, PatchStore, StoreWriter
+from wsipipe.store.base import RERUN, STORE_SCHEMA, PatchStore, StoreWriter, check_complete
 from wsipipe.store.meta import StoreMeta
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -123,7 +123,7 @@ class H5PatchStore(PatchStore):
         try:
             with _h5open(path) as f:
                 attrs = dict(f.attrs)
-                _check_complete(path, attrs)
+                check_complete(path, attrs, "an HDF5 file")
                 meta = _meta(path, attrs)
                 n = int(attrs["n_tiles"])
                 names = ["coords", "tissue_fraction"]
@@ -220,18 +220,6 @@ def is_hdf5(path: Path) -> bool:
 
 def _h5open(path: Path) -> h5py.File:
     return h5py.File(path, "r", locking=False)
-
-
-def _check_complete(path: Path, attrs: dict[str, Any]) -> None:
-    if "wsipipe_store_schema" not in attrs:
-        raise StoreError(f"{path} is an HDF5 file but not a wsipipe patch store; {RERUN}")
-    schema = int(attrs["wsipipe_store_schema"])
-    if schema != STORE_SCHEMA:
-        raise StoreError(
-            f"patch store {path} has schema {schema}, this wsipipe reads {STORE_SCHEMA}; {RERUN}"
-        )
-    if not bool(attrs.get("complete", False)):
-        raise StoreError(f"patch store {path} is incomplete (its writer never closed); {RERUN}")
 
 
 def _meta(path: Path, attrs: dict[str, Any]) -> StoreMeta:

@@ -37,7 +37,7 @@ import zarr
 from zarr.dtype import VariableLengthBytes
 
 from wsipipe.errors import StoreError
-from wsipipe.store.base import RERUN, STORE_SCHEMA, PatchStore, StoreWriter
+from wsipipe.store.base import RERUN, STORE_SCHEMA, PatchStore, StoreWriter, check_complete
 from wsipipe.store.meta import StoreMeta
 
 try:  # installed with zarr (its crc32c codec); without it shards are written by zarr-python
@@ -169,7 +169,7 @@ class ZarrPatchStore(PatchStore):
         try:
             g = zarr.open_group(path, mode="r", zarr_format=3)
             attrs = g.attrs.asdict()
-            _check_complete(path, attrs)
+            check_complete(path, attrs, "a zarr group")
             try:
                 meta = StoreMeta.from_attrs(attrs)
             except StoreError as err:
@@ -271,18 +271,6 @@ class ZarrPatchStore(PatchStore):
 
 def is_zarr_v3(path: Path) -> bool:
     return path.is_dir() and (path / "zarr.json").is_file()
-
-
-def _check_complete(path: Path, attrs: dict[str, Any]) -> None:
-    if "wsipipe_store_schema" not in attrs:
-        raise StoreError(f"{path} is a zarr group but not a wsipipe patch store; {RERUN}")
-    schema = int(attrs["wsipipe_store_schema"])
-    if schema != STORE_SCHEMA:
-        raise StoreError(
-            f"patch store {path} has schema {schema}, this wsipipe reads {STORE_SCHEMA}; {RERUN}"
-        )
-    if not bool(attrs.get("complete", False)):
-        raise StoreError(f"patch store {path} is incomplete (its writer never closed); {RERUN}")
 
 
 def _raw_layout(meta_file: Path, n: int) -> int | None:

@@ -9,8 +9,7 @@ and :mod:`wsipipe.synth.tissue_render` (procedural H&E rendering).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsipipe.lazy import lazy_exports
 
 # name -> module; imported on first use (the CLI imports this package at start-up)
 _EXPORTS = {
@@ -26,8 +25,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

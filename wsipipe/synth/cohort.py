@@ -42,6 +42,14 @@ __all__ = [
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def cohort_dirs(out: str | Path) -> tuple[Path, Path, Path]:
+    """(root, slides/, annotations/) of a cohort folder, created."""
+    root = Path(out)
+    for sub in ("slides", "annotations"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return root, root / "slides", root / "annotations"
+
+
 @dataclass(frozen=True)
 class Cohort:
     root: Path
@@ -140,10 +148,7 @@ def generate_cohort(
     Slides are rendered in ``workers`` processes (default: all CPU cores, at most one per
     slide); the output does not depend on ``workers``. Existing files are overwritten.
     """
-    root = Path(out)
-    slides_dir, ann_dir = root / "slides", root / "annotations"
-    slides_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    root, slides_dir, ann_dir = cohort_dirs(out)
     n = cfg.n_slides
     rng = np.random.default_rng([cfg.seed, 0xC0407])
     n_pos = round(n * cfg.positive_fraction)

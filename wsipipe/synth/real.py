@@ -46,7 +46,7 @@ from shapely.geometry import Polygon
 
 from wsipipe.errors import ConfigError
 from wsipipe.geometry.annotations import write_asap_xml, write_geojson_annotations
-from wsipipe.synth.cohort import _slide_seed, _worker_init
+from wsipipe.synth.cohort import _slide_seed, _worker_init, cohort_dirs
 from wsipipe.synth.layout import Blob, _harmonics, _make_holes, _make_sections
 from wsipipe.synth.real_render import ColourJitter, compose_slide
 from wsipipe.synth.real_sources import (
@@ -473,10 +473,7 @@ def generate_real_cohort(
             tumour = tumour if tumour is not None else [d_tumour]
         textures = build_textures(list(normal), list(tumour), cfg)
     textures.check(cfg)
-    root = Path(out)
-    slides_dir, ann_dir = root / "slides", root / "annotations"
-    slides_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    root, slides_dir, ann_dir = cohort_dirs(out)
     n = cfg.n_slides
     rng = np.random.default_rng([cfg.seed, 0x2EA1C0])
     positive = np.zeros(n, bool)
