@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.gpu import ORDER
@@ -27,6 +28,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also put the table into benchmarks/RESULTS.md (## GPU), copied to --out",
     )
+    p.add_argument("--tiles", default="", help="folder of real .jpg tiles to build stores of")
     p.add_argument("--budget", type=float, default=0.0, help="seconds in all (0 = the mode's)")
     p.add_argument("--only", default="", help=f"comma list of parts: {', '.join(ORDER)}")
     for hidden in ("--child", "--start", "--deadline"):  # the parent's calls to its children
@@ -45,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--only {args.only}: unknown part(s) {', '.join(unknown)}; use {', '.join(ORDER)}",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.tiles and not any(Path(args.tiles).glob("*.jpg")):
+        print(f"--tiles {args.tiles}: no .jpg tiles there; give a folder of JPEG tiles "
+              "(e.g. shared/data/real/tiles) or leave it out", file=sys.stderr)  # fmt: skip
+        return 2
     s = smoke_settings() if args.smoke else full_settings()
     if args.budget > 0:
         s = s.with_budget(args.budget)
+    if args.tiles:
+        s = replace(s, tiles=str(Path(args.tiles).resolve()))
     t0 = time.time()
     deadline = t0 + s.budget_s
     out.mkdir(parents=True, exist_ok=True)

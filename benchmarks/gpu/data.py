@@ -25,17 +25,20 @@ from wsipipe.train.config import TrainConfig
 _CHUNK = 4096  # tiles appended per call
 
 
-def real_tiles_dir() -> Path | None:
+def real_tiles_dir(given: str = "") -> Path | None:
+    """``given`` (``--tiles``), else ``shared/data/real/tiles`` inside or next to the checkout."""
     root = repo_root()
-    for cand in (root / "shared/data/real/tiles", root.parent / "shared/data/real/tiles"):
+    cands = [Path(given)] if given else []
+    cands += [root / "shared/data/real/tiles", root.parent / "shared/data/real/tiles"]
+    for cand in cands:
         if cand.is_dir() and any(cand.glob("*.jpg")):
             return cand
     return None
 
 
-def tile_pool(px: int, limit: int = 64) -> tuple[list[bytes], str]:
+def tile_pool(px: int, limit: int = 64, given: str = "") -> tuple[list[bytes], str]:
     """Distinct encoded (JPEG q90) px x px tiles and where their pixels come from."""
-    src = real_tiles_dir()
+    src = real_tiles_dir(given)
     crops: list[np.ndarray] = []
     if src is not None:
         for f in sorted(src.glob("*.jpg")):

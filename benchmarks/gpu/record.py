@@ -32,8 +32,13 @@ class Recorder:
         self.path = out / ROWS
 
     def _append(self, event: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(event) + "\n")
+        line = json.dumps(event) + "\n"
+        with self.path.open("ab+") as fh:
+            if fh.tell() > 0:  # after a line cut by a kill, start a new one
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+            fh.write(line.encode())
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -104,7 +109,8 @@ def section(table: str, info: dict[str, str], command: str, seconds: float) -> s
         f"{HEADING}\n\nDevice: {info['device']}, driver {info['driver']}, CUDA "
         f"{info['cuda']}, {info['cpu_cores']} CPU cores  \nSoftware: torch {info['torch']}, "
         f"Python {info['python']}  \nDate: {time.strftime('%Y-%m-%d %H:%M %Z')}, "
-        f"{seconds:.0f} s in all  \nCommand: `{command}`\n\n{table}\n"
+        f"{seconds:.0f} s in all  \nCommand: `{command}` (what each part measures: "
+        f"benchmarks/README.md, GPU)\n\n{table}\n"
     )
 
 
@@ -122,5 +128,6 @@ def merge_results(results: Path, text: str) -> None:
         before, after = gpu.split(HEADING, 1)
         cut = after.find("\n### ")
         gpu = before + (after[cut + 1 :] if cut >= 0 else "")
-    gpu = gpu.rstrip() + "\n\n" + text.rstrip() + "\n"
+    body = gpu.strip()
+    gpu = "\n" + (body + "\n\n" if body else "") + text.rstrip() + "\n"
     atomic_write_text(results, head + "## GPU\n" + gpu + tail)

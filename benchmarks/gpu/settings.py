@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,12 @@ class Settings:
     features_n: int  # tiles (feature rows) per slide in features mode
     features_dim: int  # F of the cache (ResNet-50 pooled features: 2048)
     features_batch: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    tiles: str = ""  # --tiles: a folder of real .jpg tiles (default: shared/data/real/tiles)
 
     def with_budget(self, budget_s: float) -> Settings:
         """The same run in ``budget_s`` seconds: the per-case cap scales along."""
         cap = self.case_cap_s * budget_s / self.budget_s
-        return Settings(**{**asdict(self), "budget_s": budget_s, "case_cap_s": cap})
+        return replace(self, budget_s=budget_s, case_cap_s=cap)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -55,6 +55,6 @@ def tests_case(ctx: Ctx, case: dict[str, Any]) -> list[Row]:
         raise RuntimeError(f"pytest rc {proc.returncode}: {(proc.stdout + proc.stderr)[-300:]}")
     label = tests_label(ctx.s, case)
     summary = ", ".join(f"{v} {k}" for k, v in got.items())
-    rows = [Row("tests", label, k, float(got.get(k, 0)), "tests", summary if k == "passed" else "")
-            for k in ("passed", "failed", "errors", "skipped")]  # fmt: skip
-    return rows
+    kinds = ("passed", "failed", "errors", "skipped")
+    return [Row("tests", label, f"tests {k}", float(got.get(k, 0)), "",
+                summary if k == "passed" else "") for k in kinds]  # fmt: skip
