@@ -3,6 +3,7 @@ GPU memory probes (peak allocated / reserved since the last reset)."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +32,21 @@ class Ctx:
         return self.device.type == "cuda"
 
     def reset_peak(self) -> None:
+        """Peaks from here on; what an earlier case left (a run not yet collected, cached
+        blocks) is freed first, so that it does not count."""
+        gc.collect()
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def peak_gb(self) -> tuple[float, float]:
+    def peak_gb(self, sync: bool = True) -> tuple[float, float]:
         """(max_memory_allocated, max_memory_reserved) in GB since :meth:`reset_peak`;
-        NaN without CUDA."""
+        NaN without CUDA. ``sync=False`` from another thread (the watchdog)."""
         if not self.cuda:
             return float("nan"), float("nan")
-        torch.cuda.synchronize(self.device)
+        if sync:
+            torch.cuda.synchronize(self.device)
         return (
             torch.cuda.max_memory_allocated(self.device) / GB,
             torch.cuda.max_memory_reserved(self.device) / GB,

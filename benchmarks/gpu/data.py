@@ -47,14 +47,15 @@ def tile_pool(px: int, limit: int = 64, given: str = "") -> tuple[list[bytes], s
             for y in range(0, h - px + 1, px):
                 for x in range(0, w - px + 1, px):
                     crops.append(np.ascontiguousarray(img[y : y + px, x : x + px]))
-    if not crops:  # no real tiles here: synthetic H&E-like texture
+    if src is None or not crops:  # no real tiles here: synthetic H&E-like texture
         from benchmarks.bench_train import _tile
 
         rng = np.random.default_rng(0)
         crops = [_tile(rng, px, tumour=i % 4 == 0) for i in range(16)]
-        where = "synthetic H&E-like tiles (no shared/data/real/tiles found)"
+        where = f"synthetic H&E-like tiles (no real {px} px JPEG tiles found)"
     else:
-        where = f"real TCGA H&E JPEG tiles from {src.name}/ ({len(crops)} distinct)"
+        name = f"{src.parent.name}/{src.name}"
+        where = f"real H&E JPEG tiles from {name} ({min(limit, len(crops))} distinct)"
     return [encode_tile(c, "jpeg", 90) for c in crops[:limit]], where
 
 

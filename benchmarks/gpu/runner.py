@@ -9,6 +9,7 @@ restarts the child after the case that killed it while the part's time box lasts
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 from benchmarks.common import Row
 from benchmarks.gpu.record import Recorder, failure
-from benchmarks.gpu.settings import Settings, case_key
+from benchmarks.gpu.settings import Settings, case_key, repo_root
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ def child(part_name: str, work: Path, out: Path, start: int, deadline: float) ->
 
     s = Settings.from_json((work / "settings.json").read_text())
     part = parts()[part_name]
+    # cuDNN autotuning stays off, as in wsipipe's own runs (the scans' last chunks of
+    # different sizes would each be autotuned)
     ctx = Ctx(s, work, Recorder(out), default_device())
-    if ctx.cuda:
-        torch.backends.cudnn.benchmark = True
     for case in part.cases(s)[start:]:
         key, label = case_key(part.name, case), part.label(s, case)
         left = deadline - time.time()
@@ -81,11 +82,12 @@ def child(part_name: str, work: Path, out: Path, start: int, deadline: float) ->
         finally:
             timer.cancel()
         ctx.rec.end(key)
+        gc.collect()  # the case's run (DataLoader workers, GPU tensors) is released now
     return 0
 
 
 def _timed_out(ctx: Any, part: str, label: str, key: str, box: float) -> None:
-    alloc, _ = ctx.peak_gb() if ctx.cuda else (float("nan"), 0.0)
+    alloc, _ = ctx.peak_gb(sync=False)
     extra = f"; peak GPU allocated so far {alloc:.2f} GB" if alloc == alloc else ""
     ctx.rec.row(failure(part, label, f"timed out after {box:.0f} s (time box){extra}"), key)
     ctx.rec.end(key)
@@ -101,6 +103,9 @@ def run_part(part: Part, s: Settings, work: Path, out: Path, deadline: float) ->
     keys = [case_key(part.name, c) for c in cases]
     log = out / "logs" / f"{part.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    root = repo_root()  # the child imports benchmarks (and wsipipe) from this checkout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
     start = 0
     while start < len(cases):
         if deadline - time.time() < 3:
@@ -111,7 +116,7 @@ def run_part(part: Part, s: Settings, work: Path, out: Path, deadline: float) ->
         cmd = [sys.executable, "-m", "benchmarks.gpu", "--child", part.name, "--work", str(work),
                "--out", str(out), "--start", str(start), "--deadline", str(deadline)]  # fmt: skip
         with log.open("a") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=root, env=env,
                                     start_new_session=True)  # fmt: skip
             try:
                 rc = proc.wait(timeout=max(5.0, deadline - time.time() + 20))

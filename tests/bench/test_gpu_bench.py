@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_stores_are_real_reused_when_complete_and_rebuilt_when_not(tmp_path: Path) -> None:
     pool, where = data.tile_pool(64, limit=8)
     assert len(pool) == 8 and all(b[:3] == b"\xff\xd8\xff" for b in pool)
-    assert "real TCGA" in where  # shared/data/real/tiles sits next to the checkout here
+    assert where.startswith("real H&E JPEG tiles from ")  # shared/data/real/tiles is here
     path = data.write_store(tmp_path, "s1", 300, pool, 64)
     with open_store(path) as st:
         assert len(st) == 300
@@ -55,6 +56,15 @@ def test_stores_are_real_reused_when_complete_and_rebuilt_when_not(tmp_path: Pat
     with open_store(shutil_dead) as st:
         assert len(st) == 50
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_tile_pool_falls_back_to_synthetic_tiles() -> None:
+    pool, where = data.tile_pool(600, limit=4)  # larger than every real tile here
+    assert where == "synthetic H&E-like tiles (no real 600 px JPEG tiles found)"
+    assert len(pool) == 4 and len(set(pool)) == 4
+    from wsipipe.store.codec import decode_tile
+
+    assert decode_tile(pool[0]).shape == (600, 600, 3)
 
 
 def test_tiles_folder_without_jpegs_is_one_line_error(tmp_path: Path) -> None:
@@ -188,6 +198,32 @@ def test_e2e_cases_put_the_headline_first_and_cover_every_n() -> None:
     assert len({case_key("e2e", c) for c in cases}) == len(cases)
     assert sum(s.shares.values()) == pytest.approx(1.0)
     assert s.with_budget(s.budget_s / 2).case_cap_s == pytest.approx(s.case_cap_s / 2)
+
+
+@pytest.mark.slow
+def test_time_box_ends_the_run_with_a_row_for_every_case(tmp_path: Path) -> None:
+    """A budget too small for the part: cases past their box get `timed out` / `skipped`
+    rows, the run ends soon after the budget, and the table still has every case."""
+    out = tmp_path / "out"
+    t0 = time.time()
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--smoke", "--only", "features", "--out",
+         str(out), "--budget", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    elapsed = time.time() - t0
+    assert res.returncode in (0, 1), res.stderr[-2000:]
+    rows = Recorder(out).rows()
+    s = smoke_settings().with_budget(6)
+    part = parts()["features"]
+    labels = {r.case for r in rows}
+    assert {part.label(s, c) for c in part.cases(s)} <= labels
+    assert not {r.benchmark for r in rows} - {"features"}  # --only: nothing else ran
+    for r in rows:
+        if r.metric == "failed":
+            assert r.note.startswith(("timed out after", "skipped: the part's time box",
+                                      "child process exited")), r.note  # fmt: skip
+    assert res.returncode == (1 if any(r.metric == "failed" for r in rows) else 0)
+    assert elapsed < 6 + 20 + 60  # budget + the parent's grace + start-up on a busy machine
 
 
 @pytest.mark.slow
