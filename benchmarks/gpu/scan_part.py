@@ -63,7 +63,7 @@ def scan_data(ctx: Ctx) -> list[Row]:
         px = _px(ctx.s, enc)
         pool, where = data.tile_pool(px, given=ctx.s.tiles)
         data.write_store(ctx.stores, _sid(enc), ctx.s.scan_n[enc], pool, px)
-        data.write_store(ctx.stores, f"warm{px}", 512, pool, px)
+        data.write_store(ctx.stores, f"warm{px}", ctx.s.warm_n, pool, px)
     return [Row("scan", scan_label(ctx.s, DATA), "build time", time.perf_counter() - t0, "s",
                 where)]  # fmt: skip
 

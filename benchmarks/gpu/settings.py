@@ -30,6 +30,7 @@ class Settings:
     scan_encoders: tuple[str, ...]
     scan_n: dict[str, int]  # encoder -> tiles of the scanned slide
     scan_workers: tuple[int, ...]
+    warm_n: int  # tiles of the slide scanned just before the timed one (workers in step)
     reps: int  # timed repetitions of each scan variant (best kept)
     features_n: int  # tiles (feature rows) per slide in features mode
     features_dim: int  # F of the cache (ResNet-50 pooled features: 2048)
@@ -69,6 +70,7 @@ def full_settings(budget_s: float = 345.0) -> Settings:
         scan_encoders=("resnet50", "vit_base_patch16_224"),
         scan_n={"resnet50": 10_000, "vit_base_patch16_224": 4_096},
         scan_workers=tuple(sorted({min(8, cores), max(1, min(cores - 2, 14))})),
+        warm_n=512,
         reps=2,
         features_n=10_000,
         features_dim=2048,
@@ -92,6 +94,7 @@ def smoke_settings(budget_s: float = 150.0) -> Settings:
         scan_encoders=(TINY_CNN, TINY_VIT),
         scan_n={TINY_CNN: 300, TINY_VIT: 96},
         scan_workers=(1,),
+        warm_n=32,
         reps=1,
         features_n=300,
         features_dim=256,

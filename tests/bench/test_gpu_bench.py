@@ -200,6 +200,29 @@ def test_e2e_cases_put_the_headline_first_and_cover_every_n() -> None:
     assert s.with_budget(s.budget_s / 2).case_cap_s == pytest.approx(s.case_cap_s / 2)
 
 
+def test_full_run_labels_its_cases_uniquely() -> None:
+    """The device run's cases (ResNet-50, ViT-B/16 at its fixed 224 px, the papers'
+    presets) are labelled without error, one label per case."""
+    s = full_settings()
+    for part in parts().values():
+        labels = [part.label(s, c) for c in part.cases(s)]
+        assert len(set(labels)) == len(labels)
+    scan = parts()["scan"]
+    assert [scan.label(s, c) for c in scan.cases(s)][1:] == [
+        "resnet50 256px, I=256, N=10,000",
+        "vit_base_patch16_224 224px, I=256, N=4,096",
+    ]
+    e2e = parts()["e2e"]
+    assert e2e.label(s, e2e.cases(s)[4]) == (  # [0] is the data step
+        "DBPS resnet50 256px, M=32 I=256 S=96 B=16, N=250,000 + 15 x 500, ckpt on"
+    )
+    feats = parts()["features"]
+    assert [feats.label(s, c) for c in feats.cases(s)][1:] == [
+        "IPS features F=2048 (camelyon16-ips), M=5000 I=5000 B=16, N=10,000 per slide",
+        "DBPS features F=2048 (camelyon16-dbps), M=100 I=500 S=400 B=16, N=10,000 per slide",
+    ]
+
+
 @pytest.mark.slow
 def test_time_box_ends_the_run_with_a_row_for_every_case(tmp_path: Path) -> None:
     """A budget too small for the part: cases past their box get `timed out` / `skipped`
