@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from tests.models.helpers import tiny_aggregator
 from wsipipe.encoders import create_encoder
-from wsipipe.models import ScanResult, dbps_scan, ips_scan
+from wsipipe.models import CrossAttentionAggregator, ScanResult, dbps_scan, ips_scan
 from wsipipe.models._scan import device_chunks
 
 pytestmark = [
@@ -20,6 +20,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 CUDA = torch.device("cuda", 0)
+Agg = CrossAttentionAggregator
 TINY = "test_resnet.r160_in1k"
 
 
@@ -34,7 +35,7 @@ def _chunks(x: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
     ]
 
 
-def _models(device: torch.device) -> tuple[nn.Module, nn.Module]:
+def _models(device: torch.device) -> tuple[nn.Module, CrossAttentionAggregator]:
     torch.manual_seed(0)
     enc = create_encoder(TINY, out_dim=16, channels_last=True)
     return enc.to(device), tiny_aggregator(dim=16, heads=2).to(device)
@@ -55,7 +56,7 @@ def test_bf16_autocast_scan_on_cuda(method: str) -> None:
     enc, agg = _models(CUDA)
     seen = _conv_dtypes(enc)
 
-    def scan(e: nn.Module, a: nn.Module, dev: torch.device, amp: torch.dtype | None) -> ScanResult:
+    def scan(e: nn.Module, a: Agg, dev: torch.device, amp: torch.dtype | None) -> ScanResult:
         if method == "ips":
             return ips_scan(e, a, _chunks(x, 64), M=16, device=dev, amp_dtype=amp)
         return dbps_scan(e, a, _chunks(x, 64), M=16, S=24, device=dev, amp_dtype=amp)
@@ -66,7 +67,8 @@ def test_bf16_autocast_scan_on_cuda(method: str) -> None:
     seen.clear()
     bf16 = scan(enc, agg, CUDA, torch.bfloat16)
     assert seen and set(seen) == {torch.bfloat16}  # autocast is on inside the scan
-    assert bf16.indices.device.type == "cuda" and bf16.logits.dtype == torch.float32
+    assert bf16.logits is not None and bf16.logits.dtype == torch.float32
+    assert bf16.indices.device.type == "cuda"
     assert bf16.n_tiles == len(x) and bf16.indices.unique().numel() == 16
     # fp32 on the GPU selects what the CPU selects; bf16 rounding may swap a few near ties
     assert set(fp32.indices.tolist()) == set(ref.indices.tolist())
@@ -76,6 +78,7 @@ def test_bf16_autocast_scan_on_cuda(method: str) -> None:
         assert bf16.aux_emb is not None and bf16.aux_emb.shape == (24, 16)
         assert bf16.aux_emb.device.type == "cuda" and bf16.aux_emb.dtype == torch.float32
         assert torch.isfinite(bf16.aux_emb).all() and not bf16.aux_emb.requires_grad
+        assert bf16.aux_indices is not None
         assert not set(bf16.aux_indices.tolist()) & set(bf16.indices.tolist())
         assert ref.aux_emb is not None and fp32.aux_emb is not None
         torch.testing.assert_close(fp32.aux_emb.cpu(), ref.aux_emb, atol=1e-3, rtol=1e-3)
