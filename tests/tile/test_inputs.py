@@ -80,6 +80,16 @@ def test_a_broken_link_in_a_slides_csv_is_that_slides_failure(tmp_path):
     assert spec.slide_id == "patient7" and "dangling symlink -> missing-target.svs" in spec.error
 
 
+def test_info_names_the_broken_link(tmp_path):
+    _links(tmp_path / "in")
+    result = runner.invoke(app, ["info", str(tmp_path / "in" / "loop.svs"),
+                                 str(tmp_path / "in" / "dangling.svs")])  # fmt: skip
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "loop.svs: symlink loop" in text
+    assert "dangling symlink -> /nonexistent/slide-42.svs" in text
+
+
 def test_a_missing_plain_path_is_still_a_usage_error(tmp_path):
     # (the CLI prints a ConfigError as one line and exits 2)
     with pytest.raises(ConfigError, match=r"absent\.svs: no such file"):

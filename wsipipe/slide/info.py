@@ -1,9 +1,11 @@
-"""Slide metadata (`SlideInfo`), property parsing and the cheap file fingerprint."""
+"""Slide metadata (`SlideInfo`), property parsing, broken-symlink reasons and the cheap file
+fingerprint."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,26 @@ def info_from_properties(
         mpp_y=positive_float(properties.get(prefix + "mpp-y")),
         objective_power=positive_float(properties.get(prefix + "objective-power")),
     )
+
+
+def broken_link(path: Path) -> str:
+    """Why ``path`` is an unusable symlink ("dangling symlink -> target", "symlink loop"),
+    or "" when it is not a symlink or its target exists."""
+    if not path.is_symlink():
+        return ""
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return (
+            f"{path}: dangling symlink -> {os.readlink(path)} (the target does not exist); "
+            "restore the target or remove the link"
+        )
+    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13 on a loop; OSError: ELOOP
+        return (
+            f"{path}: symlink loop ({path} -> {os.readlink(path)} leads back to itself); "
+            "point the link at the slide or remove it"
+        )
+    return ""
 
 
 def slide_fingerprint(path: str | Path, md5: bool = True) -> dict[str, object]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import check_slide_id
 from wsipipe.slide.dicom import is_dicom_file
+from wsipipe.slide.info import broken_link
 
 # File name endings of whole-slide images that OpenSlide or tiffslide can open.
 SLIDE_SUFFIXES = (
@@ -34,26 +35,6 @@ class SlideInput:
     path: Path
     mpp: float | None = None  # per-slide override (CSV `mpp` column)
     error: str = ""  # why the input cannot be read (e.g. a dangling symlink); "" = fine
-
-
-def broken_link(path: Path) -> str:
-    """Why ``path`` is an unusable symlink ("dangling symlink -> target", "symlink loop"),
-    or "" when it is not a symlink or its target exists."""
-    if not path.is_symlink():
-        return ""
-    try:
-        path.resolve(strict=True)
-    except FileNotFoundError:
-        return (
-            f"{path}: dangling symlink -> {os.readlink(path)} (the target does not exist); "
-            "restore the target or remove the link"
-        )
-    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13 on a loop; OSError: ELOOP
-        return (
-            f"{path}: symlink loop ({path} -> {os.readlink(path)} leads back to itself); "
-            "point the link at the slide or remove it"
-        )
-    return ""
 
 
 def _broken_input(path: Path) -> SlideInput:
