@@ -6,6 +6,12 @@
 #
 #   docker build -t wsipipe:0.1.0 .
 #   docker build --build-arg BASE_IMAGE=pytorch/pytorch:<ver>-cuda<ver>-cudnn9-runtime ...
+#   docker build --secret id=pip.conf,src=/etc/pip.conf ...   # a private index / mirror
+#     (+ --secret id=pip-cert,src=<CA bundle> --secret id=pip-constraints,src=<file> when
+#     that pip.conf names them as /run/secrets/pip-cert and /run/secrets/pip-constraints)
+#
+# Built and run for real with podman on a local Debian bookworm base with python3 (no torch:
+# pip installs it), tests/examples/test_container.py; the CUDA base and --gpus are not.
 #
 # Snakemake is not in the image: it runs on the host and starts each job in the image
 # (`--software-deployment-method apptainer`, see workflows/README.md).

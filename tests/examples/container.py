@@ -12,6 +12,8 @@ or reinstall torch again (set WSIPIPE_PODMAN_DIR to move it; it needs about 5 GB
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import shutil
@@ -117,13 +119,6 @@ def ensure_rootfs(work: Path = WORK) -> Path:
     return rootfs
 
 
-def base_python_tag(rootfs: Path) -> str:
-    """cp311 for the root file system's python3.11."""
-    exes = (rootfs / "usr/bin").glob("python3.*")
-    (exe,) = [p for p in exes if re.fullmatch(r"python3\.\d+", p.name)]
-    return "cp3" + exe.name.split(".")[1]
-
-
 def ensure_base(podman: Podman, rootfs: Path) -> str:
     """The root file system imported as a local image (again when the root file system is
     newer than the image)."""
@@ -167,20 +162,28 @@ def local_dirs(value: str) -> list[Path]:
     return out
 
 
-def cpu_torch_pin(dirs: list[Path], pytag: str) -> str | None:
-    """`torch==X+cpu` when a CPU torch wheel for the base's Python lies in a local index."""
-    wheels = sorted(w for d in dirs for w in d.rglob(f"torch-*+cpu-{pytag}-*.whl"))
-    return f"torch=={wheels[-1].name.split('-')[1]}" if wheels else None
+def torch_pins() -> list[str]:
+    """torch and torchvision pinned to this interpreter's pair: its wheels are in the index
+    this machine's pip uses, and the two fit each other. (A CPU torch wheel alone is not
+    enough: PyPI's torchvision is a CUDA build, and on CPU torch it fails at import with
+    "operator torchvision::nms does not exist".)"""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in ("torch", "torchvision"):
+        with contextlib.suppress(PackageNotFoundError):
+            pins.append(f"{name}=={version(name)}")
+    return pins
 
 
 @dataclass
 class BuildInputs:
     args: list[str]  # podman build arguments: --secret, --volume
     conf: str  # the pip.conf handed in (for the report)
-    torch_pin: str | None
+    pins: list[str]
 
 
-def pip_build_inputs(work: Path, pytag: str) -> BuildInputs:
+def pip_build_inputs(work: Path) -> BuildInputs:
     """This machine's pip index as build secrets (pip.conf, CA bundle, constraints) and the
     local index folders as read-only build volumes: nothing of it lands in a layer."""
     settings = pip_settings()
@@ -201,9 +204,8 @@ def pip_build_inputs(work: Path, pytag: str) -> BuildInputs:
     constraints = []
     if "constraint" in settings and Path(settings["constraint"]).is_file():
         constraints.append(Path(settings["constraint"]).read_text())
-    pin = cpu_torch_pin(dirs, pytag)
-    if pin:  # the CUDA build of torch is several GB: the image test does not need it
-        constraints.append(pin + "\n")
+    pins = torch_pins()
+    constraints += [pin + "\n" for pin in pins]
     if constraints:
         (pipdir / "constraints.txt").write_text("".join(constraints))
         args += ["--secret", f"id=pip-constraints,src={pipdir / 'constraints.txt'}"]
@@ -213,7 +215,7 @@ def pip_build_inputs(work: Path, pytag: str) -> BuildInputs:
     args += ["--secret", f"id=pip.conf,src={pipdir / 'pip.conf'}"]
     for d in dict.fromkeys(dirs):
         args += ["--volume", f"{d}:{d}:ro"]
-    return BuildInputs(args, conf, pin)
+    return BuildInputs(args, conf, pins)
 
 
 @dataclass
@@ -221,7 +223,7 @@ class Image:
     tag: str
     build_s: float
     size_bytes: int
-    torch_pin: str | None
+    pins: list[str]
     log: str
 
 
@@ -233,7 +235,7 @@ def build_image(podman: Podman, repo: Path, base: str, inputs: BuildInputs) -> I
                  timeout=3000)  # fmt: skip
     build_s = time.perf_counter() - t0
     size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE_TAG).stdout.strip())
-    return Image(IMAGE_TAG, build_s, size, inputs.torch_pin, res.stdout[-6000:])
+    return Image(IMAGE_TAG, build_s, size, inputs.pins, res.stdout[-6000:])
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -257,3 +259,19 @@ def run_args(image: str, user: tuple[int, int], mounts: list[tuple[Path, str, st
     if entrypoint:
         out += ["--entrypoint", entrypoint]
     return [*out, image, *args]
+
+
+@functools.cache
+def built_image(repo: Path) -> tuple[Podman, Image] | str:
+    """(podman, the image built from repo's Dockerfile) or why that cannot be done here: the
+    test modules that share it skip with that reason."""
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    podman = Podman()
+    probe = podman("info", check=False, timeout=120)
+    if probe.returncode != 0:
+        return f"podman cannot start here: {probe.stderr.strip().splitlines()[-1:]}"
+    rootfs = ensure_rootfs(podman.work)
+    base = ensure_base(podman, rootfs)
+    return podman, build_image(podman, repo, base, pip_build_inputs(podman.work))
