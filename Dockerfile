@@ -53,8 +53,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp
 
 WORKDIR /opt/wsipipe
-COPY pyproject.toml README.md ./
-COPY wsipipe ./wsipipe
+COPY pyproject.toml ./
 
 # A virtual environment over the base's packages: the CUDA torch of a PyTorch base satisfies
 # `torch>=2.2`, so pip keeps it; a plain Debian/Ubuntu base (whose system Python refuses pip,
@@ -63,6 +62,8 @@ COPY wsipipe ./wsipipe
 # <your pip.conf>` (read through PIP_CONFIG_FILE), and the files it names as further secrets
 # at /run/secrets/pip-cert (a CA bundle) and /run/secrets/pip-constraints. Without them pip
 # uses its defaults (PyPI).
+# The dependencies first, from pyproject.toml alone (an empty stand-in package is installed
+# and removed again): a change to the code or the README rebuilds only the layer below.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # DL3013: ".[extras]" is this source tree, not a PyPI package to pin.
 # hadolint ignore=DL3013
@@ -70,7 +71,17 @@ RUN --mount=type=secret,id=pip.conf \
     --mount=type=secret,id=pip-cert \
     --mount=type=secret,id=pip-constraints \
     python3 -m venv --system-site-packages /opt/venv \
+    && mkdir wsipipe && touch wsipipe/__init__.py README.md \
     && PIP_CONFIG_FILE=/run/secrets/pip.conf python3 -m pip install --no-cache-dir ".[${EXTRAS}]" \
+    && python3 -m pip uninstall --yes wsipipe \
+    && rm -rf wsipipe README.md build ./*.egg-info
+
+COPY README.md ./
+COPY wsipipe ./wsipipe
+RUN --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=pip-cert \
+    --mount=type=secret,id=pip-constraints \
+    PIP_CONFIG_FILE=/run/secrets/pip.conf python3 -m pip install --no-cache-dir --no-deps . \
     && python3 -c "import openslide, imagecodecs, torch, wsipipe.cli; print('openslide', openslide.__library_version__, 'imagecodecs', imagecodecs.__version__, 'torch', torch.__version__)" \
     && wsipipe --version
 

@@ -234,6 +234,7 @@ def build_image(podman: Podman, repo: Path, base: str, inputs: BuildInputs) -> I
                  *inputs.args, "-t", IMAGE_TAG, "-f", str(repo / "Dockerfile"), str(repo),
                  timeout=3000)  # fmt: skip
     build_s = time.perf_counter() - t0
+    podman("image", "prune", "--force")  # the layers of earlier builds, now untagged
     size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE_TAG).stdout.strip())
     return Image(IMAGE_TAG, build_s, size, inputs.pins, res.stdout[-6000:])
 

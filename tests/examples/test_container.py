@@ -17,7 +17,8 @@ import pytest
 
 from tests.examples import container as ct
 
-pytestmark = pytest.mark.slow
+# the first build installs torch: about 10 minutes on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_SLIDE = REPO.parent / "shared" / "data" / "real" / "slides" / "CMU-1-Small-Region.svs"

@@ -21,7 +21,7 @@ import yaml
 from tests.examples import container as ct
 
 pytest.importorskip("snakemake")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflows" / "Snakefile"
