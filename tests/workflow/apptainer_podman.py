@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-VERSION = "apptainer version 1.3.0 (podman stand-in for tests)"
+VERSION = "apptainer version 1.3.0"  # Snakemake parses the last word
 
 
 def fail(msg: str) -> int:
