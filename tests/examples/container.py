@@ -249,12 +249,10 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def run_args(image: str, user: tuple[int, int], mounts: list[tuple[Path, str, str]],
              *args: str, entrypoint: str | None = None) -> list[str]:  # fmt: skip
-    """`podman run` arguments as the README's docker run: no network, the caller's uid:gid,
-    host folders mounted (mode "ro" or "rw")."""
+    """`podman run` arguments as the README's docker run: no network, `user` as uid:gid (root
+    podman: the numbers are the host's), host folders mounted (mode "ro" or "rw")."""
     out = ["run", "--rm", "--network", "none", "--user", f"{user[0]}:{user[1]}",
            "--shm-size", "1g"]  # fmt: skip
-    if os.geteuid() != 0:
-        out.append("--userns=keep-id")
     for host, target, mode in mounts:
         out += ["-v", f"{host}:{target}:{mode}"]
     if entrypoint:

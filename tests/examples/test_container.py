@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_SLIDE = REPO.parent / "shared" / "data" / "real" / "slides" / "CMU-1-Small-Region.svs"
-# Running as root here: the calling "user" is a uid the image has no passwd entry for, as on
-# a cluster node whose users come from LDAP. Otherwise podman maps the caller (keep-id).
-USER = (23456, 23457) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+# Root podman (the test skips otherwise): the calling "user" is a uid the image has no passwd
+# entry for, as on a cluster node whose users come from LDAP; its folders are chowned to it.
+USER = (23456, 23457)
 
 
 @pytest.fixture(scope="module")
