@@ -53,7 +53,7 @@ class Settings:
         return cls(**d)
 
 
-def full_settings(budget_s: float = 345.0) -> Settings:
+def full_settings(budget_s: float = 330.0) -> Settings:
     """One H100 / H200 with 16 cores: the issue's sizes in at most 6 minutes."""
     cores = os.cpu_count() or 16
     return Settings(
