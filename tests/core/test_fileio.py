@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from wsipipe.errors import NoSpaceError
 from wsipipe.fileio import (
     atomic_path,
     atomic_write,
@@ -35,8 +36,11 @@ def test_failed_write_keeps_the_old_content(tmp_path: Path) -> None:
         fh.write(b"half")  # type: ignore[attr-defined]
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(NoSpaceError) as err:
         atomic_write(target, boom)
+    assert str(err.value).startswith(
+        f"no space left on {tmp_path} while writing {target} (a.bin is unchanged); free space"
+    )
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 

@@ -100,7 +100,9 @@ def test_live_lock_blocks_second_run(tmp_path):
     live = {"pid": os.getpid(), "host": socket.gethostname(), "started": 0}
     (tmp_path / "locks/s1.lock").write_text(json.dumps(live))
     o = JobRunner(tmp_path, "tile", "h1").run_one(Job("s1"), good_work)
-    assert o.state == "failed" and "locked by pid" in o.reason and "delete" in o.reason
+    assert o.state == "busy" and "locked by pid" in o.reason and "delete" in o.reason
+    assert o.info == {"holder_pid": os.getpid()}
+    assert not (tmp_path / "status/s1.json").exists()  # busy is not a failure to record
     assert (tmp_path / "locks/s1.lock").exists()  # someone else's lock is left alone
     assert not (tmp_path / "out").exists()
 
@@ -200,7 +202,7 @@ def test_staged_lock_is_held_until_the_second_stage_ends(tmp_path):
     started = r.begin(Job("a"), _Staged())
     assert isinstance(started, Started)
     # a concurrent run meanwhile finds the slide locked
-    assert r.run_one(Job("a"), good_work).state == "failed"
+    assert r.run_one(Job("a"), good_work).state == "busy"
     assert started.finish().state == "done"
     assert not (tmp_path / "locks/a.lock").exists()
 
