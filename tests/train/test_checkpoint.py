@@ -71,3 +71,18 @@ def test_full_disk_save_is_one_line_and_keeps_the_previous(tmp_path: Path) -> No
         assert "last.pt is unchanged" in msg and "\n" not in msg
         assert load_checkpoint(path)["epoch"] == 1
         assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp left
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path: Path) -> None:
+    from tests.heatmap.synth import make_checkpoint
+    from wsipipe.train.inference import load_model
+
+    path = make_checkpoint(tmp_path / "ck.pt")
+    ck = load_checkpoint(path)
+    ck["config"]["dim"] = 48  # the config no longer describes the saved weights
+    save_checkpoint(path, {k: v for k, v in ck.items() if k != "format"})
+    with pytest.raises(ConfigError) as err:
+        load_model(path, device="cpu")
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: its weights do not fit the model its config describes (")
+    assert "size mismatch" in msg and "\n" not in msg

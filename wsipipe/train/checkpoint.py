@@ -66,6 +66,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(state)``; weights of another model than the checkpoint's own
+    config describes (an edited file, another version) are a one-line ConfigError."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = " ".join(lines[1:2])[:200]  # the first mismatch (missing key / shape)
+        raise ConfigError(
+            f"{path}: its weights do not fit the model its config describes ({detail}); the "
+            "checkpoint was edited or mixes two runs: use the training run's own checkpoint"
+        ) from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``; a missing/corrupt/foreign file is a ConfigError."""
     p = Path(path)
