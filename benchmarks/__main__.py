@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: ``python -m benchmarks [--quick] [--only a,b]``.
 
 Writes the table with the machine, date and command to ``benchmarks/RESULTS.md`` (CPU
-section, or a GPU section when CUDA is available), keeping the other section.
+section, or a GPU section when CUDA is available), keeping every other section.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import Row, format_table
+from benchmarks.common import Row, format_table, replace_section
 
 ORDER = ["read", "tile", "store", "scan", "train", "heatmap"]
 HERE = Path(__file__).resolve().parent
@@ -80,19 +80,7 @@ def write_results(table: str, args: argparse.Namespace) -> None:
         f"## {kind}\n\nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d %H:%M %Z')}  \n"
         f"Command: `{command.strip()}`\n\n{table}\n"
     )
-    path = HERE / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    parts = {"CPU": "", "GPU": ""}
-    for other in ("CPU", "GPU"):
-        marker = f"## {other}\n"
-        if marker in old:
-            rest = old.split(marker, 1)[1]
-            nxt = min((rest.find(f"## {o}\n") for o in ("CPU", "GPU") if f"## {o}\n" in rest),
-                      default=-1)  # fmt: skip
-            parts[other] = marker + (rest if nxt < 0 else rest[:nxt])
-    parts[kind] = section
-    body = "# Benchmark results\n\n" + "\n".join(p.rstrip() + "\n" for p in parts.values() if p)
-    path.write_text(body)
+    replace_section(HERE / "RESULTS.md", kind, section)
 
 
 if __name__ == "__main__":

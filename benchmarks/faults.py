@@ -319,10 +319,23 @@ def format_results(rows: list[Result]) -> str:
     return "\n".join(lines)
 
 
+LEGEND = """\
+Columns: *exit* is the exit code of the faulty run (a/b for two runs; -9/n: killed parent,
+then the re-run); *message* its first line of interest (a traceback's last line, an
+`error:` line, the first per-slide failure); *batch continued*: every slide of the batch
+got an outcome (the kill case: the re-run completed every slide); *leftovers*: temp files,
+job folders and locks left under the output folder; *good output intact*: the stores of
+slides done before the fault (or beside it) still open and read. Changed-slide and
+dangling-symlink cases belong to the input-discovery / fingerprint work (another branch):
+they show today's behaviour."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated case keys: "
                     + ", ".join(k for k, _ in CASES))  # fmt: skip
+    ap.add_argument("--write", action="store_true",
+                    help="put the table into benchmarks/RESULTS.md")  # fmt: skip
     args = ap.parse_args()
     only = {k for k in args.only.split(",") if k}
     rows: list[Result] = []
@@ -340,7 +353,20 @@ def main() -> None:
                 r.leftovers = r.leftovers.replace(str(env.root), "$TMP")
                 rows.append(r)
             print(f"{key}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    print(format_results(rows))
+    table = format_results(rows)
+    print(table)
+    if args.write:
+        from benchmarks.__main__ import machine
+        from benchmarks.common import replace_section
+
+        command = " ".join(["python -m benchmarks.faults", *sys.argv[1:]])
+        root = "root: disk cases run" if skip_reason() is None else f"{skip_reason()}: skipped"
+        section = (
+            f"## Faults (issue 13)\n\nMachine: {machine()} ({root})  \n"
+            f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}  \nCommand: `{command}`\n\n"
+            f"{table}\n\n{LEGEND}\n"
+        )
+        replace_section(REPO / "benchmarks" / "RESULTS.md", "Faults (issue 13)", section)
 
 
 if __name__ == "__main__":
