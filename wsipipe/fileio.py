@@ -167,7 +167,8 @@ def publish(src: Path, dst: Path) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
+    """Whether process ``pid`` runs on this host (a zombie, dead but not yet reaped, does
+    not: a killed worker's lock must not block the next run until its reaper comes by)."""
     if pid <= 0:
         return False
     try:
@@ -176,7 +177,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state is the field after the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def remove_stale_temps(folder: Path, pattern: re.Pattern[str] = _TEMP_RE) -> list[Path]:
