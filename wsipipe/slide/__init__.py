@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
-from wsipipe.slide.info import READERS, SlideInfo, slide_fingerprint
+from wsipipe.slide.info import READERS, SlideInfo, slide_changes, slide_fingerprint
 from wsipipe.slide.slide import Slide, open_slide
 from wsipipe.slide.tiles import TileReader
 
-__all__ = ["READERS", "Slide", "SlideInfo", "TileReader", "open_slide", "slide_fingerprint"]
+__all__ = [
+    "READERS", "Slide", "SlideInfo", "TileReader", "open_slide", "slide_changes",
+    "slide_fingerprint",
+]  # fmt: skip

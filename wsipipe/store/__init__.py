@@ -11,6 +11,7 @@ from wsipipe.store.base import PatchStore, StoreWriter
 from wsipipe.store.codec import PIXEL_FORMATS, decode_tile, encode_tile
 from wsipipe.store.lookup import (
     SlideSource,
+    check_slide_unchanged,
     describe_store,
     find_store,
     list_stores,
@@ -26,6 +27,7 @@ __all__ = [
     "SlideSource",
     "StoreMeta",
     "StoreWriter",
+    "check_slide_unchanged",
     "create_store",
     "decode_tile",
     "describe_store",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsipipe.encoders.weights import state_dict_mismatch, torch_load_failure
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write
 
@@ -66,20 +67,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """``model.load_state_dict(state)``; weights of another model than the checkpoint's own
-    config describes (an edited file, another version) are a one-line ConfigError."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = " ".join(lines[1:2])[:200]  # the first mismatch (missing key / shape)
-        raise ConfigError(
-            f"{path}: its weights do not fit the model its config describes ({detail}); the "
-            "checkpoint was edited or mixes two runs: use the training run's own checkpoint"
-        ) from None
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``; a missing/corrupt/foreign file is a ConfigError."""
     p = Path(path)
@@ -88,7 +75,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:200]
+        unsafe, reason = torch_load_failure(exc)
+        if unsafe:
+            raise ConfigError(
+                f"{p}: refused as unsafe: the checkpoint holds pickled objects ({unsafe}) that "
+                "loading would build or run; use a checkpoint written by `wsipipe train`"
+            ) from None
+        reason = reason[:200]
         raise ConfigError(
             f"{p}: cannot load checkpoint ({type(exc).__name__}: {reason}); it is corrupt or "
             "not a wsipipe checkpoint"
@@ -96,3 +89,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"{p}: not a wsipipe training checkpoint (format != {FORMAT})")
     return ckpt
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+    """Load the checkpoint's model weights into ``model`` (built from its saved config);
+    weights that do not fit (missing, unexpected, another shape) are one ConfigError."""
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: the checkpoint holds no model weights; it is damaged")
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ConfigError(
+            f"{path}: the checkpoint's weights do not fit the model its config describes: "
+            f"{mismatch}; the file is damaged or was edited: use it as `wsipipe train` wrote it"
+        )
+    model.load_state_dict(state)

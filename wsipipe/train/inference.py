@@ -130,7 +130,7 @@ def load_model(
     dev = resolve_device(cfg.device, env_dist()[2])  # under torchrun: this rank's GPU
     # the checkpoint holds every weight: no pretrained weights to look for
     model = build_model(replace(cfg, pretrained=False, weights=""), len(classes), fdim)
-    load_weights(model, ckpt["model"], path)
+    load_weights(model, ckpt, path)
     model.to(dev).eval()
     return LoadedModel(
         model, cfg, classes, fdim, ScanSettings.of(cfg, dev), path, int(ckpt.get("epoch", 0)),

@@ -146,7 +146,7 @@ class Run:
                 f"{path}: classes {ckpt['classes']} differ from the labels CSV's "
                 f"{list(self.cohort.classes)}; resume with the same labels"
             )
-        load_weights(self.model, ckpt["model"], path)
+        load_weights(self.model, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
