@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -80,7 +81,16 @@ def write_results(table: str, args: argparse.Namespace) -> None:
         f"## {kind}\n\nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d %H:%M %Z')}  \n"
         f"Command: `{command.strip()}`\n\n{table}\n"
     )
-    replace_section(HERE / "RESULTS.md", kind, section)
+    path = HERE / "RESULTS.md"
+    if kind == "GPU":  # keep the section of `python -m benchmarks.gpu` (its own command)
+        from benchmarks.gpu.record import HEADING
+
+        old = path.read_text() if path.exists() else ""
+        gpu = old.split("## GPU\n", 1)[1] if "## GPU\n" in old else ""
+        gpu = re.split(r"(?m)^## ", gpu, maxsplit=1)[0]  # up to the next section
+        if HEADING in gpu:
+            section = section.rstrip() + "\n\n" + HEADING + gpu.split(HEADING, 1)[1]
+    replace_section(path, kind, section)
 
 
 if __name__ == "__main__":
