@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: ``python -m benchmarks [--quick] [--only a,b]``.
 
 Writes the table with the machine, date and command to ``benchmarks/RESULTS.md`` (CPU
-section, or a GPU section when CUDA is available), keeping the other section.
+section, or a GPU section when CUDA is available), keeping every other section.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import argparse
 import importlib
 import os
 import platform
+import re
 import shlex
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import Row, format_table
+from benchmarks.common import Row, format_table, replace_section
 
 ORDER = ["read", "tile", "store", "scan", "train", "heatmap"]
 HERE = Path(__file__).resolve().parent
@@ -81,23 +82,15 @@ def write_results(table: str, args: argparse.Namespace) -> None:
         f"Command: `{command.strip()}`\n\n{table}\n"
     )
     path = HERE / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    parts = {"CPU": "", "GPU": ""}
-    for other in ("CPU", "GPU"):
-        marker = f"## {other}\n"
-        if marker in old:
-            rest = old.split(marker, 1)[1]
-            nxt = min((rest.find(f"## {o}\n") for o in ("CPU", "GPU") if f"## {o}\n" in rest),
-                      default=-1)  # fmt: skip
-            parts[other] = marker + (rest if nxt < 0 else rest[:nxt])
     if kind == "GPU":  # keep the section of `python -m benchmarks.gpu` (its own command)
         from benchmarks.gpu.record import HEADING
 
-        if HEADING in parts["GPU"]:
-            section = section.rstrip() + "\n\n" + HEADING + parts["GPU"].split(HEADING, 1)[1]
-    parts[kind] = section
-    body = "# Benchmark results\n\n" + "\n".join(p.rstrip() + "\n" for p in parts.values() if p)
-    path.write_text(body)
+        old = path.read_text() if path.exists() else ""
+        gpu = old.split("## GPU\n", 1)[1] if "## GPU\n" in old else ""
+        gpu = re.split(r"(?m)^## ", gpu, maxsplit=1)[0]  # up to the next section
+        if HEADING in gpu:
+            section = section.rstrip() + "\n\n" + HEADING + gpu.split(HEADING, 1)[1]
+    replace_section(path, kind, section)
 
 
 if __name__ == "__main__":

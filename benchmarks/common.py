@@ -7,10 +7,12 @@ runs them all and prints one table.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -53,3 +55,20 @@ def run_in_subprocess(code: str, timeout: float = 600.0) -> dict:
 
 def rows_to_json(rows: list[Row]) -> str:
     return json.dumps([asdict(r) for r in rows], indent=1)
+
+
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Put ``section`` (text starting with ``## <heading>``) into the Markdown file ``path``
+    in place of its ``## <heading>`` section (up to the next ``## ``), or append it; every
+    other section is kept as it was."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    chunks = re.split(r"(?m)^(?=## )", old)
+    head, sections = chunks[0], chunks[1:]
+    title = f"## {heading}"
+    new = section.rstrip() + "\n"
+    hits = [i for i, c in enumerate(sections) if c.splitlines()[0].strip() == title]
+    if hits:
+        sections[hits[0]] = new
+    else:
+        sections.append(new)
+    path.write_text(head.rstrip() + "\n\n" + "\n".join(c.rstrip() + "\n" for c in sections))

@@ -189,21 +189,20 @@ def tile(
 
 
 def _print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
+    from wsipipe.report import counts_line, long_reasons, reason_cell, state_cell
+
     table = Table(title=f"wsipipe tile -> {out_dir}")
     for col in ("slide", "state", "tiles", "seconds", "reason"):
         table.add_column(col)
-    colours = {"done": "green", "skipped": "cyan", "failed": "red"}
     for o in sorted(outcomes, key=lambda o: o.slide_id):
         table.add_row(
-            o.slide_id, f"[{colours[o.state]}]{o.state}[/]", str(o.info.get("n_tiles", "")),
-            f"{o.seconds:.1f}", o.reason,
+            o.slide_id, state_cell(o), str(o.info.get("n_tiles", "")), f"{o.seconds:.1f}",
+            reason_cell(o),
         )  # fmt: skip
     out.print(table)
-    counts = {s: sum(o.state == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    out.print(
-        f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-        f"summary: {out_dir / 'summary.csv'}"
-    )
+    for line in long_reasons(outcomes):
+        out.print(line, markup=False, highlight=False)
+    out.print(f"{counts_line(outcomes)}; summary: {out_dir / 'summary.csv'}")
 
 
 # ---- train / predict (registered when the training stage is installed) --------------------

@@ -200,8 +200,17 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
 
 
 def save_config(cfg: Any, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-    """Save the resolved config as YAML (atomically), with optional extra top-level keys."""
+    """Save the resolved config as YAML (atomically), with optional extra top-level keys.
+
+    A file that already holds exactly this is left alone (a re-run on a full disk then gets
+    as far as its per-slide work, each slide reporting the full disk)."""
     data = config_to_dict(cfg)
     if extra:
         data = {**dict(extra), **data}
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    text = yaml.safe_dump(data, sort_keys=False)
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)

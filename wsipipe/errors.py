@@ -37,7 +37,17 @@ class StoreError(WsipipeError):
 
 
 class LockedError(WsipipeError):
-    """Another live process holds the lock for this output."""
+    """Another live process holds the lock for this output (``holder_pid``, when known)."""
+
+    def __init__(self, message: str, holder_pid: int | None = None) -> None:
+        super().__init__(message)
+        self.holder_pid = holder_pid
+
+
+class NoSpaceError(WsipipeError):
+    """An output cannot be written: its file system is full (or over quota)."""
+
+    path: str | None = None  # the file that was being written, when known
 
 
 class EncoderWeightsError(ConfigError):

@@ -5,12 +5,14 @@ the content is written to a temporary sibling ``.<name>.<pid>.<random>.tmp``, fl
 fsynced, then renamed over the target with ``os.replace`` (and the folder fsynced), so a
 reader never sees a half-written file and a crash leaves the old version intact. The temp
 name carries the writer's pid so that a later run can tell a dead writer's leftovers from a
-live one's (:func:`remove_stale_temps`).
+live one's (:func:`remove_stale_temps`). A write that fails removes its temp file; one that
+fails for want of space raises :class:`~wsipipe.errors.NoSpaceError` naming the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -19,11 +21,29 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from wsipipe.errors import ConfigError
+from wsipipe.errors import ConfigError, NoSpaceError
 
 SAFE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 # .<name>.<pid>[.<hex>].tmp  (the pid tells whose leftover it is)
 _TEMP_RE = re.compile(r"^\..+\.(\d+)(?:\.[0-9a-f]+)?\.tmp$")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed because the file system is full / over quota."""
+    return isinstance(exc, NoSpaceError) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE)
+
+
+def no_space_error(
+    folder: str | Path, writing: str | Path | None = None, note: str = ""
+) -> NoSpaceError:
+    """The one-line error for a full file system at ``folder`` (while writing ``writing``)."""
+    what = f" while writing {writing}" if writing else ""
+    err = NoSpaceError(
+        f"no space left on {folder}{what}{note}; free space there (or write elsewhere) and re-run"
+    )
+    err.path = None if writing is None else str(writing)
+    return err
 
 
 def check_slide_id(slide_id: str, source: str = "slide id") -> str:
@@ -70,19 +90,50 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to (by any library); on a clean exit
     it is fsynced and renamed into place, on an error it is removed and ``path`` untouched."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(p)
     try:
-        yield tmp
-        replace_durably(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(p)
+        try:
+            yield tmp
+            replace_durably(tmp, p)
+        finally:
+            with contextlib.suppress(OSError):  # never hide the write's own error
+                tmp.unlink(missing_ok=True)
+    except OSError as err:
+        if is_no_space(err):
+            raise no_space_error(p.parent, p, f" ({p.name} is unchanged)") from err
+        raise
+
+
+class _Recording:
+    """A binary file wrapper that remembers the OSError of a failed write, for serialisers
+    that replace it with their own error (torch.save raises "unexpected pos")."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._fh, name)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` atomically and durably: ``write(fh)`` fills a binary temp file."""
     with atomic_path(path) as tmp, open(tmp, "xb") as fh:
-        write(fh)
+        rec = _Recording(fh)
+        try:
+            write(rec)  # type: ignore[arg-type]
+        except Exception as exc:
+            if rec.error is not None and exc is not rec.error:
+                raise rec.error from exc
+            raise
         fh.flush()
 
 
@@ -116,7 +167,8 @@ def publish(src: Path, dst: Path) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
+    """Whether process ``pid`` runs on this host (a zombie, dead but not yet reaped, does
+    not: a killed worker's lock must not block the next run until its reaper comes by)."""
     if pid <= 0:
         return False
     try:
@@ -125,17 +177,22 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state is the field after the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temp files (``.<name>.<pid>.<hex>.tmp``) in ``folder`` whose writer process
-    is gone; a live writer's are kept. Returns what was removed."""
+def remove_stale_temps(folder: Path, pattern: re.Pattern[str] = _TEMP_RE) -> list[Path]:
+    """Delete the temp files and folders in ``folder`` whose writer process is gone; a live
+    writer's are kept. ``pattern`` matches a temp's name, its group 1 the writer's pid
+    (default: ``.<name>.<pid>.<hex>.tmp``). Returns what was removed."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        m = _TEMP_RE.match(p.name)
+        m = pattern.match(p.name)
         if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         if p.is_dir():

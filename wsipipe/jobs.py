@@ -10,8 +10,11 @@ rules live in one place:
   failure never overwrites good outputs of an earlier run.
 * ``locks/<slide_id>.lock`` is created with ``O_CREAT | O_EXCL`` and records owner pid, host
   and start time. A lock whose process is gone (same host) is stale and is taken over; a live
-  one makes that slide fail with :class:`LockedError` for this run.
-* A failed slide is recorded with its one-line reason; the batch continues.
+  one makes that slide *busy* for this run (not a failure: the other run is doing it).
+* A failed slide is recorded with its one-line reason; the batch continues. A full disk is
+  "no space left on <out>", and a failure that cannot even be recorded is still reported.
+* A run starts by deleting the temp files and folders of dead runs (never a live one's).
+* Worker processes die with the run that started them (they never keep slides locked).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -31,8 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from wsipipe import __version__
-from wsipipe.errors import LockedError, WsipipeError
-from wsipipe.fileio import atomic_write_text, pid_alive, publish
+from wsipipe.errors import LockedError, NoSpaceError, WsipipeError, warn
+from wsipipe.fileio import (
+    atomic_write_text,
+    is_no_space,
+    no_space_error,
+    pid_alive,
+    publish,
+    remove_stale_temps,
+)
+from wsipipe.workers import die_with_parent, parent_alive
+
+# a job's temp folder: .tmp/<slide_id>.<pid>
+_JOB_TMP_RE = re.compile(r"^.+\.(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,7 @@ class Job:
 @dataclass(frozen=True)
 class Outcome:
     slide_id: str
-    state: str  # "done" | "skipped" | "failed"
+    state: str  # "done" | "skipped" | "busy" (locked by a live run) | "failed"
     reason: str = ""
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +95,13 @@ class JobRunner:
 
     def lock_path(self, slide_id: str) -> Path:
         return self.out_dir / "locks" / f"{slide_id}.lock"
+
+    def remove_stale(self) -> list[Path]:
+        """Delete what dead runs left: job temp folders and atomic-write temps."""
+        removed = remove_stale_temps(self.out_dir / ".tmp", _JOB_TMP_RE)
+        for folder in (self.out_dir, self.out_dir / "status"):
+            removed += remove_stale_temps(folder)
+        return removed
 
     # ---- completion records ----------------------------------------------------------
     def read_status(self, slide_id: str) -> dict[str, Any] | None:
@@ -124,8 +146,13 @@ class JobRunner:
             except FileExistsError:
                 self._break_if_stale(path, slide_id)  # raises LockedError if held by a live run
                 continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(owner, fh)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(owner, fh)
+            except BaseException:  # e.g. disk full: leave no empty lock behind
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
             break
         else:
             raise LockedError(self._lock_message(path, slide_id))
@@ -150,7 +177,7 @@ class JobRunner:
             if age < 60:
                 raise LockedError(self._lock_message(path, slide_id))
         elif info.get("host") != socket.gethostname() or pid_alive(int(info.get("pid", -1))):
-            raise LockedError(self._lock_message(path, slide_id, info))
+            raise LockedError(self._lock_message(path, slide_id, info), int(info.get("pid", -1)))
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
@@ -198,30 +225,43 @@ class JobRunner:
             held.close()
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stop the run
                 raise
+            if isinstance(exc, LockedError):  # another live run is doing it: not a failure
+                info = {} if exc.holder_pid is None else {"holder_pid": exc.holder_pid}
+                return Outcome(job.slide_id, "busy", _one_line(str(exc)), info=info)
             return self._failed(job, exc, start)
         return Started(self, job, tmp_dir, start, held, finish)
 
     def _failed(self, job: Job, exc: Exception, start: float) -> Outcome:
         """Record ``exc`` as the job's failure (one line; a traceback for internal errors)."""
         seconds = time.perf_counter() - start
+        if is_no_space(exc):  # named by the output folder, whichever file hit it
+            path = getattr(exc, "path", None) or getattr(exc, "filename", None)
+            exc = no_space_error(self.out_dir, path)
         if isinstance(exc, WsipipeError):
             outcome = Outcome(job.slide_id, "failed", _one_line(str(exc)), seconds)
         else:  # a bug or an unexpected library error: record, continue
             reason = f"internal error {type(exc).__name__}: {_one_line(str(exc))}"
             trace = "".join(traceback.format_exception(exc))
             outcome = Outcome(job.slide_id, "failed", reason, seconds, info={"traceback": trace})
-        self._record_failure(outcome)
-        return outcome
+        return self._record_failure(outcome)
 
-    def _record_failure(self, outcome: Outcome) -> None:
+    def _record_failure(self, outcome: Outcome) -> Outcome:
+        """Write the failure's status; a failure to do so (disk full) is noted on the outcome
+        (without a status the slide is simply not done, so the next run retries it)."""
         # A failure must not erase the record of an earlier good run of the same slide:
         # keep its "done" status (its outputs are still in place) and note the failure beside.
-        previous = self.read_status(outcome.slide_id)
-        if previous and previous.get("state") == "done":
-            path = self.status_path(outcome.slide_id).with_suffix(".failed.json")
-            atomic_write_text(path, json.dumps({**outcome.info, "reason": outcome.reason}))
-            return
-        self.write_status(outcome)
+        try:
+            previous = self.read_status(outcome.slide_id)
+            if previous and previous.get("state") == "done":
+                path = self.status_path(outcome.slide_id).with_suffix(".failed.json")
+                atomic_write_text(path, json.dumps({**outcome.info, "reason": outcome.reason}))
+            else:
+                self.write_status(outcome)
+        except (OSError, WsipipeError) as exc:
+            note = f"status not recorded: {_one_line(str(exc))}"
+            return Outcome(outcome.slide_id, outcome.state, outcome.reason, outcome.seconds,
+                           {**outcome.info, "status_error": note})  # fmt: skip
+        return outcome
 
 
 @dataclass
@@ -267,6 +307,7 @@ def run_jobs(
 ) -> list[Outcome]:
     """Run ``work`` for every job (``workers`` processes), never stopping at a failure."""
     outcomes: list[Outcome] = []
+    runner.remove_stale()
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             outcome = runner.run_one(job, work)
@@ -275,19 +316,32 @@ def run_jobs(
                 on_outcome(outcome)
         return outcomes
     # spawn: slide backends (OpenSlide, HDF5) are not fork-safe once opened in a parent.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(runner.run_one, job, work): job for job in jobs}
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    )
+    with pool:
+        futures = {pool.submit(_run_in_worker, runner, job, work): job for job in jobs}
         for fut in as_completed(futures):
             job = futures[fut]
             try:
                 outcome = fut.result()
             except Exception as exc:  # the worker process itself died
                 outcome = Outcome(job.slide_id, "failed", f"worker crashed: {_one_line(str(exc))}")
-                runner._record_failure(outcome)
+                outcome = runner._record_failure(outcome)
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
     return outcomes
+
+
+def _run_in_worker(runner: JobRunner, job: Job, work: WorkFn) -> Outcome:
+    """One job in a pool worker; a worker whose run is gone stops instead of taking it."""
+    if not parent_alive():
+        os._exit(1)
+    return runner.run_one(job, work)
 
 
 def run_staged_jobs(
@@ -303,6 +357,7 @@ def run_staged_jobs(
     stages run back to back here. Outcomes come in job order; a failure in either stage
     fails that job only."""
     outcomes: list[Outcome] = []
+    runner.remove_stale()
 
     def record(outcome: Outcome) -> None:
         outcomes.append(outcome)
@@ -332,8 +387,13 @@ def run_staged_jobs(
     return outcomes
 
 
-def write_summary(out_dir: Path, outcomes: Sequence[Outcome], name: str = "summary.csv") -> Path:
-    """Run summary CSV (slide_id,state,seconds,reason + info columns), written atomically."""
+def write_summary(
+    out_dir: Path, outcomes: Sequence[Outcome], name: str = "summary.csv"
+) -> Path | None:
+    """Run summary CSV (slide_id,state,seconds,reason + info columns), written atomically.
+
+    On a full disk it warns (one line) and returns None: the outcomes are still printed."""
+
     import csv
     import io
 
@@ -345,7 +405,11 @@ def write_summary(out_dir: Path, outcomes: Sequence[Outcome], name: str = "summa
         extra = [o.info.get(k, "") if _scalar(o.info.get(k, "")) else "" for k in info_keys]
         writer.writerow([o.slide_id, o.state, f"{o.seconds:.2f}", o.reason, *extra])
     path = out_dir / name
-    atomic_write_text(path, buf.getvalue())
+    try:
+        atomic_write_text(path, buf.getvalue())
+    except NoSpaceError as err:
+        warn(f"{err}; {name} not written (the table printed below lists every slide)")
+        return None
     return path
 
 

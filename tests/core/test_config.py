@@ -62,6 +62,17 @@ def test_yaml_round_trip_and_hash(tmp_path):
     assert config_to_dict(cfg)["inner"]["names"] == ["a", "b"]
 
 
+def test_unchanged_config_is_not_rewritten(tmp_path):
+    cfg = build_config(Outer, {"n": 9})
+    path = tmp_path / "c.yaml"
+    save_config(cfg, path, extra={"version": "x"})
+    inode = path.stat().st_ino  # a rewrite renames a new file over it: another inode
+    save_config(cfg, path, extra={"version": "x"})
+    assert path.stat().st_ino == inode
+    save_config(build_config(Outer, {"n": 10}), path)
+    assert path.stat().st_ino != inode and load_yaml(path)["n"] == 10
+
+
 def test_bad_yaml_is_one_line_error(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("n: [1, 2\n")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from wsipipe.errors import NoSpaceError
 from wsipipe.fileio import (
     atomic_path,
     atomic_write,
     atomic_write_text,
+    pid_alive,
     publish,
     remove_stale_temps,
     temp_path,
@@ -35,8 +38,11 @@ def test_failed_write_keeps_the_old_content(tmp_path: Path) -> None:
         fh.write(b"half")  # type: ignore[attr-defined]
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(NoSpaceError) as err:
         atomic_write(target, boom)
+    assert str(err.value).startswith(
+        f"no space left on {tmp_path} while writing {target} (a.bin is unchanged); free space"
+    )
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
@@ -76,3 +82,17 @@ def test_remove_stale_temps_only_removes_dead_writers(tmp_path: Path) -> None:
     removed = remove_stale_temps(tmp_path)
     assert removed == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, live.name, "last.pt"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_zombie_is_not_alive() -> None:
+    proc = subprocess.Popen(["true"])  # exits at once; not reaped until wait()
+    try:
+        deadline = time.time() + 10
+        stat = Path(f"/proc/{proc.pid}/stat")
+        while time.time() < deadline and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
+        assert not pid_alive(proc.pid)  # dead, though os.kill(pid, 0) still succeeds
+        assert pid_alive(os.getpid())
+    finally:
+        proc.wait()

@@ -100,7 +100,9 @@ def test_live_lock_blocks_second_run(tmp_path):
     live = {"pid": os.getpid(), "host": socket.gethostname(), "started": 0}
     (tmp_path / "locks/s1.lock").write_text(json.dumps(live))
     o = JobRunner(tmp_path, "tile", "h1").run_one(Job("s1"), good_work)
-    assert o.state == "failed" and "locked by pid" in o.reason and "delete" in o.reason
+    assert o.state == "busy" and "locked by pid" in o.reason and "delete" in o.reason
+    assert o.info == {"holder_pid": os.getpid()}
+    assert not (tmp_path / "status/s1.json").exists()  # busy is not a failure to record
     assert (tmp_path / "locks/s1.lock").exists()  # someone else's lock is left alone
     assert not (tmp_path / "out").exists()
 
@@ -200,7 +202,7 @@ def test_staged_lock_is_held_until_the_second_stage_ends(tmp_path):
     started = r.begin(Job("a"), _Staged())
     assert isinstance(started, Started)
     # a concurrent run meanwhile finds the slide locked
-    assert r.run_one(Job("a"), good_work).state == "failed"
+    assert r.run_one(Job("a"), good_work).state == "busy"
     assert started.finish().state == "done"
     assert not (tmp_path / "locks/a.lock").exists()
 
@@ -210,3 +212,24 @@ def test_slide_ids_cannot_escape(bad):
     with pytest.raises(ConfigError, match="not a plain name"):
         check_slide_id(bad)
     assert check_slide_id("TCGA-AB-1234-01Z.DX1") == "TCGA-AB-1234-01Z.DX1"
+
+
+def test_run_removes_dead_runs_temps_and_keeps_live_ones(tmp_path):
+    dead, live = 2**22 + 7, os.getppid()  # above pid_max: never alive; our parent: alive
+    planted = {
+        "dead_job": tmp_path / ".tmp" / f"s1.{dead}",  # a killed run's job folder
+        "dead_status": tmp_path / "status" / f".s1.json.{dead}.0badc0de.tmp",
+        "dead_config": tmp_path / f".config.yaml.{dead}.tmp",
+        "live_job": tmp_path / ".tmp" / f"s2.{live}",  # another live run's: untouched
+        "live_status": tmp_path / "status" / f".s2.json.{live}.0badc0de.tmp",
+    }
+    for name, p in planted.items():
+        if name.endswith("job"):
+            (p / "stores").mkdir(parents=True)
+            (p / "stores" / "half.h5").write_bytes(b"half")
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("half")
+    outcomes = run_jobs(JobRunner(tmp_path, "tile", "h1"), [Job("s1")], good_work)
+    assert [o.state for o in outcomes] == ["done"]
+    assert {n for n, p in planted.items() if p.exists()} == {"live_job", "live_status"}

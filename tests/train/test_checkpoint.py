@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsipipe.errors import ConfigError
+from wsipipe.errors import ConfigError, NoSpaceError
+from wsipipe.testing.fullfs import nearly_full, skip_reason
 from wsipipe.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
 
@@ -56,6 +57,20 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
     torch.save({"model": {}}, other)
     with pytest.raises(ConfigError, match="not a wsipipe"):
         load_checkpoint(other)
+
+
+@pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+def test_full_disk_save_is_one_line_and_keeps_the_previous(tmp_path: Path) -> None:
+    with nearly_full(tmp_path / "mnt", 64) as disk:
+        path = disk / "checkpoints" / "last.pt"
+        save_checkpoint(path, {"epoch": 1, "w": torch.zeros(10)})  # fits
+        with pytest.raises(NoSpaceError) as err:  # 4 MB do not
+            save_checkpoint(path, {"epoch": 2, "w": torch.zeros(1 << 20)})
+        msg = str(err.value)
+        assert msg.startswith(f"no space left on {path.parent} while writing {path}"), msg
+        assert "last.pt is unchanged" in msg and "\n" not in msg
+        assert load_checkpoint(path)["epoch"] == 1
+        assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp left
 
 
 class _RunsCode:

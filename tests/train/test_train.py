@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,22 @@ def test_existing_run_needs_resume(ips_run: Path, cohort: tuple[Path, Path]) -> 
         train(cfg, resume=True)
     cfg = config_for_resume(ips_run, {"workers": 0})
     assert train(cfg, resume=True)[-1]["epoch"] == 5  # nothing left to do
+
+
+def test_resume_removes_dead_runs_temp_checkpoints(
+    ips_run: Path, cohort: tuple[Path, Path]
+) -> None:
+    ckpts = ips_run / "checkpoints"
+    dead = ckpts / f".last.pt.{2**22 + 7}.0badc0de.tmp"  # above pid_max: never alive
+    dead_old = ckpts / f".best.pt.{2**22 + 9}.tmp"
+    live = ckpts / f".last.pt.{os.getppid()}.0badc0de.tmp"  # a live process's: kept
+    for p in (dead, dead_old, live):
+        p.write_bytes(b"half a checkpoint")
+    cfg = config_for_resume(ips_run, {"workers": 0})
+    assert train(cfg, resume=True)[-1]["epoch"] == 5  # nothing left to do
+    assert not dead.exists() and not dead_old.exists()
+    assert live.exists()
+    live.unlink()
 
 
 def test_multiclass_and_features_mode(tmp_path: Path) -> None:

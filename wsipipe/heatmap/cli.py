@@ -53,6 +53,8 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from wsipipe.report import counts_line, long_reasons, reason_cell, state_cell
+
     con = Console()
     table = Table(title=f"wsipipe heatmap -> {out_dir}")
     # (header, info key); the evaluation columns only when some slide was evaluated (top-k:
@@ -68,12 +70,13 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
     table.add_column("s", min_width=4)
     if reasons:
         table.add_column("reason", overflow="fold", ratio=1)
-    colours = {"done": "green", "skipped": "cyan", "failed": "red"}
     for o in sorted(outcomes, key=lambda o: o.slide_id):
         values = [str(o.info.get(key, "")) for _, key in cols]
-        state = f"[{colours[o.state]}]{o.state}[/]"
-        table.add_row(o.slide_id, state, *values, f"{o.seconds:.1f}", *([o.reason] * reasons))
+        reason = [reason_cell(o)] if reasons else []
+        table.add_row(o.slide_id, state_cell(o), *values, f"{o.seconds:.1f}", *reason)
     con.print(table)
+    for line in long_reasons(outcomes):
+        con.print(line, markup=False, highlight=False, soft_wrap=True)
     overlays = sorted((out_dir / "overlay").glob("*.png")) if (out_dir / "overlay").is_dir() else []
     for p in overlays:
         con.print(f"overlay: {p}")
@@ -92,8 +95,7 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
             f"n={s['n_topk_in_tumour']}), tumour tiles in M {f(s['tumour_selected'])}; "
             f"{out_dir / 'evaluation.csv'}"
         )
-    counts = {s: sum(o.state == s for o in outcomes) for s in ("done", "skipped", "failed")}
     con.print(
-        f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-        f"predictions: {out_dir / 'predictions.csv'}; summary: {out_dir / 'summary.csv'}"
+        f"{counts_line(outcomes)}; predictions: {out_dir / 'predictions.csv'}; "
+        f"summary: {out_dir / 'summary.csv'}"
     )

@@ -30,6 +30,7 @@ import numpy as np
 
 from wsipipe.errors import StoreError
 from wsipipe.store.base import RERUN, STORE_SCHEMA, PatchStore, StoreWriter, check_complete
+from wsipipe.store.guarded import GuardedFile
 from wsipipe.store.meta import StoreMeta
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -61,14 +62,18 @@ def _clam_attrs(meta: StoreMeta) -> dict[str, Any]:
 
 
 class H5StoreWriter(StoreWriter):
+    """Writes through a :class:`GuardedFile`: a failed write (disk full) is raised as that
+    ``OSError`` at the next append or at close, after the HDF5 file was closed cleanly."""
+
     def __init__(self, path: Path, meta: StoreMeta) -> None:
         super().__init__(path, meta)
         try:
-            self._f = h5py.File(path, "w", locking=False, rdcc_nbytes=4 * _BLOB_CHUNK)
+            self._io = GuardedFile(path)
         except OSError as err:
             raise StoreError(
                 f"cannot create HDF5 store {path} ({err}); check the output dir"
             ) from err
+        self._f = h5py.File(self._io, "w", locking=False, rdcc_nbytes=4 * _BLOB_CHUNK)
         self._f.attrs.update(
             wsipipe_store_schema=STORE_SCHEMA, store_format="h5", complete=False, n_tiles=0
         )
@@ -86,6 +91,8 @@ class H5StoreWriter(StoreWriter):
         self._blob.resize((start + data.size,))
         self._blob[start:] = data
         self._sizes.extend(len(b) for b in blobs)
+        if self._io.error is not None:  # stop reading the slide: nothing more can be stored
+            raise self._io.error
 
     def _finish(self, coords: np.ndarray, tf: np.ndarray, attrs: dict[str, object]) -> None:
         f = self._f
@@ -101,10 +108,15 @@ class H5StoreWriter(StoreWriter):
             f.flush()
             f.attrs["complete"] = True
         finally:
-            f.close()
+            self._release()
+        if self._io.error is not None:
+            raise self._io.error
 
     def _release(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        finally:
+            self._io.close()
 
 
 class H5PatchStore(PatchStore):

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from wsipipe import __version__
 from wsipipe.config import config_to_dict, save_config
 from wsipipe.errors import ConfigError
-from wsipipe.fileio import atomic_write_text
+from wsipipe.fileio import atomic_write_text, remove_stale_temps
 from wsipipe.train.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -216,6 +216,8 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
         ids = [device.index] if device.type == "cuda" else None
         run.ddp = DistributedDataParallel(model, device_ids=ids)
     if dist.is_main:
+        for folder in (run.run_dir, run.ckpt_dir, run.run_dir / "predictions"):
+            remove_stale_temps(folder)  # a killed run's half-written checkpoint, config...
         save_config(cfg, run.run_dir / "config.yaml", extra={"_classes": list(cohort.classes)})
         write_splits(run.run_dir / "splits.csv", cohort)
         if cohort.carved and not resume:
