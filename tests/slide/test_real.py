@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import real_slide
 from wsipipe.errors import MissingMppError, SlideError, SlideOpenError
-from wsipipe.slide import open_slide, slide_fingerprint
+from wsipipe.slide import open_slide, slide_changes, slide_fingerprint
 
 
 def test_cmu_small_region() -> None:
@@ -123,6 +123,16 @@ def test_fingerprint_of_real_slide(tmp_path: Path) -> None:
     source = real_slide("CMU-1-Small-Region.svs")
     fp = slide_fingerprint(source)
     assert fp["size"] == source.stat().st_size
+    assert fp["mtime_ns"] == source.stat().st_mtime_ns
     copy = tmp_path / "copy.svs"
-    shutil.copyfile(source, copy)
-    assert slide_fingerprint(copy) == fp
+    shutil.copyfile(source, copy)  # same bytes, a new mtime: the content identity holds
+    same = slide_fingerprint(copy)
+    assert (same["size"], same["md5_first_mb"]) == (fp["size"], fp["md5_first_mb"])
+    recorded = (int(str(fp["size"])), str(fp["md5_first_mb"]), int(str(fp["mtime_ns"])))
+    assert slide_changes(copy, *recorded) == ""
+    with copy.open("r+b") as fh:  # one byte changed in the first MiB
+        fh.seek(5000)
+        byte = fh.read(1)
+        fh.seek(5000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    assert "md5" in slide_changes(copy, *recorded)
