@@ -105,7 +105,7 @@ def pipeline_digests(root: Path) -> dict[str, Any]:
         "method: dbps\nmode: pixels\nencoder: test_resnet.r160_in1k\npretrained: false\n"
         "input_px: 64\ndim: 32\nheads: 2\ndim_head: 16\ndim_inner: 64\nM: 4\nI: 16\nS: 4\n"
         "batch_size: 2\nepochs: 1\nwarmup_epochs: 0\nworkers: 0\nprogress: false\n"
-        "tensorboard: false\ncalibrate_tiles: 64\n"
+        "tensorboard: false\ncalibrate_tiles: 64\nprecision: fp32\n"
     )
     labels = root / "cohort" / "labels.csv"
     run("train", "--labels", str(labels), "--stores", str(root / "tiles"), "--out",
@@ -114,7 +114,7 @@ def pipeline_digests(root: Path) -> dict[str, Any]:
     run("heatmap", "--checkpoint", str(root / "run" / "checkpoints" / "best.pt"),
         "--stores", str(root / "tiles"), "--out", str(root / "heat"), "--slides",
         ",".join(ids), "--annotations", str(root / "cohort" / "annotations"),
-        "--workers", "0", cwd=root)  # fmt: skip
+        "--workers", "0", "--precision", "fp32", cwd=root)  # fmt: skip
 
     tiles, heat = root / "tiles", root / "heat"
     out: dict[str, Any] = {"tile": {}, "heatmap": {}}
