@@ -325,3 +325,8 @@ def check_complete(path: Path, attrs: dict[str, Any], kind: str) -> None:
         )
     if not bool(attrs.get("complete", False)):
         raise StoreError(f"patch store {path} is incomplete (its writer never closed); {RERUN}")
+
+
+def is_zarr_v3(path: Path) -> bool:
+    """Whether ``path`` is a zarr v3 directory (has a ``zarr.json``); no zarr import."""
+    return path.is_dir() and (path / "zarr.json").is_file()
