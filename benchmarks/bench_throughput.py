@@ -83,7 +83,9 @@ _SCAN = textwrap.dedent(
         "device": "cpu", "workers": 1, "progress": False, "tensorboard": False,
         "calibrate_tiles": 64, "channels_last": False, "precision": "auto"})
     tr = setup_run(cfg)
-    model, st, pos = tr.model, tr.st, 0
+    model, pos = tr.model, 0
+    # the training loop's scan settings (after: bf16 selection where the CPU has it)
+    st = tr.st.for_selection() if hasattr(tr.st, "for_selection") else tr.st
     model.eval()
     chunks = [(i.clone(), t.clone()) for i, t in tr.pipeline.stream([pos], cfg.I).slide(pos)]
     def bare(amp):
@@ -115,7 +117,9 @@ _LOADER = textwrap.dedent(
     cache.read(spec, idx[:64], 64)
     best = 9e9
     for _ in range(3):
-        t0 = time.thread_time(); cache.read(spec, idx, 64); best = min(best, time.thread_time() - t0)
+        t0 = time.thread_time()
+        cache.read(spec, idx, 64)
+        best = min(best, time.thread_time() - t0)
     print(json.dumps({"n": int(idx.size), "cpu_s": best}))
     """
 )

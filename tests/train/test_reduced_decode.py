@@ -151,13 +151,28 @@ def test_bf16_detection_is_a_function_of_the_flags() -> None:
 
 def test_auto_precision_picks_bf16_only_where_the_cpu_has_it() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert amp_dtype_for("auto", cpu, cpu_bf16=True) == torch.bfloat16
-    assert amp_dtype_for("auto", cpu, cpu_bf16=False) is None
+    # the training scan's selection: bf16 on a CPU with native bf16 only
+    assert amp_dtype_for("auto", cpu, cpu_bf16=True, selection=True) == torch.bfloat16
+    assert amp_dtype_for("auto", cpu, cpu_bf16=False, selection=True) is None
+    # gradient pass, validation, predict, heatmap: fp32 on CPU whatever the flags
+    assert amp_dtype_for("auto", cpu, cpu_bf16=True) is None
     assert amp_dtype_for("auto", cuda, cpu_bf16=False) == torch.bfloat16
-    assert amp_dtype_for("fp32", cpu, cpu_bf16=True) is None  # explicit choices are kept
+    assert amp_dtype_for("auto", cuda, cpu_bf16=False, selection=True) == torch.bfloat16
+    assert amp_dtype_for("fp32", cpu, cpu_bf16=True, selection=True) is None  # explicit kept
     assert amp_dtype_for("bf16", cpu, cpu_bf16=False) == torch.bfloat16
     host = cpu_has_bf16(cpu_flags(Path("/proc/cpuinfo").read_text()))
-    assert amp_dtype_for("auto", cpu) == (torch.bfloat16 if host else None)
+    assert amp_dtype_for("auto", cpu, selection=True) == (torch.bfloat16 if host else None)
+
+
+def test_training_scan_settings_use_the_selection_precision() -> None:
+    from wsipipe.train.config import TrainConfig
+    from wsipipe.train.inference import ScanSettings
+
+    st = ScanSettings.of(TrainConfig(), torch.device("cpu"))
+    host = cpu_has_bf16(cpu_flags(Path("/proc/cpuinfo").read_text()))
+    assert st.amp_dtype is None
+    assert st.for_selection().amp_dtype == (torch.bfloat16 if host else None)
+    assert st.for_selection().M == st.M and st.for_selection().method == st.method
 
 
 def _fixed_model(seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
