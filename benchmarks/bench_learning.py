@@ -1,7 +1,7 @@
 """Does wsipipe learn real tissue? IPS, DBPS, ABMIL and mean pooling on frozen pretrained
 features of a cohort of REAL H&E texture, beside label-shuffled controls.
 
-    python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--write]
+    python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--n-slides 64]
 
 The cohort is generated (``wsipipe synth --texture real``: normal skin from the real Aperio
 slide CMU-1-Small-Region, squamous carcinoma foci from the real TCGA slide, CAMELYON-like
@@ -67,7 +67,7 @@ def build_cohort(root: Path, n_slides: int = 64, seed: int = 2) -> tuple[Path, P
     return cohort_dir / "labels.csv", tiles, cohort_dir / "annotations"
 
 
-def test_slides(labels: Path) -> list[str]:
+def held_out_slides(labels: Path) -> list[str]:
     import csv
 
     return [r["slide_id"] for r in csv.DictReader(labels.open()) if r["split"] == "test"]
@@ -106,7 +106,7 @@ def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     labels, tiles, annotations = build_cohort(root, n_slides)
-    slides = test_slides(labels)
+    slides = held_out_slides(labels)
     rows = [Row(BENCH, f"real-texture cohort ({n_slides} slides, 256 px at 0.5 um/px)",
                 "generate + tile", time.perf_counter() - t0, "s")]  # fmt: skip
     runs: list[tuple[str, dict[str, Any], bool]] = list(RUNS)

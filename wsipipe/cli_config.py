@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, Field, dataclass
 from typing import Annotated, Any, TypeVar
 
+from wsipipe.errors import ConfigError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -64,11 +66,40 @@ def _default_text(f: Field[Any]) -> str:
     return str(value)
 
 
+def _flag(f: Field[Any], prefix: str) -> str:
+    """The option name of field ``f`` (``prefix``: its parents' names joined by "_")."""
+    return f.metadata.get("flag") or "--" + (prefix + f.name).replace("_", "-")
+
+
+def option_flag(cls: type, key: str) -> str | None:
+    """The command-line option of config field ``key`` of ``cls`` (dotted for a nested field:
+    ``tissue.closing_um`` -> ``--tissue-closing-um``), or None when it is YAML-only
+    (``cli=False``): what an error message names as the fix. KeyError for no such field."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        f = {f.name: f for f in dataclasses.fields(cls)}[part]
+        if not f.metadata.get("cli", True):
+            return None
+        cls = typing.get_type_hints(cls)[part]
+    f = {f.name: f for f in dataclasses.fields(cls)}[leaf]
+    if not f.metadata.get("cli", True):
+        return None
+    return _flag(f, "".join(p + "_" for p in parents))
+
+
+def bad_value(stage: str, cls: type, key: str, value: Any, why: str) -> ConfigError:
+    """The one-line error for a bad config value: the field, the value, why, and the option
+    (or the YAML) that fixes it."""
+    flag = option_flag(cls, key)
+    fix = f"fix {flag} or the YAML" if flag else "fix it in the YAML"
+    return ConfigError(f"{stage} config: `{key}` = {value!r} {why}; {fix}")
+
+
 def _option(f: Field[Any], tp: Any, param: str, prefix: str) -> tuple[inspect.Parameter, bool]:
     """The typer parameter for field ``f`` of (resolved) type ``tp``; (parameter, multiple)."""
     import typer
 
-    flag = f.metadata.get("flag") or "--" + (prefix + f.name).replace("_", "-")
+    flag = _flag(f, prefix)
     text = f.metadata.get("help", "")
     help_text = f"{text} (default: {_default_text(f)})" if text else f"default: {_default_text(f)}"
     origin, args = typing.get_origin(tp), typing.get_args(tp)

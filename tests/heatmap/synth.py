@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from wsipipe.config import config_to_dict
+from wsipipe.slide import slide_fingerprint
 from wsipipe.store import StoreMeta, create_store, encode_tile
 
 W, H, MPP = 1536, 1024, 0.5
@@ -63,10 +65,12 @@ def make_slide_dir(root: Path, ids: tuple[str, ...] = ("a", "b"), pixels: str = 
     if not slide.exists():
         write_svs(slide, W, H, render, MPP, tile=256, min_level_size=512)
     coords = tile_coords()
+    fp: dict[str, Any] = slide_fingerprint(slide)
     for sid in ids:
         meta = StoreMeta(
-            slide_id=sid, slide_path=str(slide), slide_size=slide.stat().st_size,
-            slide_md5_1mb="0" * 32, reader="openslide", slide_mpp=(MPP, MPP),
+            slide_id=sid, slide_path=str(slide), slide_size=fp["size"],
+            slide_md5_1mb=fp["md5_first_mb"], slide_mtime_ns=fp["mtime_ns"],
+            reader="openslide", slide_mpp=(MPP, MPP),
             mpp_source="file", target_mpp=TILE0 * MPP / TILE_PX, tile_px=TILE_PX, level=0,
             downsample=1.0, read_px=TILE0, tile_size_level0=TILE0, overlap_px=0,
             pixels=pixels, jpeg_quality=90 if pixels == "jpeg" else None,

@@ -170,6 +170,22 @@ def test_blank_canvas_when_the_slide_is_gone(tmp_path):
         assert osl.dimensions == (352, 224)
 
 
+def test_a_slide_changed_since_tiling_is_never_read_as_the_tiled_one(tmp_path):
+    synth.make_slide_dir(tmp_path, ("c",), pixels="none")  # tiles come from the slide
+    synth.make_slide_dir(tmp_path, ("d",))  # tiles in the store; the slide is the backdrop
+    synth.make_checkpoint(tmp_path / "ck.pt")
+    slide = tmp_path / "slides" / "slide.svs"
+    with slide.open("ab") as fh:  # another file under the slide's name
+        fh.write(b"\0" * 4096)
+    outcomes = {o.slide_id: o for o in run_heatmaps(_cfg(tmp_path, annotations=""))}
+    assert outcomes["c"].state == "failed" and outcomes["d"].state == "done"
+    reason = outcomes["c"].reason
+    assert reason.startswith("slide changed since it was tiled:") and str(slide) in reason
+    assert "c.h5" in reason and "--overwrite" in reason and "\n" not in reason
+    pred = json.loads((tmp_path / "out" / "predictions" / "d.json").read_text())
+    assert pred["thumbnail"].startswith("blank: slide changed since it was tiled")
+
+
 def test_bad_inputs_are_one_line_config_errors(tmp_path):
     synth.make_slide_dir(tmp_path, ("g",))
     with pytest.raises(ConfigError, match="checkpoint"):

@@ -220,7 +220,12 @@ def test_fingerprint(tmp_path: object) -> None:
     data = bytes(range(256)) * 5000  # 1.28 MB: only the first MiB is hashed
     p.write_bytes(data)
     fp = slide_fingerprint(p)
-    assert fp == {"size": len(data), "md5_first_mb": hashlib.md5(data[: 1 << 20]).hexdigest()}
+    assert fp == {
+        "size": len(data),
+        "mtime_ns": p.stat().st_mtime_ns,
+        "md5_first_mb": hashlib.md5(data[: 1 << 20]).hexdigest(),
+    }
+    assert slide_fingerprint(p, md5=False) == {"size": len(data), "mtime_ns": fp["mtime_ns"]}
     p.write_bytes(data[:-1] + b"\x00")  # change past the first MiB: unseen by design
     assert slide_fingerprint(p)["md5_first_mb"] == fp["md5_first_mb"]
     with pytest.raises(SlideOpenError, match=r"missing\.svs"):

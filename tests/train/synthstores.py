@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsipipe.slide import slide_fingerprint
 from wsipipe.store import StoreMeta, create_store, encode_tile
 
 TEST_ENCODER = "test_resnet.r160_in1k"  # ~0.4 M parameters, random init (no network)
@@ -32,11 +33,16 @@ def make_tile(tumour: bool, rng: np.random.Generator, px: int = 32) -> np.ndarra
 
 
 def store_meta(slide_id: str, px: int, pixels: str = "jpeg", slide_path: str = "") -> StoreMeta:
+    """Metadata of a store of ``slide_path`` (its real fingerprint) or of an absent slide."""
+    fp: dict[str, object] = {"size": 1, "md5_first_mb": "0" * 32, "mtime_ns": None}
+    if slide_path and Path(slide_path).exists():
+        fp = slide_fingerprint(slide_path)
     return StoreMeta(
         slide_id=slide_id,
         slide_path=slide_path or f"/nonexistent/{slide_id}.svs",
-        slide_size=1,
-        slide_md5_1mb="0" * 32,
+        slide_size=fp["size"],  # type: ignore[arg-type]
+        slide_md5_1mb=str(fp["md5_first_mb"]),
+        slide_mtime_ns=fp["mtime_ns"],  # type: ignore[arg-type]
         reader="openslide",
         slide_mpp=(0.5, 0.5),
         mpp_source="file",

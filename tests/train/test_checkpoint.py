@@ -56,3 +56,62 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
     torch.save({"model": {}}, other)
     with pytest.raises(ConfigError, match="not a wsipipe"):
         load_checkpoint(other)
+
+
+class _RunsCode:
+    """Unpickling this would call os.system (what torch.load(weights_only=True) refuses)."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+def test_a_pickle_that_runs_code_is_refused_as_unsafe_in_one_line(tmp_path: Path) -> None:
+    from wsipipe.encoders.weights import read_state_dict
+    from wsipipe.errors import EncoderWeightsError
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "wsipipe-train-1", "model": _RunsCode()}, evil)
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(evil)
+    msg = str(err.value)
+    assert msg.startswith(f"{evil}: refused as unsafe:") and "(posix.system)" in msg
+    assert "weights_only" not in msg and "\n" not in msg and len(msg) < len(str(evil)) + 160
+    with pytest.raises(EncoderWeightsError) as enc_err:  # encoder weights: the same refusal
+        read_state_dict(evil, "resnet18")
+    enc_msg = str(enc_err.value)
+    assert "refused as unsafe" in enc_msg and "weights_only" not in enc_msg
+    junk = tmp_path / "junk.pt"  # not a pickle at all: unreadable, not unsafe
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError) as junk_err:
+        load_checkpoint(junk)
+    junk_msg = str(junk_err.value)
+    assert "cannot load checkpoint" in junk_msg and "Unsupported operand" in junk_msg
+    assert "weights_only" not in junk_msg and "unsafe" not in junk_msg
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tests.heatmap import synth
+    from wsipipe.cli import app
+    from wsipipe.train.inference import load_model
+
+    ck = synth.make_checkpoint(tmp_path / "ck.pt")
+    state = torch.load(ck, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.ndim == 2)
+    rows, cols = state["model"][name].shape
+    state["model"][name] = torch.zeros(rows + 1, cols)
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(ConfigError) as err:
+        load_model(bad, "cpu")
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: the checkpoint's weights do not fit the model")
+    assert f"1 of another shape ({name}: ({rows + 1}, {cols}) in the file, ({rows}, {cols}) " in msg
+    assert "\n" not in msg and "size mismatch" not in msg
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(bad), "--stores",
+                                      str(tmp_path), "--out", str(tmp_path / "p")])  # fmt: skip
+    assert isinstance(result.exception, ConfigError)  # printed as one line by wsipipe.cli.main
+    assert "weights do not fit" in str(result.exception)

@@ -158,7 +158,13 @@ def read_state_dict(path: Path, label: str) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        unsafe, reason = torch_load_failure(exc)
+        if unsafe:
+            raise EncoderWeightsError(
+                f"encoder {label!r}: weights {path} refused as unsafe: the file holds pickled "
+                f"objects ({unsafe}) that loading would build or run; fix: give a plain "
+                "tensor state dict (.pth/.bin) or a .safetensors file"
+            ) from None
         raise EncoderWeightsError(
             f"encoder {label!r}: cannot read weights {path} ({reason}); fix: give a torch "
             "state dict (.pth/.bin) or a .safetensors file"
@@ -205,23 +211,52 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], label: str, source: 
     # ImageNet checkpoints carry the classifier the encoder was built without
     drop = tuple(p for p in _classifier_prefixes(model) if not any(k.startswith(p) for k in own))
     state = {k: v for k, v in state.items() if not (drop and k.startswith(drop))}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (f", ... ({len(keys)})" if len(keys) > 3 else "")
-
-        parts = [f"{len(missing)} missing ({few(missing)})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected ({few(unexpected)})"] if unexpected else []
-        parts += [f"{len(shapes)} of another shape ({few(shapes)})"] if shapes else []
+    mismatch = state_dict_mismatch(own, state)
+    if mismatch:
         raise EncoderWeightsError(
             f"encoder {label!r}: weights {source} do not fit its architecture: "
-            f"{'; '.join(parts)}; fix: give the weights of this encoder (`wsipipe encoders` "
+            f"{mismatch}; fix: give the weights of this encoder (`wsipipe encoders` "
             "lists each one's source)"
         )
     model.load_state_dict(state, strict=True)
+
+
+def state_dict_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own``: counts and
+    first names of the missing, unexpected and misshapen entries ("" when it fits)."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f", ... ({len(keys)})" if len(keys) > 3 else "")
+
+    parts = [f"{len(missing)} missing ({few(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected ({few(unexpected)})"] if unexpected else []
+    if shapes:
+        k = shapes[0]
+        first = f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+        parts.append(
+            f"{len(shapes)} of another shape ({first}{', ...' if len(shapes) > 1 else ''})"
+        )
+    return "; ".join(parts)
+
+
+def torch_load_failure(exc: BaseException) -> tuple[str, str]:
+    """Why ``torch.load(weights_only=True)`` failed: (the refused global, e.g. "posix.system",
+    when the file holds pickled objects that loading would build or run, else ""; torch's
+    reason in one line, without its advice to retry with ``weights_only=False``)."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    kept = [
+        " ".join(part.split())
+        for part in text.split("\n\n")
+        if part.strip() and not re.search(r"weights_only|Check the documentation", part)
+    ]
+    reason = "; ".join(kept) or type(exc).__name__
+    return (found.group(1) if found else ""), reason
 
 
 KeyMap = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]

@@ -13,9 +13,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from wsipipe.cli_config import opt
+from wsipipe.cli_config import bad_value, opt
 from wsipipe.config import Precision, check_device
-from wsipipe.errors import ConfigError
 
 Normalise = Literal["rank", "percentile", "minmax"]
 Colormap = Literal["jet", "viridis", "inferno", "gray"]
@@ -115,8 +114,7 @@ class HeatmapConfig:
 
 
 def _bad(name: str, value: Any, why: str) -> None:
-    flag = name.replace("_", "-")
-    raise ConfigError(f"heatmap config: `{name}` = {value!r} {why}; fix --{flag} or the YAML")
+    raise bad_value("heatmap", HeatmapConfig, name, value, why)
 
 
 #: Fields that do not change what a slide's outputs contain (the checkpoint FILE is hashed).

@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from wsipipe.heatmap.render import (
     top_k,
 )
 from wsipipe.heatmap.scores import ScoreTable, write_scores, write_scores_csv
+
+if TYPE_CHECKING:
+    from wsipipe.store import StoreMeta
 
 
 @dataclass(frozen=True)
@@ -73,24 +76,27 @@ def overlay_mpp(cfg: HeatmapConfig, width: int, height: int, mpp: float) -> floa
 
 
 def load_canvas(
-    slide_path: str,
-    reader: str,
+    meta: StoreMeta,
+    store_path: Path,
     mpp: float,
     coords: np.ndarray,
     size_level0: int,
     cfg: HeatmapConfig,
     tissue_geojson: Path | None,
 ) -> SlideCanvas:
-    """Thumbnail of the slide at the overlay resolution (white canvas if the slide is gone)."""
-    from wsipipe.errors import SlideError
+    """Thumbnail of the store's slide at the overlay resolution (a white canvas if the slide
+    is gone, or changed since it was tiled: its pixels would not be the tiles')."""
+    from wsipipe.errors import SlideError, StoreError
     from wsipipe.slide import open_slide
+    from wsipipe.store import check_slide_unchanged
 
     try:
-        with open_slide(slide_path, reader=reader, mpp=mpp) as slide:
+        check_slide_unchanged(meta, store_path)
+        with open_slide(meta.slide_path, reader=meta.reader, mpp=mpp) as slide:
             w, h = slide.info.width, slide.info.height
             thumb, ds = slide.thumbnail(overlay_mpp(cfg, w, h, mpp))
         source = "slide"
-    except (SlideError, FileNotFoundError) as exc:
+    except (SlideError, StoreError, FileNotFoundError) as exc:
         # the store still has everything the heatmap needs; only the backdrop is missing
         w = int(coords[:, 0].max()) + size_level0 if len(coords) else size_level0
         h = int(coords[:, 1].max()) + size_level0 if len(coords) else size_level0
@@ -151,7 +157,8 @@ def render_overlay(
 def read_top_tiles(
     store: Any, slide_path: str, reader: str, mpp: float, idx: np.ndarray
 ) -> np.ndarray:
-    """(k, px, px, 3) uint8 pixels of store tiles ``idx`` (from the slide if coords-only)."""
+    """(k, px, px, 3) uint8 pixels of store tiles ``idx`` (from the slide if coords-only;
+    StoreError if it changed since it was tiled)."""
     meta = store.meta
     if meta.pixels != "none":
         order = np.argsort(idx)
@@ -161,7 +168,9 @@ def read_top_tiles(
         return out
     from wsipipe.slide import open_slide
     from wsipipe.slide.dctscale import stored_resample
+    from wsipipe.store import check_slide_unchanged
 
+    check_slide_unchanged(meta, store.path, slide_path)
     coords = store.coords
     with open_slide(slide_path, reader=reader, mpp=mpp) as slide:
         resample = stored_resample(meta.config)  # the pixels the store was tiled with

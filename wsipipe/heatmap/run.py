@@ -137,9 +137,7 @@ def score_slide(run: _Run, job: Job, tmp: Path) -> Callable[[], tuple[dict[str, 
     mpp = float(np.mean(meta.slide_mpp))
     tissue = run.tissue_dir / f"{job.slide_id}.geojson" if run.tissue_dir else None
     # the slide's thumbnail is read while the model scores the tiles
-    canvas = run.canvases.submit(
-        load_canvas, meta.slide_path, meta.reader, mpp, coords, size, cfg, tissue
-    )
+    canvas = run.canvases.submit(load_canvas, meta, store_path, mpp, coords, size, cfg, tissue)
     sp = attention_pass(lm.model, run.chunks.slide(pos), lm.settings, n)
     sel_idx = sp.scan.indices.cpu().numpy()
     tiles = run.pipeline.fetch(pos, sel_idx).result()

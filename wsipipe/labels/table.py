@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsipipe.errors import ConfigError, WsipipeError
+from wsipipe.errors import ConfigError, WsipipeError, warn
 from wsipipe.fileio import check_slide_id
 
 MAX_LISTED = 12  # problems listed in one message before "... and N more"
@@ -122,12 +122,17 @@ def read_labels_csv(
             continue
         seen[sid] = line
         if classes and label and label not in classes:
-            problems.append(f"line {line} {sid!r}: label {label!r} is not one of {list(classes)}")
+            near = [c for c in classes if c.casefold() == label.casefold()]
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            problems.append(
+                f"line {line} {sid!r}: label {label!r} is not one of {list(classes)}{hint}"
+            )
         rows.append((sid, label, split, fold, line, patient))
     if not rows and not problems:
         problems.append("no data rows")
     if problems:
         raise ConfigError(_problems_message(p, problems, "Fix these rows and re-run"))
+    _check_label_case(p, [(r[1], r[4]) for r in rows if r[1]], classes, label_column)
     names = tuple(classes) if classes else _sort_classes({r[1] for r in rows if r[1]})
     index = {name: i for i, name in enumerate(names)}
     records = tuple(
@@ -135,6 +140,43 @@ def read_labels_csv(
         for sid, label, split, fold, line, patient in rows
     )
     return LabelTable(p, names, records)
+
+
+def _check_label_case(
+    path: Path, labels: Sequence[tuple[str, int]], classes: Sequence[str], column: str
+) -> None:
+    """Labels that differ only in case ("Normal", "normal") would train as separate classes:
+    a ConfigError naming them, unless ``classes`` lists them explicitly (then a warning).
+    (Surrounding whitespace is stripped when the CSV is read, so it never splits a class.)"""
+    lines: dict[str, list[int]] = {}
+    for label, line in labels:
+        lines.setdefault(label, []).append(line)
+    groups: dict[str, list[str]] = {}
+    for label in sorted(lines):
+        groups.setdefault(label.casefold(), []).append(label)
+    clashes = [g for g in groups.values() if len(g) > 1]
+    if not clashes:
+        return
+
+    def where(label: str) -> str:
+        ls = lines[label]
+        more = f", ... {len(ls) - 3} more" if len(ls) > 3 else ""
+        return f"{label!r} (line{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls[:3]))}{more})"
+
+    named = "; ".join(" and ".join(where(label) for label in g) for g in clashes)
+    if classes:
+        warn(
+            f"{path}: {column} values {named} differ only in case; they are separate classes "
+            "because --classes lists each of them"
+        )
+        return
+    every = _sort_classes(set(lines))
+    raise ConfigError(
+        f"{path}: {column} values {named} differ only in case and would train as "
+        f"{len(every)} separate classes; make each class one spelling in the CSV, or, if they "
+        f"really are different classes, list them all with --classes (e.g. --classes "
+        f"{','.join(every)})"
+    )
 
 
 def training_splits(

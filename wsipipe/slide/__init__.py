@@ -15,6 +15,7 @@ from wsipipe.lazy import lazy_exports
 _EXPORTS = {
     "READERS": "wsipipe.slide.info",
     "SlideInfo": "wsipipe.slide.info",
+    "slide_changes": "wsipipe.slide.info",
     "slide_fingerprint": "wsipipe.slide.info",
     "Slide": "wsipipe.slide.slide",
     "open_slide": "wsipipe.slide.slide",
@@ -22,10 +23,13 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from wsipipe.slide.info import READERS, SlideInfo, slide_fingerprint
+    from wsipipe.slide.info import READERS, SlideInfo, slide_changes, slide_fingerprint
     from wsipipe.slide.slide import Slide, open_slide
     from wsipipe.slide.tiles import TileReader
 else:
     __getattr__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = ["READERS", "Slide", "SlideInfo", "TileReader", "open_slide", "slide_fingerprint"]
+__all__ = [
+    "READERS", "Slide", "SlideInfo", "TileReader", "open_slide", "slide_changes",
+    "slide_fingerprint",
+]  # fmt: skip

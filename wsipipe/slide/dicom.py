@@ -179,25 +179,32 @@ def openslide_entry(path: Path) -> Path:
     return max(levels or files, key=lambda p: p.stat().st_size)
 
 
-def folder_fingerprint(folder: Path) -> dict[str, object]:
-    """Cheap identity of a series folder: ``{"size": bytes of its DICOM files, "md5_first_mb":
-    md5 of each file's name and first MiB, in name order}``."""
+def folder_fingerprint(folder: Path, md5: bool = True) -> dict[str, object]:
+    """Cheap identity of a series folder: ``{"size": bytes of its DICOM files, "mtime_ns":
+    the newest one's modification time, "md5_first_mb": md5 of each file's name and first
+    MiB, in name order}`` (without the md5 when ``md5`` is False: a stat of each file only)."""
     files = dicom_files(folder)
     if not files:
         raise SlideOpenError(
             f"{folder}: no DICOM files to fingerprint; check that the series folder is complete"
         )
     digest = hashlib.md5(usedforsecurity=False)
-    size = 0
+    size = mtime_ns = 0
     try:
         for p in files:
-            size += p.stat().st_size
-            digest.update(p.name.encode() + b"\0")
-            with p.open("rb") as fh:
-                digest.update(fh.read(FINGERPRINT_BYTES))
+            st = p.stat()
+            size += st.st_size
+            mtime_ns = max(mtime_ns, st.st_mtime_ns)
+            if md5:
+                digest.update(p.name.encode() + b"\0")
+                with p.open("rb") as fh:
+                    digest.update(fh.read(FINGERPRINT_BYTES))
     except OSError as exc:
         raise SlideOpenError(
             f"{folder}: cannot read a DICOM file for the fingerprint ({exc.strerror or exc}); "
             "check the folder's permissions"
         ) from exc
-    return {"size": size, "md5_first_mb": digest.hexdigest()}
+    out: dict[str, object] = {"size": size, "mtime_ns": mtime_ns}
+    if md5:
+        out["md5_first_mb"] = digest.hexdigest()
+    return out

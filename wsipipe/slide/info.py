@@ -1,9 +1,11 @@
-"""Slide metadata (`SlideInfo`), property parsing and the cheap file fingerprint."""
+"""Slide metadata (`SlideInfo`), property parsing, broken-symlink reasons and the cheap file
+fingerprint."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,20 +112,63 @@ def info_from_properties(
     )
 
 
-def slide_fingerprint(path: str | Path) -> dict[str, object]:
-    """Cheap identity check of a slide file: ``{"size": bytes, "md5_first_mb": hex}`` where
-    the md5 covers the first MiB (or the whole file if smaller); for a DICOM series folder,
-    the size of its DICOM files and the md5 of each one's name and first MiB."""
+def broken_link(path: Path) -> str:
+    """Why ``path`` is an unusable symlink ("dangling symlink -> target", "symlink loop"),
+    or "" when it is not a symlink or its target exists."""
+    if not path.is_symlink():
+        return ""
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return (
+            f"{path}: dangling symlink -> {os.readlink(path)} (the target does not exist); "
+            "restore the target or remove the link"
+        )
+    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13 on a loop; OSError: ELOOP
+        return (
+            f"{path}: symlink loop ({path} -> {os.readlink(path)} leads back to itself); "
+            "point the link at the slide or remove it"
+        )
+    return ""
+
+
+def slide_fingerprint(path: str | Path, md5: bool = True) -> dict[str, object]:
+    """Cheap identity of a slide file: ``{"size": bytes, "mtime_ns": modification time,
+    "md5_first_mb": hex}`` where the md5 covers the first MiB (or the whole file if smaller);
+    for a DICOM series folder, the size of its DICOM files, the newest one's mtime and the md5
+    of each one's name and first MiB. ``md5`` False: size and mtime only (a stat, no read).
+
+    The one fingerprint of wsipipe: tiling records it in the store (:class:`StoreMeta`), and
+    :func:`slide_changes` compares a slide against it."""
     p = Path(path)
     if p.is_dir():
-        return folder_fingerprint(p)
+        return folder_fingerprint(p, md5)
     try:
-        size = p.stat().st_size
-        with p.open("rb") as fh:
-            head = fh.read(FINGERPRINT_BYTES)
+        st = p.stat()
+        out: dict[str, object] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if md5:
+            with p.open("rb") as fh:
+                head = fh.read(FINGERPRINT_BYTES)
+            out["md5_first_mb"] = hashlib.md5(head, usedforsecurity=False).hexdigest()
     except OSError as exc:
         raise SlideOpenError(
             f"{p}: cannot read the file for its fingerprint ({exc.strerror or exc}); "
             "check the path and permissions"
         ) from exc
-    return {"size": size, "md5_first_mb": hashlib.md5(head, usedforsecurity=False).hexdigest()}
+    return out
+
+
+def slide_changes(path: str | Path, size: int, md5: str, mtime_ns: int | None = None) -> str:
+    """What differs between the slide at ``path`` and a recorded fingerprint ("" = nothing).
+
+    Size and modification time are compared first (a stat); the md5 of the first MiB is
+    read only when the size matches but the mtime differs or was not recorded (stores written
+    before it was), so a slide copied or touched without a change still matches."""
+    now = slide_fingerprint(path, md5=False)
+    if now["size"] != size:
+        return f"size {size} -> {now['size']} bytes"
+    if mtime_ns is not None and now["mtime_ns"] == mtime_ns:
+        return ""
+    if slide_fingerprint(path)["md5_first_mb"] != md5:
+        return ("mtime and " if mtime_ns is not None else "") + "md5 of the first MiB differ"
+    return ""

@@ -13,7 +13,7 @@ from wsipipe.errors import ConfigError, MissingMppError, SlideOpenError
 from wsipipe.slide.backends import Backend, one_line, open_backend
 from wsipipe.slide.dctscale import DEFAULT_RESAMPLE
 from wsipipe.slide.dicom import check_series_folder, is_dicom_file, is_dicom_input
-from wsipipe.slide.info import READERS, SlideInfo
+from wsipipe.slide.info import READERS, SlideInfo, broken_link
 from wsipipe.slide.levels import (
     TileGeometry,
     choose_level,
@@ -90,7 +90,9 @@ def open_slide(path: str | Path, reader: str = "auto", mpp: float | None = None)
         )
     override = _check_mpp_override(p, mpp)
     if not p.exists():
-        raise SlideOpenError(f"{p}: slide file not found; check the path in the slides list")
+        raise SlideOpenError(
+            broken_link(p) or f"{p}: slide file not found; check the path in the slides list"
+        )
     if p.is_dir():
         check_series_folder(p)  # a DICOM series folder is one slide
     else:

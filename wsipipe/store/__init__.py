@@ -23,6 +23,7 @@ _EXPORTS = {
     "decode_tile": "wsipipe.store.codec",
     "encode_tile": "wsipipe.store.codec",
     "SlideSource": "wsipipe.store.lookup",
+    "check_slide_unchanged": "wsipipe.store.lookup",
     "describe_store": "wsipipe.store.lookup",
     "find_store": "wsipipe.store.lookup",
     "list_stores": "wsipipe.store.lookup",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from wsipipe.store.codec import PIXEL_FORMATS, decode_tile, encode_tile
     from wsipipe.store.lookup import (
         SlideSource,
+        check_slide_unchanged,
         describe_store,
         find_store,
         list_stores,
@@ -55,6 +57,7 @@ __all__ = [
     "SlideSource",
     "StoreMeta",
     "StoreWriter",
+    "check_slide_unchanged",
     "create_store",
     "decode_tile",
     "describe_store",

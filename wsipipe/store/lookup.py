@@ -12,6 +12,7 @@ from pathlib import Path
 from wsipipe.errors import ConfigError, StoreError
 from wsipipe.fileio import check_slide_id
 from wsipipe.store.api import open_store
+from wsipipe.store.meta import StoreMeta
 
 KINDS = ("store", "slide", "features")
 _STORE_SUFFIXES = (".h5", ".zarr")
@@ -71,17 +72,37 @@ class SlideSource:
             raise StoreError(f"{self.path}: slide {self.slide_id} has no tiles; re-run tiling")
 
 
+def check_slide_unchanged(
+    meta: StoreMeta, store_path: str | Path, slide_path: str | Path | None = None
+) -> None:
+    """StoreError when the slide (``slide_path``, default the one the store records) is not
+    the one the store was tiled from: its size, mtime or first-MiB md5 differ from the
+    store's record (:func:`wsipipe.slide.slide_changes`)."""
+    from wsipipe.slide import slide_changes  # slide readers load on first use
+
+    slide = Path(slide_path if slide_path is not None else meta.slide_path)
+    what = slide_changes(slide, meta.slide_size, meta.slide_md5_1mb, meta.slide_mtime_ns)
+    if what:
+        raise StoreError(
+            f"slide changed since it was tiled: {slide} ({what}); delete {store_path} or "
+            "re-tile it with `wsipipe tile --overwrite`"
+        )
+
+
 def describe_store(slide_id: str, path: Path) -> SlideSource:
-    """Open the store once (validates it) and describe it; StoreError if unusable."""
+    """Open the store once (validates it) and describe it; StoreError if unusable (a
+    coords-only store whose slide is missing or changed since it was tiled)."""
     with open_store(path) as store:
         n = len(store)
         meta = store.meta
     kind = "slide" if meta.pixels == "none" else "store"
-    if kind == "slide" and not Path(meta.slide_path).is_file():
-        raise StoreError(
-            f"{path} is a coords-only store but its slide {meta.slide_path} is missing; "
-            "restore the slide at that path or re-tile with pixels stored"
-        )
+    if kind == "slide":
+        if not Path(meta.slide_path).exists():
+            raise StoreError(
+                f"{path} is a coords-only store but its slide {meta.slide_path} is missing; "
+                "restore the slide at that path or re-tile with pixels stored"
+            )
+        check_slide_unchanged(meta, path)
     return SlideSource(
         slide_id, kind, str(path), n, tile_px=int(meta.tile_px), target_mpp=meta.target_mpp
     )

@@ -20,6 +20,7 @@ STORE_SUFFIX = {"h5": ".h5", "zarr": ".zarr"}
 #: Slide readers a store may record.
 Reader = Literal["openslide", "tiffslide", "wsidicom"]
 
+_OPTIONAL = ("jpeg_quality", "level_dim", "stride_level0", "slide_mtime_ns")  # may be absent
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _FIX = "fix the tiling config or re-run `wsipipe tile` for this slide"
 
@@ -55,6 +56,9 @@ class StoreMeta:
     # distance between neighbouring tiles' top-lefts, level-0 px (footprint minus overlap);
     # None in stores written before it was recorded
     stride_level0: int | None = None
+    # the slide's modification time (ns) when tiled, for the cheap "slide changed?" check
+    # (with slide_size); None in stores written before it was recorded (md5 only then)
+    slide_mtime_ns: int | None = None
 
     def __post_init__(self) -> None:
         coerce_fields(self, StoreError, _FIX)  # types (h5py / zarr give numpy values)
@@ -117,7 +121,8 @@ class StoreMeta:
     def to_attrs(self) -> dict[str, object]:
         """Flat attrs (str, int, float, list) storable in HDF5 and zarr; config as JSON string.
 
-        ``jpeg_quality``, ``level_dim`` and ``stride_level0`` are left out when None.
+        ``jpeg_quality``, ``level_dim``, ``stride_level0`` and ``slide_mtime_ns`` are left
+        out when None.
         """
         out: dict[str, object] = {}
         for f in fields(self):
@@ -137,7 +142,7 @@ class StoreMeta:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in attrs:
-                if f.name in ("jpeg_quality", "level_dim", "stride_level0"):
+                if f.name in _OPTIONAL:
                     kwargs[f.name] = None
                     continue
                 raise StoreError(

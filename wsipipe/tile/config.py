@@ -7,10 +7,9 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
-from wsipipe.cli_config import opt
-from wsipipe.errors import ConfigError
+from wsipipe.cli_config import bad_value, opt
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,12 @@ class TissueConfig:
             value = getattr(self, f.name)
             if f.name == "remove_pen":
                 if not isinstance(value, bool):
-                    raise ConfigError(f"tissue.remove_pen={value!r} must be true or false")
+                    _bad_tissue("remove_pen", value, "must be true or false")
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"tissue.{f.name}={value!r} must be a finite number")
+                _bad_tissue(f.name, value, "must be a finite number")
         if not 2.0 <= self.thumb_mpp <= 64.0:
-            raise ConfigError(f"tissue.thumb_mpp={self.thumb_mpp} is outside 2..64 um/px")
+            _bad_tissue("thumb_mpp", self.thumb_mpp, "is outside 2..64 um/px")
         nonneg = (
             "min_tissue_area_um2",
             "max_hole_area_um2",
@@ -58,16 +57,15 @@ class TissueConfig:
         )
         for name in nonneg:
             if getattr(self, name) < 0:
-                raise ConfigError(f"tissue.{name}={getattr(self, name)} must be >= 0")
+                _bad_tissue(name, getattr(self, name), "must be >= 0")
         if not 0.0 <= self.min_saturation <= self.max_threshold <= 1.0:
-            raise ConfigError(
-                f"tissue.min_saturation={self.min_saturation}, max_threshold="
-                f"{self.max_threshold}: need 0 <= min_saturation <= max_threshold <= 1"
-            )
+            _bad_tissue("min_saturation", self.min_saturation,
+                        f"and max_threshold = {self.max_threshold} need 0 <= min_saturation "
+                        "<= max_threshold <= 1")  # fmt: skip
         if not 0.0 < self.pen_density <= 1.0:
-            raise ConfigError(f"tissue.pen_density={self.pen_density} must be in (0, 1]")
+            _bad_tissue("pen_density", self.pen_density, "must be in (0, 1]")
         if not 0.0 <= self.dark_value <= 1.0:
-            raise ConfigError(f"tissue.dark_value={self.dark_value} must be in 0..1 (0 = off)")
+            _bad_tissue("dark_value", self.dark_value, "must be in 0..1 (0 = off)")
 
 
 StoreFormat = Literal["h5", "zarr"]
@@ -114,21 +112,27 @@ class TileConfig:
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.target_mpp <= 64:
-            raise ConfigError(f"target_mpp={self.target_mpp} is outside 0.05..64 um/px")
+            _bad("target_mpp", self.target_mpp, "is outside 0.05..64 um/px")
         if not 16 <= self.tile_px <= 4096:
-            raise ConfigError(f"tile_px={self.tile_px} is outside 16..4096")
+            _bad("tile_px", self.tile_px, "is outside 16..4096")
         if not 0 <= self.overlap_px < self.tile_px:
-            raise ConfigError(f"overlap_px={self.overlap_px} must be in 0..tile_px-1")
+            _bad("overlap_px", self.overlap_px, f"must be in 0..tile_px-1 ({self.tile_px - 1})")
         if not 0.0 <= self.min_tissue <= 1.0:
-            raise ConfigError(f"min_tissue={self.min_tissue} must be a fraction in 0..1")
+            _bad("min_tissue", self.min_tissue, "must be a fraction in 0..1")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"jpeg_quality={self.jpeg_quality} must be in 1..100")
+            _bad("jpeg_quality", self.jpeg_quality, "must be in 1..100")
         for name, kind in (("format", StoreFormat), ("pixels", PixelMode),
                            ("reader", ReaderChoice), ("resample", Resample)):  # fmt: skip
             choices = typing.get_args(kind)
             if getattr(self, name) not in choices:
-                raise ConfigError(
-                    f"{name}={getattr(self, name)!r}; choose one of {', '.join(choices)}"
-                )
+                _bad(name, getattr(self, name), f"is not one of {', '.join(choices)}")
         if self.mpp is not None and not 0.01 <= self.mpp <= 100:
-            raise ConfigError(f"mpp={self.mpp} is not a plausible microns-per-pixel (0.01..100)")
+            _bad("mpp", self.mpp, "is not a plausible microns-per-pixel (0.01..100)")
+
+
+def _bad(name: str, value: Any, why: str) -> None:
+    raise bad_value("tile", TileConfig, name, value, why)
+
+
+def _bad_tissue(name: str, value: Any, why: str) -> None:
+    _bad(f"tissue.{name}", value, why)

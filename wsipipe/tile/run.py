@@ -26,7 +26,7 @@ import numpy as np
 
 from wsipipe import __version__
 from wsipipe.config import config_hash, config_to_dict, save_config
-from wsipipe.errors import ConfigError, NoTissueError
+from wsipipe.errors import ConfigError, NoTissueError, WsipipeError
 from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
 from wsipipe.slide import Slide, open_slide, slide_fingerprint
 from wsipipe.slide.levels import TileGeometry
@@ -181,6 +181,7 @@ def _store_meta(
         slide_path=str(Path(spec.path).resolve()),
         slide_size=int(fp["size"]),  # type: ignore[call-overload]
         slide_md5_1mb=str(fp["md5_first_mb"]),
+        slide_mtime_ns=int(fp["mtime_ns"]),  # type: ignore[call-overload]
         reader=cast(Reader, slide.reader),
         slide_mpp=(mpp, mpp),
         mpp_source="override" if slide.mpp_source == "override" else "file",
@@ -263,14 +264,51 @@ def tile_slides(
     overwrite: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Tile every slide; failures are recorded and never stop the batch."""
+    """Tile every slide; failures are recorded and never stop the batch.
+
+    Before any work, a slide fails (and is not run) when its input is unreadable (a dangling
+    or looping symlink: ``spec.error``) or when it is done but the slide changed since it was
+    tiled (``--overwrite`` re-tiles it instead)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml", extra={"wsipipe_version": __version__})
     runner = JobRunner(out_dir, "tile", _tile_hash(cfg), overwrite)
-    jobs = [Job(s.slide_id, {"spec": s, "cfg": cfg, "threads": threads}) for s in specs]
-    outcomes = run_jobs(runner, jobs, _work, workers=workers, on_outcome=on_outcome)
+    outcomes: list[Outcome] = []
+    jobs = []
+    for s in specs:
+        refused = _refused(runner, s)
+        if refused:
+            outcome = Outcome(s.slide_id, "failed", " ".join(refused.split()))
+            runner._record_failure(outcome)  # keeps an earlier run's "done" record beside it
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+        else:
+            jobs.append(Job(s.slide_id, {"spec": s, "cfg": cfg, "threads": threads}))
+    outcomes += run_jobs(runner, jobs, _work, workers=workers, on_outcome=on_outcome)
     write_summary(out_dir, outcomes)
     return outcomes
+
+
+def _refused(runner: JobRunner, spec: SlideInput) -> str:
+    """Why ``spec`` fails before any work ("" = run it): its input is unreadable, or its
+    slide is done but no longer the one its store was tiled from."""
+    if spec.error:
+        return spec.error
+    if runner.overwrite or not runner.is_done(spec.slide_id):
+        return ""
+    from wsipipe.store import check_slide_unchanged, open_store
+
+    status = runner.read_status(spec.slide_id) or {}
+    stores = [rel for rel in status.get("outputs", []) if str(rel).startswith("stores/")]
+    try:
+        for rel in stores:
+            store_path = runner.out_dir / rel
+            with open_store(store_path) as store:
+                meta = store.meta
+            check_slide_unchanged(meta, store_path, spec.path)
+    except WsipipeError as exc:
+        return str(exc)
+    return ""
 
 
 def _tile_hash(cfg: TileConfig) -> str:

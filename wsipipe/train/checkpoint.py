@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsipipe.encoders.weights import state_dict_mismatch, torch_load_failure
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write
 
@@ -74,7 +75,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:200]
+        unsafe, reason = torch_load_failure(exc)
+        if unsafe:
+            raise ConfigError(
+                f"{p}: refused as unsafe: the checkpoint holds pickled objects ({unsafe}) that "
+                "loading would build or run; use a checkpoint written by `wsipipe train`"
+            ) from None
+        reason = reason[:200]
         raise ConfigError(
             f"{p}: cannot load checkpoint ({type(exc).__name__}: {reason}); it is corrupt or "
             "not a wsipipe checkpoint"
@@ -82,3 +89,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"{p}: not a wsipipe training checkpoint (format != {FORMAT})")
     return ckpt
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+    """Load the checkpoint's model weights into ``model`` (built from its saved config);
+    weights that do not fit (missing, unexpected, another shape) are one ConfigError."""
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: the checkpoint holds no model weights; it is damaged")
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ConfigError(
+            f"{path}: the checkpoint's weights do not fit the model its config describes: "
+            f"{mismatch}; the file is damaged or was edited: use it as `wsipipe train` wrote it"
+        )
+    model.load_state_dict(state)

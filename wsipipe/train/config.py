@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from wsipipe.cli_config import opt
+from wsipipe.cli_config import bad_value, opt
 from wsipipe.config import Precision, build_config, check_device, load_yaml
 from wsipipe.errors import ConfigError
 
@@ -203,8 +203,7 @@ class TrainConfig:
 
 
 def _bad(name: str, value: Any, why: str) -> None:
-    flag = name if name in ("M", "I", "S") else name.replace("_", "-")
-    raise ConfigError(f"train config: `{name}` = {value!r} {why}; fix --{flag} or the YAML")
+    raise bad_value("train", TrainConfig, name, value, why)
 
 
 def preset_names() -> list[str]:

@@ -90,7 +90,7 @@ class _SlideReader:
     def __init__(self, spec: SlideSource) -> None:
         from wsipipe.slide import open_slide
         from wsipipe.slide.dctscale import stored_resample
-        from wsipipe.store import open_store
+        from wsipipe.store import check_slide_unchanged, open_store
 
         with open_store(spec.path) as store:
             meta = store.meta
@@ -101,6 +101,7 @@ class _SlideReader:
                 f"{spec.path}: coords-only store, but its slide {meta.slide_path} is missing; "
                 "restore the slide or re-tile with pixels stored"
             )
+        check_slide_unchanged(meta, spec.path)  # a stat; the tiles must be the tiled slide's
         self.slide = open_slide(meta.slide_path, reader=meta.reader, mpp=mpp)
         self.reader = self.slide.tile_reader(
             meta.target_mpp, meta.tile_px, resample=stored_resample(meta.config)

@@ -31,7 +31,7 @@ from torch import Tensor
 from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
 from wsipipe.store import SlideSource
-from wsipipe.train.checkpoint import load_checkpoint
+from wsipipe.train.checkpoint import load_checkpoint, load_weights
 from wsipipe.train.config import SCAN_METHODS, TrainConfig
 from wsipipe.train.data import ChunkPipeline, ChunkStream, check_tile_sizes
 from wsipipe.train.distributed import (
@@ -137,7 +137,7 @@ def load_model(
     dev = resolve_device(cfg.device, env_dist()[2])  # under torchrun: this rank's GPU
     # the checkpoint holds every weight: no pretrained weights to look for
     model = build_model(replace(cfg, pretrained=False, weights=""), len(classes), fdim)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, path)
     model.to(dev).eval()
     return LoadedModel(
         model, cfg, classes, fdim, ScanSettings.of(cfg, dev), path, int(ckpt.get("epoch", 0)),

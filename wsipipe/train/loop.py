@@ -35,7 +35,13 @@ from wsipipe import __version__
 from wsipipe.config import config_to_dict, save_config
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write_text
-from wsipipe.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from wsipipe.train.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_weights,
+    restore_rng,
+    save_checkpoint,
+)
 from wsipipe.train.cohort import Cohort, load_cohort, write_splits
 from wsipipe.train.config import TrainConfig
 from wsipipe.train.data import ChunkPipeline, scan_indices
@@ -140,7 +146,7 @@ class Run:
                 f"{path}: classes {ckpt['classes']} differ from the labels CSV's "
                 f"{list(self.cohort.classes)}; resume with the same labels"
             )
-        self.model.load_state_dict(ckpt["model"])
+        load_weights(self.model, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
