@@ -26,8 +26,8 @@ from wsipipe.fileio import atomic_write_text
 
 T = TypeVar("T")
 
-#: Autocast precision of the encoder; auto = bf16 on CUDA and on CPUs with native bf16
-#: arithmetic (:func:`cpu_has_bf16`), else fp32.
+#: Autocast precision of the encoder; auto = bf16 on CUDA, fp32 on CPU except the training
+#: scan's tile selection, bf16 on CPUs with native bf16 arithmetic (:func:`cpu_has_bf16`).
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 #: /proc/cpuinfo flags of native bf16 matrix arithmetic: x86 AVX512-BF16 / AMX-BF16, Arm

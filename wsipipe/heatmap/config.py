@@ -44,7 +44,7 @@ class HeatmapConfig:
     # ---- scoring (runtime; the model comes from the checkpoint) ---------------------------
     device: str = opt("auto", "auto | cpu | cuda | cuda:N (auto = cuda if present)")
     precision: Precision = opt(
-        "auto", "Encoder autocast (auto = bf16 on CUDA and on CPUs with native bf16, else fp32)"
+        "auto", "Encoder autocast (auto = bf16 on CUDA, fp32 on CPU)"
     )
     workers: int = opt(2, "Tile-decoding loader processes (0 = decode in the main process)")
     chunk: int = opt(0, "Tiles encoded per step (0 = the checkpoint's I)")
