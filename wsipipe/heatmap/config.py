@@ -43,9 +43,7 @@ class HeatmapConfig:
     )  # fmt: skip
     # ---- scoring (runtime; the model comes from the checkpoint) ---------------------------
     device: str = opt("auto", "auto | cpu | cuda | cuda:N (auto = cuda if present)")
-    precision: Precision = opt(
-        "auto", "Encoder autocast (auto = bf16 on CUDA, fp32 on CPU)"
-    )
+    precision: Precision = opt("auto", "Encoder autocast (auto = bf16 on CUDA, fp32 on CPU)")
     workers: int = opt(2, "Tile-decoding loader processes (0 = decode in the main process)")
     chunk: int = opt(0, "Tiles encoded per step (0 = the checkpoint's I)")
     threads: int = opt(4, "Threads writing each slide's outputs")

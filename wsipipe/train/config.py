@@ -107,8 +107,9 @@ class TrainConfig:
     # ---- runtime ------------------------------------------------------------------------
     device: str = opt("auto", "auto | cpu | cuda | cuda:N (auto = cuda if present)")
     precision: Precision = opt(
-        "auto", "Encoder autocast (auto = bf16 on CUDA; on CPU fp32, bf16 for the training "
-        "scan's selection where the CPU has native bf16)"
+        "auto",
+        "Encoder autocast (auto = bf16 on CUDA; on CPU fp32, bf16 for the training "
+        "scan's selection where the CPU has native bf16)",
     )
     workers: int = opt(4, "DataLoader processes reading/decoding tiles (0 = main process)")
     prefetch: int = opt(2, "Chunks prefetched per worker")
