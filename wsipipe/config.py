@@ -15,7 +15,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -26,8 +26,30 @@ from wsipipe.fileio import atomic_write_text
 
 T = TypeVar("T")
 
-#: Autocast precision of the encoder; auto = bf16 on CUDA, fp32 on CPU.
+#: Autocast precision of the encoder; auto = bf16 on CUDA, fp32 on CPU except the training
+#: scan's tile selection, bf16 on CPUs with native bf16 arithmetic (:func:`cpu_has_bf16`).
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+#: /proc/cpuinfo flags of native bf16 matrix arithmetic: x86 AVX512-BF16 / AMX-BF16, Arm
+#: BF16 (FEAT_BF16). Without them torch emulates bf16 on the CPU, which is slower than fp32.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bf16(flags: Iterable[str]) -> bool:
+    """Whether a CPU with these /proc/cpuinfo ``flags`` (x86) or ``Features`` (Arm) runs
+    bf16 autocast natively (so `--precision auto` picks bf16 on it)."""
+    return not BF16_CPU_FLAGS.isdisjoint(flags)
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first CPU in a /proc/cpuinfo text (empty if none listed)."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 

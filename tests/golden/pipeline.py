@@ -1,7 +1,7 @@
 """A small generated cohort through tile -> train -> heatmap, reduced to content digests.
 
 The digests cover every tile output (store coords, tile bytes, tissue fractions and
-metadata; QC PNG; tissue GeoJSON) and every heatmap output (score tables, GeoJSON, pyramidal
+metadata; QC PNG pixels; tissue GeoJSON) and every heatmap output (score tables, GeoJSON, pyramidal
 TIFF, overlay and gallery PNGs, predictions). Paths and version strings, which differ between
 checkouts, are left out. ``tests/golden/outputs.json`` holds the digests the pipeline gave
 before the architecture refactor (issue 11); `test_golden.py` checks they did not change.
@@ -35,6 +35,16 @@ STORE_META_KEYS = (
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:20]
+
+
+def png_pixels_digest(path: Path) -> str:
+    """Digest of a PNG's decoded pixels (its shape too), not its bytes: the QC image's
+    encoder settings may change (issue 14), its pixels may not."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img)
+    return "pixels:" + sha(repr(arr.shape).encode() + arr.tobytes())
 
 
 def run(*args: str, cwd: Path) -> None:
@@ -105,7 +115,7 @@ def pipeline_digests(root: Path) -> dict[str, Any]:
         "method: dbps\nmode: pixels\nencoder: test_resnet.r160_in1k\npretrained: false\n"
         "input_px: 64\ndim: 32\nheads: 2\ndim_head: 16\ndim_inner: 64\nM: 4\nI: 16\nS: 4\n"
         "batch_size: 2\nepochs: 1\nwarmup_epochs: 0\nworkers: 0\nprogress: false\n"
-        "tensorboard: false\ncalibrate_tiles: 64\n"
+        "tensorboard: false\ncalibrate_tiles: 64\nprecision: fp32\n"
     )
     labels = root / "cohort" / "labels.csv"
     run("train", "--labels", str(labels), "--stores", str(root / "tiles"), "--out",
@@ -114,15 +124,16 @@ def pipeline_digests(root: Path) -> dict[str, Any]:
     run("heatmap", "--checkpoint", str(root / "run" / "checkpoints" / "best.pt"),
         "--stores", str(root / "tiles"), "--out", str(root / "heat"), "--slides",
         ",".join(ids), "--annotations", str(root / "cohort" / "annotations"),
-        "--workers", "0", cwd=root)  # fmt: skip
+        "--workers", "0", "--precision", "fp32", cwd=root)  # fmt: skip
 
     tiles, heat = root / "tiles", root / "heat"
     out: dict[str, Any] = {"tile": {}, "heatmap": {}}
     for p in sorted((tiles / "stores").glob("*.h5")):
         out["tile"][f"stores/{p.name}"] = store_digest(p)
-    for sub in ("qc", "tissue"):
-        for p in sorted((tiles / sub).iterdir()):
-            out["tile"][f"{sub}/{p.name}"] = sha(p.read_bytes())
+    for p in sorted((tiles / "qc").iterdir()):
+        out["tile"][f"qc/{p.name}"] = png_pixels_digest(p)
+    for p in sorted((tiles / "tissue").iterdir()):
+        out["tile"][f"tissue/{p.name}"] = sha(p.read_bytes())
     for p in sorted(heat.rglob("*")):
         rel = p.relative_to(heat).as_posix()
         if not p.is_file() or rel.startswith(("status/", "locks/", ".tmp/")):

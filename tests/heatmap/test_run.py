@@ -30,6 +30,7 @@ def _cfg(root, **kw) -> HeatmapConfig:
     base = {
         "checkpoint": str(root / "ck.pt"), "stores": str(root / "tile"), "out": str(root / "out"),
         "annotations": str(root / "annotations"), "workers": 0, "device": "cpu",
+        "precision": "fp32",  # compared with fp32 references computed here
         "overlay_mpp": 2.0, "overlay_min_px": 64, "pyramid_mpp": 2.0,
     }  # fmt: skip
     base.update(kw)

@@ -78,7 +78,7 @@ def test_unknown_preset() -> None:
 
 def test_precision() -> None:
     cpu = torch.device("cpu")
-    assert amp_dtype_for("auto", cpu) is None
+    assert amp_dtype_for("auto", cpu) is None  # bf16 selection on CPU: test_reduced_decode
     assert amp_dtype_for("bf16", cpu) is torch.bfloat16
     assert amp_dtype_for("fp32", cpu) is None
     assert amp_dtype_for("auto", torch.device("cuda", 0)) is torch.bfloat16

@@ -94,6 +94,55 @@ def _take(buf: Buffer, rows: Tensor) -> Buffer:
     return tuple(x[rows] for x in buf)
 
 
+class _EmbeddingPool:
+    """DBPS embeddings in fixed slots, so that re-ranking moves only indices and logits,
+    never (m, D) rows. A new chunk's rows enter the buffers as "pending" slots (-1 - row);
+    after its ranking only the rows that survived (kept in the top M or taken into the top
+    S) are copied into free slots, once. At most M + S slots are ever live."""
+
+    def __init__(self, M: int, S: int) -> None:
+        self.capacity = M + S
+        self.emb: Tensor | None = None  # (M + S, D)
+
+    @staticmethod
+    def pending(k: int, device: torch.device) -> Tensor:
+        return -1 - torch.arange(k, device=device)
+
+    def settle(self, emb: Tensor, *bufs: Buffer | None) -> tuple[Buffer | None, ...]:
+        """Copy the surviving rows of the current chunk's ``emb`` (k, D) into free slots;
+        return ``bufs`` with their pending slot numbers replaced."""
+        if self.emb is None:
+            self.emb = emb.new_empty((self.capacity, emb.shape[1]))
+        slot_cols = [b[2] for b in bufs if b is not None]
+        if not slot_cols:
+            return bufs
+        slots = torch.cat(slot_cols)
+        new = slots < 0
+        n_new = int(new.sum())
+        if n_new == 0:
+            return bufs
+        used = torch.zeros(self.capacity, dtype=torch.bool, device=emb.device)
+        used[slots[~new]] = True
+        free = torch.nonzero(~used).view(-1)[:n_new]
+        self.emb.index_copy_(0, free, emb[-1 - slots[new]])
+        slots = slots.clone()
+        slots[new] = free
+        out: list[Buffer | None] = []
+        at = 0
+        for b in bufs:
+            if b is None:
+                out.append(None)
+                continue
+            n = b[2].shape[0]
+            out.append((*b[:2], slots[at : at + n]))
+            at += n
+        return tuple(out)
+
+    def rows(self, slots: Tensor) -> Tensor:
+        assert self.emb is not None
+        return self.emb[slots]
+
+
 def _scan(
     encoder: nn.Module,
     aggregator: CrossAttentionAggregator,
@@ -108,12 +157,14 @@ def _scan(
 
     IPS keeps only tile indices and cached logits (M + I rows of T x H scalars): tiles are
     re-read for the gradient pass, so no embedding is ever copied. DBPS also keeps the
-    (M + I + S, D) embeddings, since evicted salient tiles may become sub-salient ones.
+    embeddings of the M + S buffered tiles and the current chunk (evicted salient tiles may
+    become sub-salient ones), each written once into a slot pool (:class:`_EmbeddingPool`);
+    the buffers carry slot numbers and the S auxiliary rows are gathered at the end.
     """
     check_sizes(M, S or 0)
     dev = module_device(aggregator, device)
     dbps = S is not None
-    keep_emb = bool(S)
+    pool = _EmbeddingPool(M, S) if S else None
     mem: Buffer | None = None  # memory buffer, m <= M rows (m <= M + k while ranking)
     aux: Buffer | None = None  # auxiliary buffer (DBPS), s <= S rows
     n_tiles = 0
@@ -125,31 +176,37 @@ def _scan(
             if on_chunk is not None:
                 on_chunk(idx, lg)
             n_tiles += int(idx.shape[0])
-            mem = _cat(mem, (idx, lg, emb) if keep_emb else (idx, lg))  # M + k candidates
-            if mem[0].shape[0] <= M:  # still filling the buffer
-                continue
-            order, _ = _rank(mem[1])  # softmax over the M + k candidates
-            if keep_emb:
-                # not kept (incl. evicted) merged with the aux buffer; top S of them by their
-                # cached logits re-normalised over the merged set
-                cand = _cat(aux, _take(mem, order[M:]))
-                aux = _take(cand, _rank(cand[1])[0][:S])
-            mem = _take(mem, order[:M])
+            new = (idx, lg) if pool is None else (idx, lg, pool.pending(idx.shape[0], dev))
+            mem = _cat(mem, new)  # M + k candidates
+            if mem[0].shape[0] > M:
+                order, _ = _rank(mem[1])  # softmax over the M + k candidates
+                if pool is not None:
+                    # not kept (incl. evicted) merged with the aux buffer; top S of them by
+                    # their cached logits re-normalised over the merged set
+                    cand = _cat(aux, _take(mem, order[M:]))
+                    aux = _take(cand, _rank(cand[1])[0][:S])
+                mem = _take(mem, order[:M])
+            if pool is not None:
+                mem, aux = pool.settle(emb, mem, aux)
 
+    d = aggregator.cfg.dim
     if mem is None:  # no tiles at all
         empty = torch.empty(0, dtype=torch.int64, device=dev)
-        t, h, d = aggregator.cfg.n_token, aggregator.cfg.heads, aggregator.cfg.dim
-        mem = (empty, torch.empty(0, t, h, device=dev), torch.empty(0, d, device=dev))
+        t, h = aggregator.cfg.n_token, aggregator.cfg.heads
+        mem = (empty, torch.empty(0, t, h, device=dev), empty)
     # final order and scores: softmax over the selected set itself
     order, scores = _rank(mem[1])
     result = ScanResult(indices=mem[0][order], scores=scores, logits=mem[1][order], n_tiles=n_tiles)
     if dbps:
-        if aux is None:  # N <= M or S == 0: no sub-salient entry at all
-            d = aggregator.cfg.dim
-            aux = (mem[0][:0], mem[1][:0], torch.empty(0, d, device=dev))
-        a_order, a_scores = _rank(aux[1])
-        result.aux_indices, result.aux_logits, result.aux_emb = _take(aux, a_order)
-        result.aux_scores = a_scores
+        if aux is None or pool is None:  # N <= M or S == 0: no sub-salient entry at all
+            result.aux_indices, result.aux_logits = mem[0][:0], mem[1][:0]
+            result.aux_emb = torch.empty(0, d, device=dev)
+            result.aux_scores = torch.empty(0, device=dev)
+        else:
+            a_order, a_scores = _rank(aux[1])
+            result.aux_indices, result.aux_logits = aux[0][a_order], aux[1][a_order]
+            result.aux_emb = pool.rows(aux[2][a_order])
+            result.aux_scores = a_scores
     return result
 
 

@@ -135,6 +135,10 @@ class Slide:
         self.reader: str = backend.name
         self._override = mpp_override
         self._indexes: dict[int, tuple[LevelIndex | None, str]] = {}
+        # the last whole-level thumbnail read (level, y0, RGB rows): a second thumbnail of a
+        # level read in one stripe (segmentation, then QC image) is resized from it, not read
+        # and decoded again; at most THUMBNAIL_STRIPE_PIXELS px, dropped on close
+        self._level_read: tuple[int, int, np.ndarray] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open_slide, (str(self.path), self.reader, self._override))
@@ -152,6 +156,7 @@ class Slide:
     def close(self) -> None:
         """Release the backend (TileReaders made from this slide reopen their own)."""
         self._backend.close()
+        self._level_read = None
 
     @property
     def closed(self) -> bool:
@@ -222,12 +227,13 @@ class Slide:
         ds = info.level_downsamples[plan.level]
         tile_h = self._backend.tile_height(plan.level) or 1
         out = np.empty((plan.height, plan.width, 3), dtype=np.uint8)
-        for stripe in plan_stripes(plan, stripe_pixels, tile_h):
+        stripes = plan_stripes(plan, stripe_pixels, tile_h)
+        for stripe in stripes:
             rows = stripe.level_y1 - stripe.level_y0
             # level-0 y whose level row is level_y0 (or a fraction past it when ds is not an
             # integer), for both backends' mappings (x / ds, and int(x / ds) in tiffslide)
             y0 = math.ceil(stripe.level_y0 * ds - 1e-9)
-            region = self._backend.read_rgb(0, y0, plan.level, plan.read_width, rows)
+            region = self._read_level_rows(plan.level, y0, plan.read_width, rows, len(stripes))
             left, top, right, bottom = stripe.box
             box = (left, top, min(right, float(plan.read_width)), min(bottom, float(rows)))
             small = Image.fromarray(region).resize(
@@ -235,6 +241,23 @@ class Slide:
             )
             out[stripe.row0 : stripe.row1] = np.asarray(small)
         return out, plan.downsample
+
+    def _read_level_rows(
+        self, level: int, y0: int, width: int, rows: int, n_stripes: int
+    ) -> np.ndarray:
+        """``rows`` x ``width`` RGB px of ``level`` from level-0 y ``y0``. A one-stripe read
+        takes the whole level and is kept; later requests inside it are sliced from it."""
+        last = self._level_read
+        if last is not None and last[:2] == (level, y0):
+            cached = last[2]
+            if cached.shape[0] >= rows and cached.shape[1] >= width:
+                return cached[:rows, :width]
+        if n_stripes > 1 or y0 != 0:
+            return self._backend.read_rgb(0, y0, level, width, rows)
+        level_w, level_h = self.info.level_dimensions[level]
+        whole = self._backend.read_rgb(0, 0, level, max(width, level_w), max(rows, level_h))
+        self._level_read = (level, 0, whole)
+        return whole[:rows, :width]
 
     def tile_geometry(self, target_mpp: float, tile_px: int, overlap_px: int = 0) -> TileGeometry:
         """Footprint, stride and read level of ``tile_px`` tiles at ``target_mpp`` here."""

@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 from wsipipe.errors import ConfigError, StoreError
-from wsipipe.store.base import RERUN, PatchStore, StoreWriter
+from wsipipe.store.base import RERUN, PatchStore, StoreWriter, is_zarr_v3
 from wsipipe.store.h5 import H5PatchStore, H5StoreWriter, is_hdf5
 from wsipipe.store.meta import FORMATS, StoreMeta
-from wsipipe.store.zarrstore import ZarrPatchStore, ZarrStoreWriter, is_zarr_v3
+
+# zarr (~0.15 s to import) is imported only when a zarr store is written or read
 
 
 def create_store(
@@ -39,7 +40,11 @@ def create_store(
         else:
             p.unlink()
     p.parent.mkdir(parents=True, exist_ok=True)
-    return H5StoreWriter(p, meta) if fmt == "h5" else ZarrStoreWriter(p, meta)
+    if fmt == "h5":
+        return H5StoreWriter(p, meta)
+    from wsipipe.store.zarrstore import ZarrStoreWriter
+
+    return ZarrStoreWriter(p, meta)
 
 
 def open_store(path: str | Path, *, raw_reads: bool = True) -> PatchStore:
@@ -58,6 +63,8 @@ def open_store(path: str | Path, *, raw_reads: bool = True) -> PatchStore:
         raise StoreError(f"patch store {p} does not exist; {RERUN}")
     if p.is_dir():
         if is_zarr_v3(p):
+            from wsipipe.store.zarrstore import ZarrPatchStore
+
             return ZarrPatchStore.open(p, raw_reads)
         if (p / ".zgroup").is_file():
             raise StoreError(f"patch store {p} is a zarr v2 group; wsipipe writes v3, {RERUN}")

@@ -24,7 +24,7 @@ from typing import Any, SupportsIndex
 import numpy as np
 
 from wsipipe.errors import StoreError
-from wsipipe.store.codec import decode_tile
+from wsipipe.store.codec import decode_tile, decode_tile_reduced, reduced_factor
 from wsipipe.store.meta import StoreMeta
 
 #: Version of the on-disk layout written by this package.
@@ -196,8 +196,13 @@ class PatchStore:
         self._decode_into(self._fetch(i), out, i)
         return out
 
-    def read_tiles(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Decoded tiles in the order given: (k, tile_px, tile_px, 3) uint8."""
+    def read_tiles(self, indices: Sequence[int] | np.ndarray, min_px: int = 0) -> np.ndarray:
+        """Decoded tiles in the order given: (k, tile_px, tile_px, 3) uint8.
+
+        ``min_px`` > 0 (the size the caller will resize to) lets JPEG tiles be decoded at
+        1/2, 1/4 or 1/8 scale in the DCT domain: tiles come back at the smallest such size
+        that is still >= ``min_px`` (:func:`~wsipipe.store.codec.reduced_factor`), a
+        low-pass reduction close to, not equal to, a resize of the full decode."""
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
             raise IndexError(f"{self.path}: tile indices must be a 1-D integer sequence")
@@ -206,9 +211,11 @@ class PatchStore:
             raise IndexError(f"{self.path}: tile index {bad} out of range [0, {self._n})")
         if idx.size and not self._pixels:
             raise self._coords_only()
-        out = np.empty((idx.size, self._px, self._px, 3), np.uint8)
+        f = reduced_factor(self._px, min_px)
+        px = self._px // f
+        out = np.empty((idx.size, px, px, 3), np.uint8)
         for j, i in enumerate(idx.tolist()):
-            self._decode_into(self._fetch(i), out[j], i)
+            self._decode_into(self._fetch(i), out[j], i, f)
         return out
 
     def close(self) -> None:
@@ -278,9 +285,14 @@ class PatchStore:
             self._pid = pid
         return self._read_raw(i)
 
-    def _decode_into(self, data: bytes | memoryview, out: np.ndarray, i: int) -> None:
+    def _decode_into(
+        self, data: bytes | memoryview, out: np.ndarray, i: int, factor: int = 1
+    ) -> None:
         try:
-            decode_tile(data, out=out)
+            if factor > 1:
+                decode_tile_reduced(data, factor, out)
+            else:
+                decode_tile(data, out=out)
         except StoreError as err:
             raise StoreError(f"{self.path}: tile {i}: {err}") from None
 
@@ -313,3 +325,8 @@ def check_complete(path: Path, attrs: dict[str, Any], kind: str) -> None:
         )
     if not bool(attrs.get("complete", False)):
         raise StoreError(f"patch store {path} is incomplete (its writer never closed); {RERUN}")
+
+
+def is_zarr_v3(path: Path) -> bool:
+    """Whether ``path`` is a zarr v3 directory (has a ``zarr.json``); no zarr import."""
+    return path.is_dir() and (path / "zarr.json").is_file()

@@ -11,6 +11,7 @@ from typing import cast
 
 import imagecodecs
 import numpy as np
+import simplejpeg
 
 from wsipipe.errors import ConfigError, StoreError
 
@@ -88,6 +89,60 @@ def decode_tile(data: bytes | bytearray | memoryview, out: np.ndarray | None = N
             "re-run `wsipipe tile` for this slide"
         )
     return img
+
+
+#: libjpeg-turbo's power-of-two decode scales (1/8, 1/4, 1/2), largest reduction first
+_SCALES = (8, 4, 2)
+
+
+def reduced_factor(tile_px: int, min_px: int) -> int:
+    """Largest f in (8, 4, 2) dividing ``tile_px`` with ``tile_px // f >= min_px``: a
+    ``tile_px`` JPEG tile that is to be resized to ``min_px`` can be decoded at 1/f in the DCT
+    domain (then resized the rest of the way, if at all); 1 when none fits.
+
+    >>> reduced_factor(256, 64), reduced_factor(256, 96), reduced_factor(256, 256)
+    (4, 2, 1)
+    """
+    if min_px <= 0:
+        return 1
+    for f in _SCALES:
+        if tile_px % f == 0 and tile_px // f >= min_px:
+            return f
+    return 1
+
+
+def decode_tile_reduced(
+    data: bytes | bytearray | memoryview, factor: int, out: np.ndarray
+) -> np.ndarray:
+    """Decode one tile at 1/``factor`` of its size into ``out`` ((H/f, W/f, 3) uint8): JPEG in
+    the DCT domain (libjpeg-turbo scaled IDCT, accurate DCT and upsampling), PNG in full and
+    area-averaged (PIL BOX). Errors as :func:`decode_tile`."""
+    head = bytes(data[:8])
+    if not head.startswith(_JPEG_MAGIC):
+        full = decode_tile(data)
+        from PIL import Image
+
+        h, w = out.shape[:2]
+        out[:] = np.asarray(Image.fromarray(full).resize((w, h), Image.Resampling.BOX))
+        return out
+    h, w = out.shape[:2]
+    try:
+        if bytes(data[-2:]) != _JPEG_END:
+            raise ValueError("JPEG data is truncated (no end-of-image marker)")
+        img = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=h, min_width=w, buffer=out, strict=True
+        )
+    except ValueError as err:  # simplejpeg's codec errors are ValueErrors
+        raise StoreError(
+            f"tile data cannot be decoded ({err}); the store is corrupt, "
+            "re-run `wsipipe tile` for this slide"
+        ) from err
+    if img.shape != out.shape:
+        raise StoreError(
+            f"tile decoded at 1/{factor} is {img.shape[1]}x{img.shape[0]} px, expected "
+            f"{w}x{h}; re-run `wsipipe tile` for this slide"
+        )
+    return out
 
 
 def _describe(obj: object) -> str:

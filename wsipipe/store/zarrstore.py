@@ -37,7 +37,13 @@ import zarr
 from zarr.dtype import VariableLengthBytes
 
 from wsipipe.errors import StoreError
-from wsipipe.store.base import RERUN, STORE_SCHEMA, PatchStore, StoreWriter, check_complete
+from wsipipe.store.base import (
+    RERUN,
+    STORE_SCHEMA,
+    PatchStore,
+    StoreWriter,
+    check_complete,
+)
 from wsipipe.store.meta import StoreMeta
 
 try:  # installed with zarr (its crc32c codec); without it shards are written by zarr-python
@@ -267,10 +273,6 @@ class ZarrPatchStore(PatchStore):
             raise StoreError(
                 f"zarr store {self.path}: cannot read '{name}' ({err}); {RERUN}"
             ) from err
-
-
-def is_zarr_v3(path: Path) -> bool:
-    return path.is_dir() and (path / "zarr.json").is_file()
 
 
 def _raw_layout(meta_file: Path, n: int) -> int | None:

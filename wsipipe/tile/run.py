@@ -27,30 +27,13 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.config import config_hash, config_to_dict, save_config
 from wsipipe.errors import ConfigError, NoTissueError, WsipipeError
-from wsipipe.geometry import (
-    mask_to_polygons,
-    polygons_to_mask,
-    read_tissue_geojson,
-    tissue_geojson,
-    write_geojson,
-)
 from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
 from wsipipe.slide import Slide, open_slide, slide_fingerprint
 from wsipipe.slide.levels import TileGeometry
-from wsipipe.store import (
-    STORE_SUFFIX,
-    StoreMeta,
-    check_slide_unchanged,
-    create_store,
-    encode_tile,
-    open_store,
-)
-from wsipipe.store.meta import Reader
+from wsipipe.store.meta import STORE_SUFFIX, Reader, StoreMeta
 from wsipipe.tile.config import TileConfig
 from wsipipe.tile.grid import tile_grid, tissue_fractions
 from wsipipe.tile.inputs import SlideInput
-from wsipipe.tile.qc import draw_qc, save_png
-from wsipipe.tile.tissue import segment_tissue
 
 CHUNK = 256  # tiles read/encoded/appended per step: bounds memory to CHUNK encoded tiles
 
@@ -59,6 +42,19 @@ def tile_slide(
     spec: SlideInput, cfg: TileConfig, tmp_dir: Path, threads: int = 1
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Tile one slide into ``tmp_dir``; return ({relative output: tmp path}, info)."""
+    # imported here, not at module level: a re-run that only skips done slides never pays
+    # for scipy / scikit-image / shapely / h5py (~0.6 s of start-up)
+    from wsipipe.geometry import (
+        mask_to_polygons,
+        polygons_to_mask,
+        read_tissue_geojson,
+        tissue_geojson,
+        write_geojson,
+    )
+    from wsipipe.store import create_store
+    from wsipipe.tile.qc import draw_qc, save_png
+    from wsipipe.tile.tissue import segment_tissue
+
     with _open(spec, cfg) as slide:
         mpp = slide.mpp  # raises MissingMppError with the fix when unknown
         thumb, thumb_ds = slide.thumbnail(cfg.tissue.thumb_mpp)
@@ -215,6 +211,8 @@ def _encoded_chunks(
     the caller appends to the store (h5py holds the GIL), with at most 2 chunks in memory.
     """
 
+    from wsipipe.store import encode_tile
+
     def one(xy: np.ndarray) -> tuple[bytes, bool]:
         x, y = int(xy[0]), int(xy[1])
         if cfg.pixels == "jpeg" and cfg.reuse_jpeg:
@@ -298,6 +296,8 @@ def _refused(runner: JobRunner, spec: SlideInput) -> str:
         return spec.error
     if runner.overwrite or not runner.is_done(spec.slide_id):
         return ""
+    from wsipipe.store import check_slide_unchanged, open_store
+
     status = runner.read_status(spec.slide_id) or {}
     stores = [rel for rel in status.get("outputs", []) if str(rel).startswith("stores/")]
     try:

@@ -106,7 +106,11 @@ class TrainConfig:
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms (slower)")
     # ---- runtime ------------------------------------------------------------------------
     device: str = opt("auto", "auto | cpu | cuda | cuda:N (auto = cuda if present)")
-    precision: Precision = opt("auto", "Encoder autocast (auto = bf16 on CUDA, fp32 on CPU)")
+    precision: Precision = opt(
+        "auto",
+        "Encoder autocast (auto = bf16 on CUDA; on CPU fp32, bf16 for the training "
+        "scan's selection where the CPU has native bf16)",
+    )
     workers: int = opt(4, "DataLoader processes reading/decoding tiles (0 = main process)")
     prefetch: int = opt(2, "Chunks prefetched per worker")
     progress: bool = opt(True, "Progress bar")

@@ -76,12 +76,19 @@ class ScanSettings:
     S: int
     device: torch.device
     amp_dtype: torch.dtype | None
+    #: the training scan's autocast (tile selection only; see ``amp_dtype_for``)
+    select_amp_dtype: torch.dtype | None = None
 
     @classmethod
     def of(cls, cfg: TrainConfig, device: torch.device) -> ScanSettings:
         return cls(
-            cfg.method, cfg.M, cfg.I, cfg.n_aux, device, amp_dtype_for(cfg.precision, device)
-        )
+            cfg.method, cfg.M, cfg.I, cfg.n_aux, device, amp_dtype_for(cfg.precision, device),
+            amp_dtype_for(cfg.precision, device, selection=True),
+        )  # fmt: skip
+
+    def for_selection(self) -> ScanSettings:
+        """These settings with the training scan's autocast."""
+        return replace(self, amp_dtype=self.select_amp_dtype)
 
     @property
     def scans(self) -> bool:

@@ -315,7 +315,7 @@ def train_epoch(run: Run, epoch: int, prog: RunProgress) -> dict[str, Any]:
         selected: list[Future[Tensor]] = []
         for pos in batch:
             if stream is not None:
-                res = scan_slide(run.model, stream.slide(pos), run.st)
+                res = scan_slide(run.model, stream.slide(pos), run.st.for_selection())
             else:  # ABMIL / mean pooling: every tile that survives the patch drop
                 n = run.pipeline.sources[pos].n_tiles
                 keep = scan_indices(n, cfg.drop_ratio, cfg.shuffle_tiles, cfg.seed, epoch, pos)

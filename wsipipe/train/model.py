@@ -7,11 +7,14 @@ scans call ``model.encoder`` / ``model.aggregator`` directly (no gradients, no s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from wsipipe.config import cpu_flags, cpu_has_bf16
 from wsipipe.errors import ConfigError
 from wsipipe.train.config import TrainConfig
 
@@ -148,10 +151,21 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` = bf16 on CUDA, none (fp32) on CPU."""
+def amp_dtype_for(
+    precision: str, device: torch.device, cpu_bf16: bool | None = None, selection: bool = False
+) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` = bf16 on CUDA, none (fp32) on CPU -- except for the training
+    scan's tile *selection* (``selection``), which ``auto`` runs in bf16 on a CPU with native
+    bf16 arithmetic (``cpu_bf16``; None = this machine's, :func:`host_cpu_bf16`): its
+    selected tiles stay within the measured tolerance of fp32 (tests/train/
+    test_reduced_decode.py), while the gradient pass, validation, predict and heatmap scores
+    keep fp32 numbers on CPU."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            return torch.bfloat16
+        if not selection or device.type != "cpu":
+            return None
+        return torch.bfloat16 if (host_cpu_bf16() if cpu_bf16 is None else cpu_bf16) else None
     if precision == "fp32":
         return None
     if precision == "fp16":
@@ -159,3 +173,14 @@ def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
             raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         return torch.float16
     return torch.bfloat16
+
+
+@functools.cache
+def host_cpu_bf16() -> bool:
+    """Whether this machine's CPU has native bf16 (from /proc/cpuinfo; False where that
+    cannot be read, e.g. not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return cpu_has_bf16(cpu_flags(text))
