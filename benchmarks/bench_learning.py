@@ -35,8 +35,8 @@ RUNS = [  # (name, overrides, shuffled control)
     ("DBPS", {"method": "dbps"}, False),
     ("ABMIL", {"method": "abmil"}, False),
     ("mean pooling", {"method": "mean"}, False),
-    ("IPS, shuffled labels", {"method": "ips", "shuffle_labels": True}, True),
-    ("ABMIL, shuffled labels", {"method": "abmil", "shuffle_labels": True}, True),
+    ("IPS shuffled", {"method": "ips", "shuffle_labels": True}, True),
+    ("ABMIL shuffled", {"method": "abmil", "shuffle_labels": True}, True),
 ]
 FINETUNE = [  # end to end from the same pretrained weights (pixel mode, CPU budget)
     ("IPS fine-tuned", {"method": "ips", "mode": "pixels", "input_px": 128, "M": 8, "I": 32,
@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--finetune", action="store_true", help="add end-to-end fine-tuning rows")
     ap.add_argument("--out", default="", help="work folder (kept; default: a temporary one)")
     ap.add_argument("--n-slides", type=int, default=64, help="cohort size (3/4 train)")
-    ap.add_argument("--only", default="", help="comma-separated run names (e.g. IPS,ABMIL)")
+    ap.add_argument("--only", default="", help="comma-separated run names (e.g. IPS,ABMIL shuffled)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.out:
