@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--finetune", action="store_true", help="add end-to-end fine-tuning rows")
     ap.add_argument("--out", default="", help="work folder (kept; default: a temporary one)")
     ap.add_argument("--n-slides", type=int, default=64, help="cohort size (3/4 train)")
-    ap.add_argument("--only", default="", help="comma-separated run names (e.g. IPS,ABMIL shuffled)")
+    ap.add_argument("--only", default="", help="run names, comma-separated (IPS,ABMIL shuffled)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.out:
