@@ -24,8 +24,9 @@ from typing import BinaryIO
 from wsipipe.errors import ConfigError, NoSpaceError
 
 SAFE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
-# .<name>.<pid>[.<hex>].tmp  (the pid tells whose leftover it is)
-_TEMP_RE = re.compile(r"^\..+\.(\d+)(?:\.[0-9a-f]+)?\.tmp$")
+# .<name>.<pid>[.<8 hex>].tmp  (the pid tells whose leftover it is). Matched lazily with an
+# 8-character random part, so a random part of digits only (2 % of them) is not the pid.
+_TEMP_RE = re.compile(r"^\..+?\.(\d+)(?:\.[0-9a-f]{8})?\.tmp$")
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 

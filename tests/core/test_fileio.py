@@ -84,6 +84,17 @@ def test_remove_stale_temps_only_removes_dead_writers(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, live.name, "last.pt"])
 
 
+def test_a_live_writers_temp_with_an_all_digit_random_part_is_kept(tmp_path: Path) -> None:
+    """The random part of a temp name may be digits only (uuid hex, 2 % of names): it must
+    not be read as the writer's pid."""
+    mine = tmp_path / f".last.pt.{os.getpid()}.20055154.tmp"
+    parent = tmp_path / f".slide.2024.{os.getppid()}.tmp"  # digits in the name, no random part
+    for p in (mine, parent):
+        p.write_bytes(b"y")
+    assert remove_stale_temps(tmp_path) == []
+    assert mine.exists() and parent.exists()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_a_zombie_is_not_alive() -> None:
     proc = subprocess.Popen(["true"])  # exits at once; not reaped until wait()
