@@ -261,6 +261,16 @@ def run_args(image: str, user: tuple[int, int], mounts: list[tuple[Path, str, st
 
 
 @functools.cache
+def built_or_skip(repo: Path) -> tuple[Podman, Image]:
+    """:func:`built_image`, or the test skipped with its reason."""
+    import pytest
+
+    got = built_image(repo)
+    if isinstance(got, str):
+        pytest.skip(got)
+    return got
+
+
 def built_image(repo: Path) -> tuple[Podman, Image] | str:
     """(podman, the image built from repo's Dockerfile) or why that cannot be done here: the
     test modules that share it skip with that reason."""

@@ -29,10 +29,7 @@ USER = (23456, 23457)
 
 @pytest.fixture(scope="module")
 def built() -> tuple[ct.Podman, ct.Image]:
-    got = ct.built_image(REPO)
-    if isinstance(got, str):
-        pytest.skip(got)
-    return got
+    return ct.built_or_skip(REPO)
 
 
 def owners(folder: Path) -> set[tuple[int, int]]:

@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from pathlib import Path
 
 import h5py
 import pytest
-from typer.testing import CliRunner
 
 from tests.conftest import real_slide
 from tests.heatmap import synth
+from tests.tile.test_tile_run import runner, statuses, tile
 from wsipipe.cli import app
 from wsipipe.errors import ConfigError, StoreError
 from wsipipe.store import describe_store, open_store
 from wsipipe.synth.svs import write_svs
 from wsipipe.tile.inputs import resolve_slides
-
-runner = CliRunner()
-
-
-def tile(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["tile", *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
-
-
-def statuses(out: Path) -> dict[str, dict]:
-    return {
-        p.name.removesuffix(".json"): json.loads(p.read_text())
-        for p in (out / "status").glob("*.json")
-    }
 
 
 def summary(out: Path) -> dict[str, dict[str, str]]:

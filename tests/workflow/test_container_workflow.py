@@ -30,10 +30,7 @@ SHIM = Path(__file__).with_name("apptainer_podman.py")
 
 @pytest.fixture(scope="module")
 def built() -> tuple[ct.Podman, ct.Image]:
-    got = ct.built_image(REPO)
-    if isinstance(got, str):
-        pytest.skip(got)
-    return got
+    return ct.built_or_skip(REPO)
 
 
 def test_snakemake_runs_each_job_in_the_image(
