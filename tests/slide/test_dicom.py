@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.apt import ensure_packages
 from tests.conftest import real_slide
 from wsipipe.cli import app
 from wsipipe.errors import ConfigError, SlideError, SlideOpenError
@@ -47,11 +48,21 @@ runner = CliRunner()
 # ---- fixtures: real DICOM series converted from the real Aperio slide -----------------------
 
 
+def _no_turbojpeg() -> list[str]:
+    """["libturbojpeg"] when the library opentile loads (SVS -> DICOM) is not installed."""
+    import ctypes.util
+
+    return [] if ctypes.util.find_library("turbojpeg") else ["libturbojpeg"]
+
+
 def _dicomize(source: Path, out: Path, **kwargs: object) -> Path:
     wsidicomizer = pytest.importorskip(
         "wsidicomizer", reason="wsidicomizer not installed (pip install -e '.[dev]')"
     )
     pytest.importorskip("wsidicom", reason="wsidicom not installed (pip install -e '.[dicom]')")
+    reason = ensure_packages(["libturbojpeg0"], _no_turbojpeg)
+    if reason:
+        pytest.skip(f"wsidicomizer needs libturbojpeg: {reason}")
     try:
         wsidicomizer.WsiDicomizer.convert(source, out, workers=1, **kwargs)
     except FileNotFoundError as exc:  # opentile (SVS -> DICOM) needs the libturbojpeg library

@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.apt import ensure_packages
+
 PACKAGES = ("slurm-wlm", "munge")
 # what the cluster and the executor plugin call (slurm-client holds the client commands)
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "srun", "scancel", "scontrol",
@@ -64,28 +66,7 @@ def prepare(timeout: float = 600) -> str | None:
     root, apt-get exists and ``WSIPIPE_SLURM_INSTALL`` is not ``0``. Idempotent: with the
     programs present it only looks them up.
     """
-    missing = missing_binaries()
-    if not missing:
-        return None
-    what = f"SLURM/MUNGE programs missing ({', '.join(missing)})"
-    if os.environ.get(INSTALL_ENV, "1") == "0":
-        return f"{what}; {INSTALL_ENV}=0 forbids installing {' '.join(PACKAGES)}"
-    if os.geteuid() != 0:
-        return f"{what}; installing {' '.join(PACKAGES)} with apt-get needs root"
-    if shutil.which("apt-get") is None:
-        return f"{what}; no apt-get to install {' '.join(PACKAGES)} with"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "install", "-y", *PACKAGES]
-    last = ""
-    for cmd in (install, ["apt-get", "update"], install):  # update only when needed
-        try:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return f"{what}; `{' '.join(cmd)}` took more than {timeout:.0f} s"
-        last = (res.stderr.strip().splitlines() or [""])[-1]
-        if res.returncode == 0 and cmd is install and not missing_binaries():
-            return None
-    return f"{what}; `{' '.join(install)}` failed: {last}"
+    return ensure_packages(PACKAGES, missing_binaries, INSTALL_ENV, timeout)
 
 
 def free_port() -> int:
