@@ -50,23 +50,26 @@ def dct_factor(reduction: int, tile_width: int, tile_height: int) -> int:
     return 1
 
 
-def decode_reduced(stream: bytes, factor: int, width: int, height: int) -> np.ndarray:
+def decode_reduced(
+    stream: bytes, factor: int, width: int, height: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """(height // factor, width // factor, 3) uint8 RGB of a standalone JPEG of width x height
     px, decoded at 1/factor in the DCT domain (accurate integer IDCT, smooth chroma
     upsampling). Raises JpegFormatError when the stream is not that size, ValueError when
-    libjpeg-turbo cannot decode it. Releases the GIL while decoding.
+    libjpeg-turbo cannot decode it. Releases the GIL while decoding. ``out``: a C-contiguous
+    (height // factor, width // factor, 3) uint8 array to decode into (returned).
     """
     size = simplejpeg.decode_jpeg_header(stream)[:2]  # (height, width) of the full image
     if size != (height, width):
         raise JpegFormatError(f"JPEG is {size[1]}x{size[0]} px, expected {width}x{height}")
     h, w = height // factor, width // factor
     # simplejpeg picks the smallest libjpeg scale whose output is >= (min_height, min_width)
-    out: np.ndarray = simplejpeg.decode_jpeg(
-        stream, colorspace="RGB", min_height=h, min_width=w, strict=True
+    img: np.ndarray = simplejpeg.decode_jpeg(
+        stream, colorspace="RGB", min_height=h, min_width=w, strict=True, buffer=out
     )
-    if out.shape != (h, w, 3):
+    if img.shape != (h, w, 3):
         raise JpegFormatError(
-            f"reduced decode gave {out.shape}, expected {(h, w, 3)} for a {width}x{height} "
+            f"reduced decode gave {img.shape}, expected {(h, w, 3)} for a {width}x{height} "
             f"tile at 1/{factor}"
         )
-    return out
+    return img

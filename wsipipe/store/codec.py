@@ -11,9 +11,9 @@ from typing import cast
 
 import imagecodecs
 import numpy as np
-import simplejpeg
 
 from wsipipe.errors import ConfigError, StoreError
+from wsipipe.slide.dctscale import DCT_FACTORS, decode_reduced
 
 #: Values of ``StoreMeta.pixels``; "none" is a coords-only store (no tile pixels).
 PIXEL_FORMATS = ("jpeg", "png", "none")
@@ -91,10 +91,6 @@ def decode_tile(data: bytes | bytearray | memoryview, out: np.ndarray | None = N
     return img
 
 
-#: libjpeg-turbo's power-of-two decode scales (1/8, 1/4, 1/2), largest reduction first
-_SCALES = (8, 4, 2)
-
-
 def reduced_factor(tile_px: int, min_px: int) -> int:
     """Largest f in (8, 4, 2) dividing ``tile_px`` with ``tile_px // f >= min_px``: a
     ``tile_px`` JPEG tile that is to be resized to ``min_px`` can be decoded at 1/f in the DCT
@@ -105,7 +101,7 @@ def reduced_factor(tile_px: int, min_px: int) -> int:
     """
     if min_px <= 0:
         return 1
-    for f in _SCALES:
+    for f in DCT_FACTORS:
         if tile_px % f == 0 and tile_px // f >= min_px:
             return f
     return 1
@@ -127,21 +123,14 @@ def decode_tile_reduced(
         return out
     h, w = out.shape[:2]
     try:
-        if bytes(data[-2:]) != _JPEG_END:
+        if bytes(data[-2:]) != _JPEG_END:  # libjpeg pads a truncated image with grey
             raise ValueError("JPEG data is truncated (no end-of-image marker)")
-        img = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_height=h, min_width=w, buffer=out, strict=True
-        )
-    except ValueError as err:  # simplejpeg's codec errors are ValueErrors
+        decode_reduced(cast(bytes, data), factor, w * factor, h * factor, out)
+    except ValueError as err:  # simplejpeg's codec errors and JpegFormatError
         raise StoreError(
-            f"tile data cannot be decoded ({err}); the store is corrupt, "
+            f"tile data cannot be decoded at 1/{factor} ({err}); the store is corrupt, "
             "re-run `wsipipe tile` for this slide"
         ) from err
-    if img.shape != out.shape:
-        raise StoreError(
-            f"tile decoded at 1/{factor} is {img.shape[1]}x{img.shape[0]} px, expected "
-            f"{w}x{h}; re-run `wsipipe tile` for this slide"
-        )
     return out
 
 
