@@ -227,7 +227,7 @@ class JobRunner:
                 raise
             if isinstance(exc, LockedError):  # another live run is doing it: not a failure
                 info = {} if exc.holder_pid is None else {"holder_pid": exc.holder_pid}
-                return Outcome(job.slide_id, "busy", _one_line(str(exc)), info=info)
+                return Outcome(job.slide_id, "busy", single_line(str(exc)), info=info)
             return self._failed(job, exc, start)
         return Started(self, job, tmp_dir, start, held, finish)
 
@@ -238,14 +238,14 @@ class JobRunner:
             path = getattr(exc, "path", None) or getattr(exc, "filename", None)
             exc = no_space_error(self.out_dir, path)
         if isinstance(exc, WsipipeError):
-            outcome = Outcome(job.slide_id, "failed", _one_line(str(exc)), seconds)
+            outcome = Outcome(job.slide_id, "failed", single_line(str(exc)), seconds)
         else:  # a bug or an unexpected library error: record, continue
-            reason = f"internal error {type(exc).__name__}: {_one_line(str(exc))}"
+            reason = f"internal error {type(exc).__name__}: {single_line(str(exc))}"
             trace = "".join(traceback.format_exception(exc))
             outcome = Outcome(job.slide_id, "failed", reason, seconds, info={"traceback": trace})
-        return self._record_failure(outcome)
+        return self.record_failure(outcome)
 
-    def _record_failure(self, outcome: Outcome) -> Outcome:
+    def record_failure(self, outcome: Outcome) -> Outcome:
         """Write the failure's status; a failure to do so (disk full) is noted on the outcome
         (without a status the slide is simply not done, so the next run retries it)."""
         # A failure must not erase the record of an earlier good run of the same slide:
@@ -258,7 +258,7 @@ class JobRunner:
             else:
                 self.write_status(outcome)
         except (OSError, WsipipeError) as exc:
-            note = f"status not recorded: {_one_line(str(exc))}"
+            note = f"status not recorded: {single_line(str(exc))}"
             return Outcome(outcome.slide_id, outcome.state, outcome.reason, outcome.seconds,
                            {**outcome.info, "status_error": note})  # fmt: skip
         return outcome
@@ -294,7 +294,8 @@ class Started:
         return runner._failed(job, failure, self.start)
 
 
-def _one_line(text: str) -> str:
+def single_line(text: str) -> str:
+    """``text`` on one line (whitespace runs, newlines included, become one space)."""
     return " ".join(text.split())
 
 
@@ -329,8 +330,8 @@ def run_jobs(
             try:
                 outcome = fut.result()
             except Exception as exc:  # the worker process itself died
-                outcome = Outcome(job.slide_id, "failed", f"worker crashed: {_one_line(str(exc))}")
-                outcome = runner._record_failure(outcome)
+                reason = f"worker crashed: {single_line(str(exc))}"
+                outcome = runner.record_failure(Outcome(job.slide_id, "failed", reason))
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)

@@ -27,7 +27,7 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.config import config_hash, config_to_dict, save_config
 from wsipipe.errors import ConfigError, NoTissueError, WsipipeError
-from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, write_summary
+from wsipipe.jobs import Job, JobRunner, Outcome, run_jobs, single_line, write_summary
 from wsipipe.slide import Slide, open_slide, slide_fingerprint
 from wsipipe.slide.levels import TileGeometry
 from wsipipe.store.meta import STORE_SUFFIX, Reader, StoreMeta
@@ -277,8 +277,8 @@ def tile_slides(
     for s in specs:
         refused = _refused(runner, s)
         if refused:
-            outcome = Outcome(s.slide_id, "failed", " ".join(refused.split()))
-            runner._record_failure(outcome)  # keeps an earlier run's "done" record beside it
+            # recorded beside an earlier run's "done" record, which it keeps
+            outcome = runner.record_failure(Outcome(s.slide_id, "failed", single_line(refused)))
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
