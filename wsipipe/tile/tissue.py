@@ -202,10 +202,24 @@ def pen_colour_mask(rgb: np.ndarray) -> np.ndarray:
     return _ink(*hsv(to_rgb(rgb)))
 
 
-def _ink(hue: np.ndarray, sat: np.ndarray, val: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+#: Faint red ink (saturation 0.12..0.35) overlaps eosin-rich tissue (hue 340..355 deg at
+#: saturation 0.15..0.45 on red-leaning stains): it counts as pen only within one vote window
+#: of strong-red (saturation >= STRONG_RED_SAT) pen, so ink edges stay pen while a slide
+#: stained towards red keeps its tissue.
+FAINT_RED_SAT = 0.12
+STRONG_RED_SAT = 0.35
+
+
+def _ink(
+    hue: np.ndarray,
+    sat: np.ndarray,
+    val: np.ndarray,
+    chroma: np.ndarray,
+    red_floor: float = FAINT_RED_SAT,
+) -> np.ndarray:
     green = (hue >= 90.0) & (hue < 200.0) & (sat >= 0.15) & (chroma >= 0.06)
     blue = (hue >= 200.0) & (hue <= 235.0) & (sat >= 0.3) & (chroma >= 0.08)
-    red = ((hue >= 345.0) | (hue <= 10.0)) & (sat >= 0.12)
+    red = ((hue >= 345.0) | (hue <= 10.0)) & (sat >= red_floor)
     deep_red = ((hue >= 340.0) | (hue <= 10.0)) & (sat >= 0.55)
     maroon = ((hue >= 335.0) | (hue <= 10.0)) & (sat >= 0.55) & (val < 0.45)
     black = (val < 0.3) | ((val < 0.4) & (sat < 0.3))
@@ -228,7 +242,20 @@ def detect_pen(
     """
     cfg = cfg if cfg is not None else TissueConfig()
     um = _check_um_per_px(um_per_px if um_per_px is not None else cfg.thumb_mpp)
-    return _pen_from_ink(pen_colour_mask(thumb), um, cfg)
+    return _pen(*hsv(to_rgb(thumb)), um, cfg)
+
+
+def _pen(
+    hue: np.ndarray, sat: np.ndarray, val: np.ndarray, chroma: np.ndarray, um: float,
+    cfg: TissueConfig,
+) -> np.ndarray:
+    """Pen of the strict ink test (strong red only), plus the permissive test's pen within
+    one vote window of it: faint red ink edges count only next to strong ink (FAINT_RED_SAT)."""
+    strict = _pen_from_ink(_ink(hue, sat, val, chroma, STRONG_RED_SAT), um, cfg)
+    if not strict.any():
+        return strict
+    loose = _pen_from_ink(_ink(hue, sat, val, chroma), um, cfg)
+    return strict | (loose & _dilate(strict, cfg.pen_window_um / um))
 
 
 def _pen_from_ink(raw: np.ndarray, um: float, cfg: TissueConfig) -> np.ndarray:
@@ -292,7 +319,7 @@ def segment_tissue(
     h, w = rgb.shape[:2]
     hue, sat, val, chroma = hsv(rgb)
     if cfg.remove_pen:
-        pen = _pen_from_ink(_ink(hue, sat, val, chroma), um, cfg)
+        pen = _pen(hue, sat, val, chroma, um, cfg)
         # +1 px: the pixels along an ink edge mix ink and stain at any resolution.
         pen_grown = _dilate(pen, cfg.pen_dilate_um / um + 1.0)
     else:
