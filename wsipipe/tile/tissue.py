@@ -246,7 +246,11 @@ def detect_pen(
 
 
 def _pen(
-    hue: np.ndarray, sat: np.ndarray, val: np.ndarray, chroma: np.ndarray, um: float,
+    hue: np.ndarray,
+    sat: np.ndarray,
+    val: np.ndarray,
+    chroma: np.ndarray,
+    um: float,
     cfg: TissueConfig,
 ) -> np.ndarray:
     """Pen of the strict ink test (strong red only), plus the permissive test's pen within
