@@ -40,9 +40,25 @@ def test_outputs_match_reference(digests: dict) -> None:
     assert set(digests["heatmap"]) == set(ref["heatmap"])
     for name, want in ref["heatmap"].items():
         got = digests["heatmap"][name]
-        if isinstance(want, dict):  # a JSON record: the fields the reference has (new ones may
-            got = {k: got.get(k) for k in want}  # be added); CSV tables are compared whole
-        assert got == want, (
+        if isinstance(want, dict) and not _is_alternatives(want):  # a JSON record / HDF5 file:
+            ok = all(_accepts(w, got.get(k)) for k, w in want.items())  # the reference's fields
+        else:  # (new ones may be added); CSV tables are compared whole
+            ok = _accepts(want, got)
+        assert ok, (
             f"heatmap output {name} changed (if only floating-point last bits on another CPU "
-            "family, regenerate with WSIPIPE_WRITE_GOLDEN=1 there)"
+            "family, add that family's digests as alternatives: see _accepts)"
         )
+
+
+def _is_alternatives(want: object) -> bool:
+    return isinstance(want, dict) and set(want) == {"any_of"}
+
+
+def _accepts(want: object, got: object) -> bool:
+    """``got`` equals the reference, or one of its ``{"any_of": [...]}`` alternatives: the
+    float outputs of training and scoring (scores, probabilities, GeoJSON) differ in the last
+    bits between CPU families (AMD EPYC vs Intel Sapphire Rapids kernels), so each family
+    where the pipeline was checked has its digest; everything else stays one exact digest."""
+    if _is_alternatives(want):
+        return got in want["any_of"]  # type: ignore[index]
+    return got == want
