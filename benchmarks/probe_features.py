@@ -29,12 +29,14 @@ def tile_data(root: Path, encoder: str) -> dict[str, tuple[np.ndarray, np.ndarra
 
     from wsipipe.geometry.annotations import read_annotations
     from wsipipe.geometry.polygons import tumour_fraction
+    from wsipipe.store.features import open_features
 
     out = {}
     for r in csv.DictReader((root / "cohort" / "labels.csv").open()):
         sid = r["slide_id"]
-        with h5py.File(root / "tiles" / "features" / encoder / f"{sid}.h5", "r") as f:
-            x = f["features"][:].astype(np.float32)
+        path = root / "tiles" / "features" / encoder / f"{sid}.h5"
+        x = np.asarray(open_features(path), dtype=np.float32)
+        with h5py.File(path, "r") as f:  # TRIDENT layout: coords and their level-0 tile size
             coords, size = f["coords"][:], int(f["coords"].attrs["patch_size_level0"])
         ann = root / "cohort" / "annotations" / f"{sid}.geojson"
         tumour, exclusion = read_annotations(ann) if ann.exists() else ([], [])

@@ -2,8 +2,9 @@
 
 The reference digests were written by ``tests/golden/pipeline.py`` on the code before the
 architecture refactor. Floating-point training and scoring are reproducible run to run on
-one machine kind (2-core x86-64 CI); on another CPU family the heatmap digests may differ in
-the last bits, which the message says.
+one machine kind; on another CPU family the float heatmap outputs differ in the last bits, so
+those entries hold one digest per family checked (``{"any_of": [...]}``: AMD EPYC, Intel
+Sapphire Rapids).
 """
 
 from __future__ import annotations

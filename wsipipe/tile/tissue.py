@@ -12,7 +12,8 @@ Method, on an (H, W, 3) uint8 RGB thumbnail:
    (~15..40 deg). Inks are told apart by hue where stains do not go: blue and green inks have
    red as the weakest channel (hue 90..235 deg); red ink is pure red (blue about equal to
    green, hue -15..+10 deg) while eosin keeps blue well above green (~320..340 deg); black ink is
-   darker than stained tissue at thumbnail resolution. Pen strokes are large, so a pixel is
+   darker than stained tissue at thumbnail resolution; faint red (low saturation, where
+   eosin-heavy stains also go) only next to stronger ink. Pen strokes are large, so a pixel is
    pen only where most of a ~25 um window around it has ink colour (a majority vote that
    ignores nuclei, red cells, dust and hairlines yet keeps ink laid over tissue), and small
    pen objects are dropped.
@@ -189,7 +190,8 @@ def pen_colour_mask(rgb: np.ndarray) -> np.ndarray:
     - blue ink: hue 200..235, saturation >= 0.3, chroma >= 0.08 (the bluish haematoxylin of
       IHC counterstains sits at saturation < 0.25 or hue > 235);
     - red ink: hue >= 345 or <= 10 (blue about equal to green; eosin keeps blue well above
-      green, ~320..345 deg; DAB brown is orange, >= 15 deg), saturation >= 0.12;
+      green, ~320..345 deg; DAB brown is orange, >= 15 deg), saturation >= 0.12 (below
+      0.35 it is pen only next to stronger ink: see :func:`detect_pen`);
     - deep red ink (also red ink laid over pink tissue): hue >= 340 or <= 10, saturation
       >= 0.55 (eosin that saturated stays below ~340 deg); maroon (red over black): hue >= 335,
       saturation >= 0.55, value < 0.45;
@@ -199,31 +201,31 @@ def pen_colour_mask(rgb: np.ndarray) -> np.ndarray:
 
     No size or density filter: see :func:`detect_pen`.
     """
-    return _ink(*hsv(to_rgb(rgb)))
+    return _ink_and_faint_red(*hsv(to_rgb(rgb)))[0]
 
 
 #: Faint red ink (saturation 0.12..0.35) overlaps eosin-rich tissue (hue 340..355 deg at
 #: saturation 0.15..0.45 on red-leaning stains): it counts as pen only within one vote window
-#: of strong-red (saturation >= STRONG_RED_SAT) pen, so ink edges stay pen while a slide
-#: stained towards red keeps its tissue.
+#: of pen found without it (:func:`_pen`), so ink edges stay pen while a slide stained
+#: towards red keeps its tissue.
 FAINT_RED_SAT = 0.12
 STRONG_RED_SAT = 0.35
 
 
-def _ink(
-    hue: np.ndarray,
-    sat: np.ndarray,
-    val: np.ndarray,
-    chroma: np.ndarray,
-    red_floor: float = FAINT_RED_SAT,
-) -> np.ndarray:
+def _ink_and_faint_red(
+    hue: np.ndarray, sat: np.ndarray, val: np.ndarray, chroma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ink colour (H, W) bool, the pixels that are ink only as faint red)."""
     green = (hue >= 90.0) & (hue < 200.0) & (sat >= 0.15) & (chroma >= 0.06)
     blue = (hue >= 200.0) & (hue <= 235.0) & (sat >= 0.3) & (chroma >= 0.08)
-    red = ((hue >= 345.0) | (hue <= 10.0)) & (sat >= red_floor)
+    red_hue = (hue >= 345.0) | (hue <= 10.0)
+    red = red_hue & (sat >= STRONG_RED_SAT)
     deep_red = ((hue >= 340.0) | (hue <= 10.0)) & (sat >= 0.55)
     maroon = ((hue >= 335.0) | (hue <= 10.0)) & (sat >= 0.55) & (val < 0.45)
     black = (val < 0.3) | ((val < 0.4) & (sat < 0.3))
-    return green | blue | red | deep_red | maroon | black
+    strong = green | blue | red | deep_red | maroon | black
+    faint = red_hue & (sat >= FAINT_RED_SAT) & ~strong
+    return strong | faint, faint
 
 
 def detect_pen(
@@ -237,8 +239,10 @@ def detect_pen(
     where at least ``cfg.pen_density`` of the ``cfg.pen_window_um`` square around it has ink
     colour (:func:`pen_colour_mask`): a majority vote that ignores nuclei, red blood cells,
     dust and hairlines but keeps ink laid over tissue, where ink and stain pixels mix. Pen
-    objects below ``cfg.min_pen_area_um2`` are dropped. Not dilated: :func:`segment_tissue`
-    grows it by ``cfg.pen_dilate_um`` before removing it from tissue.
+    objects below ``cfg.min_pen_area_um2`` are dropped. Faint red ink (saturation below
+    STRONG_RED_SAT) is pen only within one vote window of the other ink's pen, so that an
+    eosin-heavy stain is not taken for it. Not dilated: :func:`segment_tissue` grows it by
+    ``cfg.pen_dilate_um`` before removing it from tissue.
     """
     cfg = cfg if cfg is not None else TissueConfig()
     um = _check_um_per_px(um_per_px if um_per_px is not None else cfg.thumb_mpp)
@@ -253,12 +257,13 @@ def _pen(
     um: float,
     cfg: TissueConfig,
 ) -> np.ndarray:
-    """Pen of the strict ink test (strong red only), plus the permissive test's pen within
-    one vote window of it: faint red ink edges count only next to strong ink (FAINT_RED_SAT)."""
-    strict = _pen_from_ink(_ink(hue, sat, val, chroma, STRONG_RED_SAT), um, cfg)
-    if not strict.any():
+    """Pen of the ink test without faint red, plus the pen of the whole ink test within one
+    vote window of it: faint red ink edges count only next to strong ink (FAINT_RED_SAT)."""
+    ink, faint = _ink_and_faint_red(hue, sat, val, chroma)
+    strict = _pen_from_ink(ink & ~faint, um, cfg)
+    if not strict.any() or not faint.any():
         return strict
-    loose = _pen_from_ink(_ink(hue, sat, val, chroma), um, cfg)
+    loose = _pen_from_ink(ink, um, cfg)
     return strict | (loose & _dilate(strict, cfg.pen_window_um / um))
 
 
