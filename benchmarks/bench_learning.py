@@ -2,6 +2,7 @@
 features of a cohort of REAL H&E texture, beside label-shuffled controls.
 
     python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--n-slides 64]
+        [--only IPS,ABMIL] [--set FIELD=VALUE ...]
 
 The cohort is generated (``wsipipe synth --texture real``: normal skin from the real Aperio
 slide CMU-1-Small-Region, squamous carcinoma foci from the real TCGA slide, CAMELYON-like
@@ -25,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from benchmarks.common import Row, format_table
 
@@ -97,7 +100,7 @@ def evaluate(
 
 
 def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
-            only: str = "") -> list[Row]:  # fmt: skip
+            only: str = "", extra: dict[str, Any] | None = None) -> list[Row]:  # fmt: skip
     import torch
 
     from wsipipe.train.config import load_train_config
@@ -120,7 +123,7 @@ def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
             out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"
             cfg = load_train_config("features-offline", {
                 "labels": str(labels), "stores": str(tiles), "out": str(out), "seed": seed,
-                "progress": False, "tensorboard": False, **overrides})  # fmt: skip
+                "progress": False, "tensorboard": False, **overrides, **(extra or {})})  # fmt: skip
             t1 = time.perf_counter()
             if not (out / "checkpoints" / "best.pt").exists():
                 train(cfg)
@@ -155,13 +158,26 @@ def main() -> None:
     ap.add_argument("--out", default="", help="work folder (kept; default: a temporary one)")
     ap.add_argument("--n-slides", type=int, default=64, help="cohort size (3/4 train)")
     ap.add_argument("--only", default="", help="run names, comma-separated (IPS,ABMIL shuffled)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a training setting over the preset's, e.g. instance_loss=1 (repeatable)",
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    extra = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: write FIELD=VALUE, e.g. instance_loss=1")
+        extra[field.strip()] = yaml.safe_load(value)
     if args.out:
-        rows = run_all(Path(args.out), seeds, args.finetune, args.n_slides, args.only)
+        rows = run_all(Path(args.out), seeds, args.finetune, args.n_slides, args.only, extra)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_all(Path(tmp), seeds, args.finetune, args.n_slides, args.only)
+            rows = run_all(Path(tmp), seeds, args.finetune, args.n_slides, args.only, extra)
     print(format_table(rows))
 
 

@@ -40,7 +40,7 @@ def tiny_aggregator(
 
 def tiny_feature_encoder(in_dim: int = 24, dim: int = 16, seed: int = 0) -> FeatureEncoder:
     torch.manual_seed(seed)
-    enc = FeatureEncoder(in_dim, dim)
+    enc = FeatureEncoder(in_dim, dim, norm="layer-batch")
     with torch.no_grad():  # non-trivial BatchNorm running statistics
         enc.bn.running_mean.uniform_(-0.5, 0.5)
         enc.bn.running_var.uniform_(0.5, 2.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from wsipipe.encoders import create_encoder
 from wsipipe.errors import ConfigError
 from wsipipe.models import FeatureEncoder, PatchEncoder
+from wsipipe.models.encoders import feature_moments
 
 
 def test_resnet18_shapes_and_uint8_normalisation() -> None:
@@ -109,7 +111,9 @@ def test_unknown_name_and_bad_args() -> None:
         create_encoder("resnet18")(torch.zeros(3, 32, 32, dtype=torch.uint8))
 
 
-def test_feature_encoder() -> None:
+def test_feature_encoder_layer_batch() -> None:
+    """The default (and the layout of runs saved before ``feature_norm``):
+    LayerNorm -> Linear -> BN -> ReLU."""
     torch.manual_seed(0)
     enc = FeatureEncoder(32, 8)
     assert not any(p is not None for p in (enc.norm.weight, enc.norm.bias))  # no affine LN
@@ -128,3 +132,32 @@ def test_feature_encoder() -> None:
         enc(torch.randn(4, 31))
     with pytest.raises(ConfigError):
         FeatureEncoder(0, 8)
+    with pytest.raises(ConfigError, match="norm='batch'"):
+        FeatureEncoder(4, 8, norm="batch")
+    with pytest.raises(ValueError, match="keeps no moments"):
+        enc.set_moments(torch.zeros(32), torch.ones(32))
+
+
+def test_feature_encoder_standardises_with_the_cohort_moments() -> None:
+    """``standard``: (x - mean) / std per feature, no BatchNorm; a tile's overall activation level
+    survives (LayerNorm would remove it), and the moments travel in the state dict."""
+    torch.manual_seed(0)
+    enc = FeatureEncoder(6, 4, norm="standard")
+    assert isinstance(enc.bn, nn.Identity) and isinstance(enc.norm, nn.Identity)
+    x = torch.rand(50, 6) * torch.tensor([1.0, 10, 100, 0.1, 5, 2]) + 3
+    mean, std = feature_moments([x[:20], x[20:]])
+    np.testing.assert_allclose(mean.numpy(), x.double().mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(std.numpy(), x.double().std(0).numpy(), rtol=1e-5)
+    enc.set_moments(mean, std)
+    with torch.no_grad():
+        want = torch.relu(enc.fc((x - x.mean(0)) / x.std(0)))
+        np.testing.assert_allclose(enc(x).numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(enc(x), enc(x * 3), atol=1e-3)  # activation level kept
+    assert {"mean", "std"} <= set(enc.state_dict())
+    other = FeatureEncoder(6, 4, norm="standard")
+    other.load_state_dict(enc.state_dict())
+    assert torch.equal(other.mean, mean) and torch.equal(other.std, std)
+    with pytest.raises(ValueError, match="moments must be"):
+        enc.set_moments(torch.zeros(5), torch.ones(5))
+    with pytest.raises(ValueError, match=">= 2 rows"):
+        feature_moments([x[:1]])

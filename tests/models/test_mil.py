@@ -3,9 +3,12 @@ heatmaps show."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
-from wsipipe.models.mil import GatedAttentionMIL, MeanPoolMIL
+from wsipipe.models.mil import GatedAttentionMIL, MeanPoolMIL, instance_mil_loss
 
 
 def test_abmil_attention_is_the_softmax_of_its_tile_logits_and_ignores_padding() -> None:
@@ -33,3 +36,25 @@ def test_mean_pooling_is_the_masked_mean() -> None:
     # a tile's logit is its share of the last class's logit
     contrib = agg.tile_logits(emb[1]).view(-1)
     assert torch.allclose(contrib.mean() + agg.head.bias[-1], out[1, -1], atol=1e-5)
+
+
+def _bce(logit: float, target: float) -> float:
+    p = 1.0 / (1.0 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def test_instance_mil_loss_negatives_all_tiles_positives_the_top_tile() -> None:
+    """A negative slide: mean BCE of its real tiles towards 0; a positive slide: BCE of its
+    highest real tile towards 1; padded tiles count for neither."""
+    inst = torch.tensor([[2.0, -1.0, 9.0], [0.5, 3.0, 50.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    loss = instance_mil_loss(inst, mask, torch.tensor([False, True]))
+    want = (_bce(2.0, 0) + _bce(-1.0, 0)) / 2 + _bce(3.0, 1)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    loss.backward()
+    assert inst.grad is not None
+    assert inst.grad[1, 0] == 0 and inst.grad[1, 1] < 0  # only the top tile pushed up
+    assert torch.all(inst.grad[0, :2] > 0)  # every negative tile pushed down
+    assert torch.all(inst.grad[:, 2] == 0)  # padding untouched
+    with pytest.raises(ValueError, match="do not match"):
+        instance_mil_loss(inst, mask[:, :2], torch.tensor([False, True]))

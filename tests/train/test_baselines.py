@@ -134,3 +134,36 @@ def test_stores_tiled_otherwise_are_refused_or_warned(cohort, tmp_path: Path, ca
     res = predict(ck, tmp_path / "p", str(other[1].parent), str(other[0]), "val",
                   allow_tiling_mismatch=True)  # fmt: skip
     assert len(res.slide_ids) == 2 and "warning: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["abmil", "ips"])
+def test_instance_loss_and_standardised_features(cohort, tmp_path: Path, method: str) -> None:
+    """``feature_norm: standard`` estimates the moments from the training slides' features
+    before the first step and saves them; ``instance_loss`` trains an instance head through
+    the same loop; predict rebuilds both from the checkpoint and gives the run's numbers."""
+    import torch
+
+    from wsipipe.train.checkpoint import load_checkpoint
+    from wsipipe.train.inference import load_model
+
+    out = tmp_path / "run"
+    recs = train(_cfg(cohort, out, method=method, epochs=6, lr=3e-3, feature_norm="standard",
+                      instance_loss=1.0))  # fmt: skip
+    assert recs[-1]["val_auc"] >= 0.9
+    state = load_checkpoint(out / "checkpoints" / "best.pt")["model"]
+    mean, std = state["encoder.mean"], state["encoder.std"]
+    assert mean.abs().max() > 1e-3 and not torch.allclose(std, torch.ones_like(std))
+    assert "instance_head.weight" in state and "encoder.bn.weight" not in state
+    lm = load_model(out / "checkpoints" / "best.pt", "cpu")
+    assert torch.equal(lm.model.encoder.mean, mean) and lm.model.instance_head is not None
+    res = predict(out / "checkpoints" / "best.pt", tmp_path / "pred", labels=str(cohort[0]),
+                  split="val")  # fmt: skip
+    assert res.metrics is not None and res.metrics["auc"] >= 0.9
+
+
+def test_instance_loss_needs_two_classes() -> None:
+    from wsipipe.train.model import build_model
+
+    cfg = load_train_config(None, tiny_overrides(mode="features", instance_loss=1.0))
+    with pytest.raises(ConfigError, match="needs two classes"):
+        build_model(cfg, 3, feature_dim=8)

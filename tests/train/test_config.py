@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wsipipe.errors import ConfigError
-from wsipipe.train.config import TrainConfig, load_train_config, preset_names
+from wsipipe.train.config import TrainConfig, load_train_config, preset_names, saved_run_fields
 from wsipipe.train.model import amp_dtype_for
 
 
@@ -63,6 +63,8 @@ def test_cli_overrides_yaml_overrides_defaults(tmp_path: Path) -> None:
         ({"classes": "a,a"}, "classes"),
         ({"input_px": 4}, "input_px"),
         ({"bogus": 1}, "bogus"),
+        ({"instance_loss": -1}, "instance_loss"),
+        ({"feature_norm": "batch"}, "feature_norm"),
     ],
 )
 def test_bad_values_are_config_errors(overrides: dict[str, object], word: str) -> None:
@@ -84,3 +86,21 @@ def test_precision() -> None:
     assert amp_dtype_for("auto", torch.device("cuda", 0)) is torch.bfloat16
     with pytest.raises(ConfigError, match="fp16"):
         amp_dtype_for("fp16", cpu)
+
+
+def test_runs_saved_before_feature_norm_and_instance_loss_keep_their_model(tmp_path: Path) -> None:
+    """A run's config saved before these fields existed rebuilds the model it trained
+    (LayerNorm + BatchNorm, no instance head), on resume and from its checkpoint; a user's
+    own YAML without them gets the current defaults."""
+    from wsipipe.config import config_to_dict
+    from wsipipe.train.runs import check_resume_config
+
+    old = {k: v for k, v in config_to_dict(TrainConfig()).items()
+           if k not in ("feature_norm", "instance_loss")}  # fmt: skip
+    fields = saved_run_fields({**old, "_classes": ["a", "b"]})
+    assert fields["feature_norm"] == "layer-batch" and fields["instance_loss"] == 0.0
+    assert "_classes" not in fields
+    assert saved_run_fields({"feature_norm": "standard"})["feature_norm"] == "standard"
+    check_resume_config(old, TrainConfig(), tmp_path / "last.pt")  # no "changed settings"
+    with pytest.raises(ConfigError, match="instance_loss"):
+        check_resume_config(old, TrainConfig(instance_loss=1.0), tmp_path / "last.pt")

@@ -63,6 +63,10 @@ def pad_batch(
     return out, mask
 
 
+#: key of the instance logits (B, M) in gradient_pass's output
+INSTANCE = "_instance"
+
+
 def gradient_pass(
     encoder: nn.Module,
     aggregator: nn.Module,
@@ -71,6 +75,7 @@ def gradient_pass(
     aux_emb: Tensor | None = None,
     aux_mask: Tensor | None = None,
     amp_dtype: torch.dtype | None = None,
+    instance_head: nn.Module | None = None,
 ) -> dict[str, Tensor]:
     """Encode the selected tiles with gradients (modules in their current, usually train,
     mode), aggregate, and return {task: logits (B, n_classes) float32}.
@@ -80,6 +85,8 @@ def gradient_pass(
     statistics). aux_emb (B, S, D) / aux_mask (B, S): DBPS sub-salient embeddings; they are
     detached, so the encoder gets gradients only through the M salient tiles while the
     aggregator also learns from the sub-salient branch. ``amp_dtype`` enables autocast.
+    ``instance_head`` ((k, D) -> (k, 1)): also return each selected tile's instance logit,
+    ``out[INSTANCE]`` (B, M) float32 (padded entries are garbage: mask them).
     """
     if tiles.ndim < 3:
         raise ValueError(f"gradient_pass expects tiles (B, M, ...), got {tuple(tiles.shape)}")
@@ -106,4 +113,6 @@ def gradient_pass(
             if aux_mask is not None:
                 aux_mask = aux_mask.to(dev, non_blocking=True)
         out = aggregator(emb, mask_dev, aux_emb, aux_mask)
+        if instance_head is not None:
+            out = {**out, INSTANCE: instance_head(emb.flatten(0, 1)).view(b, m)}
     return {name: x.float() for name, x in out.items()}

@@ -7,7 +7,7 @@ normalises them on its own device with the mean/std of the backbone's pretrained
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -113,22 +113,57 @@ class PatchEncoder(nn.Module):
 
 
 class FeatureEncoder(nn.Module):
-    """Encoder for precomputed tile features (frozen backbone):
-    ``LayerNorm(F, no affine) -> Linear(F, D) -> BatchNorm1d(D) -> ReLU``; ``(k, F) -> (k, D)``.
+    """Encoder for precomputed tile features (frozen backbone), ``(k, F) -> (k, D)``:
+    ``normalise(F) -> Linear(F, D) [-> BatchNorm1d(D)] -> ReLU``.
+
+    ``norm``:
+
+    * ``"standard"``: per-feature standardisation, ``(x - mean) / std`` with the cohort's
+      statistics (:meth:`set_moments`, buffers saved with the weights). A tile's overall
+      activation level is kept: for ImageNet CNN features it carries much of what tells
+      tumour from normal tissue.
+    * ``"layer"``: per-tile LayerNorm without affine (each tile's features to mean 0, var 1).
+    * ``"layer-batch"``: LayerNorm, and a BatchNorm1d before the ReLU (the default, and the
+      layout of runs saved before ``feature_norm`` existed).
     """
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    NORMS = ("standard", "layer", "layer-batch")
+    mean: Tensor  # (F,) buffers of norm="standard"
+    std: Tensor
+
+    def __init__(self, in_dim: int, out_dim: int, norm: str = "layer-batch") -> None:
         super().__init__()
         if in_dim < 1 or out_dim < 1:
             raise ConfigError(
                 f"FeatureEncoder: in_dim={in_dim}, out_dim={out_dim} must both be >= 1"
             )
+        if norm not in self.NORMS:
+            raise ConfigError(f"FeatureEncoder: norm={norm!r} must be one of {self.NORMS}")
         self.in_dim = in_dim
         self.out_dim = out_dim
-        self.norm = nn.LayerNorm(in_dim, elementwise_affine=False)
+        self.norm_kind = norm
+        self.norm: nn.Module = (
+            nn.Identity() if norm == "standard" else nn.LayerNorm(in_dim, elementwise_affine=False)
+        )
         self.fc = nn.Linear(in_dim, out_dim)
-        self.bn = nn.BatchNorm1d(out_dim)
+        self.bn: nn.Module = nn.BatchNorm1d(out_dim) if norm == "layer-batch" else nn.Identity()
         self.act = nn.ReLU()
+        if norm == "standard":  # identity until set_moments: (x - 0) / 1
+            self.register_buffer("mean", torch.zeros(in_dim))
+            self.register_buffer("std", torch.ones(in_dim))
+
+    @property
+    def standardises(self) -> bool:
+        return self.norm_kind == "standard"
+
+    def set_moments(self, mean: Tensor, std: Tensor) -> None:
+        """Per-feature mean and standard deviation (F,) of the cohort's training tiles."""
+        if not self.standardises:
+            raise ValueError(f"FeatureEncoder(norm={self.norm_kind!r}) keeps no moments")
+        if mean.shape != (self.in_dim,) or std.shape != (self.in_dim,):
+            raise ValueError(f"moments must be ({self.in_dim},), got {tuple(mean.shape)}")
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-6))
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (k, F) float features -> (k, D)."""
@@ -138,4 +173,24 @@ class FeatureEncoder(nn.Module):
             )
         # float16/bf16 stored features are upcast (autocast, if on, re-casts the matmul)
         x = x.to(self.fc.weight.device, non_blocking=True).float()
+        if self.standardises:
+            x = (x - self.mean) / self.std
         return self.act(self.bn(self.fc(self.norm(x))))  # (k, D)
+
+
+def feature_moments(chunks: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and standard deviation (F,) float32 over the rows of ``chunks``
+    ((k, F) tensors), accumulated in float64 (one pass, any number of rows)."""
+    n, total, squares = 0, None, None
+    for x in chunks:
+        x = x.detach().to("cpu", torch.float64)
+        if x.ndim != 2:
+            raise ValueError(f"feature_moments expects (k, F) chunks, got {tuple(x.shape)}")
+        total = x.sum(0) if total is None else total + x.sum(0)
+        squares = (x * x).sum(0) if squares is None else squares + (x * x).sum(0)
+        n += x.shape[0]
+    if total is None or squares is None or n < 2:
+        raise ValueError(f"feature_moments needs >= 2 rows, got {n}")
+    mean = total / n
+    var = (squares / n - mean * mean).clamp_min(0.0) * (n / (n - 1))
+    return mean.float(), var.sqrt().float()

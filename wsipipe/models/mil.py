@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from wsipipe.errors import ConfigError
 
@@ -97,3 +98,26 @@ class MeanPoolMIL(nn.Module):
         weights = mask.to(emb.dtype)[..., None]  # (B, N, 1)
         z = (emb * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
         return {self.task: self.head(self.drop(z))}
+
+
+def instance_mil_loss(inst: Tensor, mask: Tensor, positive: Tensor) -> Tensor:
+    """The MIL constraints on tile (instance) logits, summed over the B slides.
+
+    inst (B, M) logits, mask (B, M) bool (True = real tile), positive (B,) bool. A negative
+    slide's tiles are all negative: mean BCE of its tiles towards 0. A positive slide holds
+    at least one positive tile: BCE of its highest logit towards 1 (Maron & Lozano-Perez's
+    assumption, as in MI-Net / CLAM's instance branch). IPS / DBPS see the M selected tiles,
+    i.e. the hardest negatives and the likeliest positives.
+    """
+    if inst.shape != mask.shape or positive.shape != inst.shape[:1]:
+        raise ValueError(
+            f"instance_mil_loss: inst {tuple(inst.shape)}, mask {tuple(mask.shape)}, "
+            f"positive {tuple(positive.shape)} do not match"
+        )
+    inst = inst.float()
+    top = inst.masked_fill(~mask, float("-inf")).amax(dim=1)  # (B,)
+    pos = F.binary_cross_entropy_with_logits(top, torch.ones_like(top), reduction="none")
+    each = F.binary_cross_entropy_with_logits(inst, torch.zeros_like(inst), reduction="none")
+    real = mask.to(inst.dtype)
+    neg = (each * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B,)
+    return torch.where(positive, pos, neg).sum()

@@ -20,6 +20,7 @@ Method = Literal["ips", "dbps", "abmil", "mean"]
 #: methods that stream a slide through a scan and keep M tiles; the others take all tiles
 SCAN_METHODS = ("ips", "dbps")
 Mode = Literal["pixels", "features"]
+FeatureNorm = Literal["standard", "layer", "layer-batch"]
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
@@ -85,6 +86,14 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the encoder")
     features_dir: str = opt("", "Features-mode cache", shown="<tile out>/features/<encoder>")
     embed_batch: int = opt(256, "Tiles per chunk when computing the feature cache")
+    # Features mode: how tile features are normalised before the projection. "layer-batch"
+    # = per-tile LayerNorm, and BatchNorm after the projection; "layer" = LayerNorm only;
+    # "standard" = per-feature standardisation with the training tiles' statistics
+    # (computed once at the start of a run, saved in its checkpoints). Measured on two
+    # real-texture cohorts in benchmarks/RESULTS.md (issue 12).
+    feature_norm: FeatureNorm = opt(
+        "layer-batch", "Features mode: layer-batch | layer | standard (README: Features mode)"
+    )
     # ---- aggregator ---------------------------------------------------------------------
     dim: int = opt(512, "Aggregator width D")
     heads: int = opt(8, "Attention heads H")
@@ -93,6 +102,11 @@ class TrainConfig:
     abmil_dim: int = opt(128, "ABMIL attention width L")
     dropout: float = opt(0.1, "Dropout")
     attn_dropout: float = opt(0.1, "Attention dropout")
+    # MIL constraints on each selected tile's logit from a linear instance head (binary
+    # labels, the first class negative): a negative slide's tiles all negative, a positive
+    # slide's top tile positive (wsipipe.models.mil.instance_mil_loss); this weight x that
+    # loss is added to the slide loss. 0 = off (the papers' recipes).
+    instance_loss: float = opt(0.0, "Weight of the tile-level MIL loss (binary labels; 0 = off)")
     # ---- optimisation -------------------------------------------------------------------
     batch_size: int = opt(16, "Slides per optimiser step")
     micro_batch: int = opt(0, "Slides per gradient pass, accumulated (0 = the whole batch)")
@@ -144,6 +158,7 @@ class TrainConfig:
             "grad_clip": self.grad_clip,
             "warmup_epochs": self.warmup_epochs,
             "freeze_stages": self.freeze_stages,
+            "instance_loss": self.instance_loss,
         }
         for name, number in non_negative.items():
             if number < 0:
@@ -234,7 +249,20 @@ def load_train_config(
 ) -> TrainConfig:
     """Defaults <- preset/YAML ``config`` <- ``overrides`` (None values ignored)."""
     data = resolve_config_source(config)
+    if "_classes" in data:  # a run's saved config.yaml (resume)
+        data = saved_run_fields(data)
     # A saved run config carries bookkeeping keys next to the fields; drop those.
     data = {k: v for k, v in data.items() if not str(k).startswith("_")}
     source = str(config) if config else "train config"
     return build_config(TrainConfig, data, overrides or {}, source=source)
+
+
+def saved_run_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config (config.yaml, a checkpoint's) as fields of this version: the
+    bookkeeping ``_`` keys dropped, and fields added since filled with what the run used
+    (``feature_norm``: runs saved before it had LayerNorm + BatchNorm; ``instance_loss``:
+    none)."""
+    out = {k: v for k, v in saved.items() if not str(k).startswith("_")}
+    out.setdefault("feature_norm", "layer-batch")
+    out.setdefault("instance_loss", 0.0)
+    return out

@@ -32,7 +32,7 @@ from wsipipe.config import build_config
 from wsipipe.errors import ConfigError
 from wsipipe.store import SlideSource
 from wsipipe.train.checkpoint import load_checkpoint, load_weights
-from wsipipe.train.config import SCAN_METHODS, TrainConfig
+from wsipipe.train.config import SCAN_METHODS, TrainConfig, saved_run_fields
 from wsipipe.train.data import ChunkPipeline, ChunkStream, check_tile_sizes
 from wsipipe.train.distributed import (
     DistInfo,
@@ -129,7 +129,7 @@ def load_model(
         raise ConfigError("--checkpoint is not set; pass a run's checkpoints/best.pt")
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    saved = {k: v for k, v in ckpt["config"].items() if not str(k).startswith("_")}
+    saved = saved_run_fields(ckpt["config"])
     runtime = {"device": device, "precision": precision, "I": chunk or None, **(overrides or {})}
     cfg = build_config(TrainConfig, saved, runtime, source=str(path))
     classes = tuple(str(c) for c in ckpt["classes"])

@@ -35,6 +35,7 @@ from wsipipe import __version__
 from wsipipe.config import config_to_dict, save_config
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write_text, remove_stale_temps
+from wsipipe.models.mil import instance_mil_loss
 from wsipipe.train.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -206,6 +207,8 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
               scaler, st, labels, ddp=model)  # fmt: skip
     if resume:
         run.load(last)
+    if run.epoch == 0 and run.step == 0 and cfg.mode == "features":
+        standardise(run)  # before DDP wraps the model: it broadcasts rank 0's moments
     if run.epoch == 0 and run.step == 0 and cfg.bn_calibrated:
         calibrate(run, 0)  # before DDP wraps the model: it broadcasts rank 0's statistics
     if cfg.compile:
@@ -243,6 +246,36 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Path:
             "continue it or choose another --out"
         )
     return last
+
+
+#: features read per training slide to estimate the standardisation moments
+MOMENT_TILES_PER_SLIDE = 1024
+
+
+def standardise(run: Run) -> None:
+    """Features mode, ``feature_norm: standard``: the encoder's per-feature mean and
+    standard deviation from the training slides' tiles (up to MOMENT_TILES_PER_SLIDE evenly
+    spaced tiles of each; validation slides are not looked at), identical on every rank."""
+    from wsipipe.models import FeatureEncoder
+    from wsipipe.models.encoders import feature_moments
+
+    enc = run.model.encoder
+    if not isinstance(enc, FeatureEncoder) or not enc.standardises:
+        return
+
+    def chunks() -> Iterator[Tensor]:
+        for pos in run.cohort.train:
+            n = run.pipeline.sources[pos].n_tiles
+            take = np.unique(np.linspace(0, n - 1, min(n, MOMENT_TILES_PER_SLIDE)).astype(int))
+            yield run.pipeline.fetch(pos, take).result()
+
+    mean, std = feature_moments(chunks())
+    enc.set_moments(mean.to(run.device), std.to(run.device))
+    if run.dist.enabled:
+        import torch.distributed as tdist
+
+        for buf in (enc.mean, enc.std):
+            tdist.broadcast(buf, src=0)
 
 
 def calibrate(run: Run, epoch: int) -> None:
@@ -371,8 +404,16 @@ def optimizer_step(
         last = gi == len(groups) - 1
         sync = contextlib.nullcontext() if last or not run.dist.enabled else run.ddp.no_sync()  # type: ignore[operator]
         with sync:
-            logits = run.ddp(x, mask, aux, aux_mask, amp_dtype=run.st.amp_dtype)  # (b, C)
-            loss = F.cross_entropy(logits, y, reduction="sum") / len(batch)
+            if cfg.instance_loss > 0:  # and the MIL constraints on the tiles' logits (b, M)
+                logits, inst = run.ddp(x, mask, aux, aux_mask, amp_dtype=run.st.amp_dtype,
+                                       with_instances=True)  # fmt: skip
+                real = torch.ones_like(inst, dtype=torch.bool) if mask is None else mask
+                slide_loss = F.cross_entropy(logits, y, reduction="sum")
+                tile_loss = instance_mil_loss(inst, real.to(inst.device), y > 0)
+                loss = (slide_loss + cfg.instance_loss * tile_loss) / len(batch)
+            else:
+                logits = run.ddp(x, mask, aux, aux_mask, amp_dtype=run.st.amp_dtype)  # (b, C)
+                loss = F.cross_entropy(logits, y, reduction="sum") / len(batch)
             (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         loss_sum += float(loss.detach()) * len(batch)
         correct += float((logits.detach().argmax(dim=1) == y).sum())

@@ -24,10 +24,13 @@ TASK = "label"
 class SlideModel(nn.Module):
     """encoder: (k, 3, H, W) uint8 | (k, F) -> (k, D); aggregator: (B, M, D) -> logits."""
 
-    def __init__(self, encoder: nn.Module, aggregator: nn.Module) -> None:
+    def __init__(
+        self, encoder: nn.Module, aggregator: nn.Module, instance_head: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.aggregator = aggregator
+        self.instance_head = instance_head  # (k, D) -> (k, 1) tile logits (instance_loss)
 
     def forward(
         self,
@@ -36,14 +39,19 @@ class SlideModel(nn.Module):
         aux_emb: Tensor | None = None,
         aux_mask: Tensor | None = None,
         amp_dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        """tiles (B, M, 3, H, W) | (B, M, F), mask (B, M) -> class logits (B, C) float32."""
+        with_instances: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """tiles (B, M, 3, H, W) | (B, M, F), mask (B, M) -> class logits (B, C) float32;
+        ``with_instances``: and the instance head's tile logits (B, M)."""
         from wsipipe.models import gradient_pass
+        from wsipipe.models.batch import INSTANCE
 
-        out = gradient_pass(
-            self.encoder, self.aggregator, tiles, mask, aux_emb, aux_mask, amp_dtype=amp_dtype
-        )
-        return out[TASK]
+        head = self.instance_head if with_instances else None
+        if with_instances and head is None:
+            raise ValueError("with_instances: this model has no instance head")
+        out = gradient_pass(self.encoder, self.aggregator, tiles, mask, aux_emb, aux_mask,
+                            amp_dtype=amp_dtype, instance_head=head)  # fmt: skip
+        return (out[TASK], out[INSTANCE]) if with_instances else out[TASK]
 
 
 def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> SlideModel:
@@ -56,7 +64,7 @@ def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> Slide
     if cfg.mode == "features":
         if feature_dim < 1:
             raise ConfigError("features mode: feature width unknown; run the embed step first")
-        encoder = FeatureEncoder(feature_dim, cfg.dim)
+        encoder = FeatureEncoder(feature_dim, cfg.dim, cfg.feature_norm)
     else:
         from wsipipe.encoders import create_encoder
 
@@ -85,7 +93,13 @@ def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> Slide
             tasks=(TaskSpec(TASK, n_classes),),
         )
         aggregator = CrossAttentionAggregator(agg_cfg)
-    return SlideModel(encoder, aggregator)
+    if cfg.instance_loss > 0 and n_classes != 2:
+        raise ConfigError(
+            f"instance_loss={cfg.instance_loss:g} needs two classes (negative first), got "
+            f"{n_classes}; set --instance-loss 0 for multi-class labels"
+        )
+    head = nn.Linear(cfg.dim, 1) if cfg.instance_loss > 0 else None
+    return SlideModel(encoder, aggregator, head)
 
 
 def freeze_batchnorm(module: nn.Module) -> int:

@@ -31,7 +31,9 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    now = config_to_dict(cfg)
+    from wsipipe.train.config import saved_run_fields
+
+    saved, now = saved_run_fields(saved), config_to_dict(cfg)
     diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
