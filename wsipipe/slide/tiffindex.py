@@ -22,6 +22,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from wsipipe.slide.backends import one_line
 from wsipipe.slide.dctscale import decode_reduced
 from wsipipe.slide.jpeg import (
     PHOTOMETRIC_RGB,
@@ -102,11 +103,6 @@ def truncation_problem(path: Path) -> str | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
-
-
 @dataclass(frozen=True, eq=False)
 class LevelIndex:
     """Tile table of one TIFF page holding a pyramid level (level px, row-major tiles)."""
@@ -148,7 +144,7 @@ def level_index(
                 return None, f"no tiled TIFF page of {width}x{height}"
             return _index_page(tif, page_no, page)
     except Exception as exc:  # the fast path is optional: any trouble means "use the backend"
-        return None, f"TIFF unreadable by tifffile ({_one_line(exc)})"
+        return None, f"TIFF unreadable by tifffile ({one_line(exc)})"
 
 
 def _find_page(tif: tifffile.TiffFile, width: int, height: int) -> tuple[int, Any]:
