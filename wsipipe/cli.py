@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -182,13 +183,15 @@ def tile(
         def advance(o: Any) -> None:
             progress.update(task, advance=1, description=f"{o.slide_id}: {o.state}")
 
+        started = time.time()
         outcomes = tile_slides(specs, cfg, out_dir, workers, threads, overwrite, advance)
-    _print_outcomes(outcomes, out_dir)
+    _print_outcomes(outcomes, out_dir, started)
     if any(o.state == "failed" for o in outcomes):
         raise typer.Exit(1)
 
 
-def _print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
+def _print_outcomes(outcomes: list[Any], out_dir: Path, started: float) -> None:
+    from wsipipe.jobs import summary_note
     from wsipipe.report import counts_line, long_reasons, reason_cell, state_cell
 
     table = Table(title=f"wsipipe tile -> {out_dir}")
@@ -202,7 +205,7 @@ def _print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
     out.print(table)
     for line in long_reasons(outcomes):
         out.print(line, markup=False, highlight=False)
-    out.print(f"{counts_line(outcomes)}; summary: {out_dir / 'summary.csv'}")
+    out.print(f"{counts_line(outcomes)}; {summary_note(out_dir / 'summary.csv', started)}")
 
 
 # ---- train / predict (registered when the training stage is installed) --------------------

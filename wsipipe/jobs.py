@@ -414,5 +414,20 @@ def write_summary(
     return path
 
 
+def summary_note(path: Path, since: float) -> str:
+    """``summary: <path>`` when ``path`` was written at or after ``since`` (time.time()),
+    else a note that this run could not write it (write_summary warned why); a summary left
+    by an earlier run is not passed off as this one's."""
+    try:
+        fresh = path.stat().st_mtime >= since - 1.0  # 1 s: coarse file-system clocks
+    except OSError:
+        fresh = False
+    return (
+        f"summary: {path}"
+        if fresh
+        else f"summary: not written ({path.name}: see the warning above)"
+    )
+
+
 def _scalar(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool)) and not (isinstance(v, str) and "\n" in v)

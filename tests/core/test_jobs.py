@@ -233,3 +233,21 @@ def test_run_removes_dead_runs_temps_and_keeps_live_ones(tmp_path):
     outcomes = run_jobs(JobRunner(tmp_path, "tile", "h1"), [Job("s1")], good_work)
     assert [o.state for o in outcomes] == ["done"]
     assert {n for n, p in planted.items() if p.exists()} == {"live_job", "live_status"}
+
+
+def test_summary_note_names_only_a_summary_this_run_wrote(tmp_path: Path) -> None:
+    """The CLIs' last line points at summary.csv only when this run wrote it: a full disk
+    leaves an earlier run's file in place, which must not pass for this run's."""
+    import time
+
+    from wsipipe.jobs import summary_note
+
+    path = tmp_path / "summary.csv"
+    started = time.time()
+    assert (
+        summary_note(path, started) == "summary: not written (summary.csv: see the warning above)"
+    )
+    path.write_text("slide_id,state\n")
+    assert summary_note(path, started) == f"summary: {path}"
+    os.utime(path, (started - 3600, started - 3600))  # an earlier run's summary
+    assert summary_note(path, started).startswith("summary: not written")

@@ -61,6 +61,8 @@ def test_full_disk_fails_each_slide_in_one_line(tmp_path, slides, fmt, free):
         if (out / "summary.csv").exists():  # written when there was room for it
             rows = list(csv.DictReader((out / "summary.csv").open()))
             assert [r["state"] for r in rows] == ["failed"] * 3
+        else:  # the last line does not point at a file that is not there
+            assert "summary: not written" in res.stdout, res.stdout
         (disk / "filler").unlink()  # space freed: the same command now completes
         res = tile(slides, out, fmt)
         assert res.returncode == 0 and "3 done, 0 skipped, 0 failed" in res.stdout, res.stdout

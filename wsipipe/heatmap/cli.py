@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,19 +41,21 @@ def heatmap_command(
         def advance(o: Any) -> None:
             progress.update(task, advance=1, description=f"{o.slide_id}: {o.state}")
 
+        started = time.time()
         outcomes = run_heatmaps(cfg, overwrite, advance)
-    print_outcomes(outcomes, Path(cfg.out))
+    print_outcomes(outcomes, Path(cfg.out), started)
     if any(o.state == "failed" for o in outcomes):
         raise typer.Exit(1)
 
 
-def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
+def print_outcomes(outcomes: list[Any], out_dir: Path, started: float) -> None:
     """Summary table, then where the overlays and tables are."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
+    from wsipipe.jobs import summary_note
     from wsipipe.report import counts_line, long_reasons, reason_cell, state_cell
 
     con = Console()
@@ -97,5 +100,5 @@ def print_outcomes(outcomes: list[Any], out_dir: Path) -> None:
         )
     con.print(
         f"{counts_line(outcomes)}; predictions: {out_dir / 'predictions.csv'}; "
-        f"summary: {out_dir / 'summary.csv'}"
+        f"{summary_note(out_dir / 'summary.csv', started)}"
     )
