@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -166,6 +165,7 @@ def tile(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wsipipe.config import build_config, load_yaml
+    from wsipipe.jobs import file_state
     from wsipipe.tile import resolve_slides
     from wsipipe.tile.run import tile_slides
 
@@ -183,14 +183,14 @@ def tile(
         def advance(o: Any) -> None:
             progress.update(task, advance=1, description=f"{o.slide_id}: {o.state}")
 
-        started = time.time()
+        before = file_state(out_dir / "summary.csv")  # to tell whether this run rewrote it
         outcomes = tile_slides(specs, cfg, out_dir, workers, threads, overwrite, advance)
-    _print_outcomes(outcomes, out_dir, started)
+    _print_outcomes(outcomes, out_dir, before)
     if any(o.state == "failed" for o in outcomes):
         raise typer.Exit(1)
 
 
-def _print_outcomes(outcomes: list[Any], out_dir: Path, started: float) -> None:
+def _print_outcomes(outcomes: list[Any], out_dir: Path, before: tuple[int, int] | None) -> None:
     from wsipipe.jobs import summary_note
     from wsipipe.report import counts_line, long_reasons, reason_cell, state_cell
 
@@ -205,7 +205,7 @@ def _print_outcomes(outcomes: list[Any], out_dir: Path, started: float) -> None:
     out.print(table)
     for line in long_reasons(outcomes):
         out.print(line, markup=False, highlight=False)
-    out.print(f"{counts_line(outcomes)}; {summary_note(out_dir / 'summary.csv', started)}")
+    out.print(f"{counts_line(outcomes)}; {summary_note(out_dir / 'summary.csv', before)}")
 
 
 # ---- train / predict (registered when the training stage is installed) --------------------

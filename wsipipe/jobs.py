@@ -414,19 +414,24 @@ def write_summary(
     return path
 
 
-def summary_note(path: Path, since: float) -> str:
-    """``summary: <path>`` when ``path`` was written at or after ``since`` (time.time()),
-    else a note that this run could not write it (write_summary warned why); a summary left
-    by an earlier run is not passed off as this one's."""
+def file_state(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of ``path``, None when it does not exist: taken before and after
+    a run, it tells whether the run replaced the file (no clocks compared)."""
     try:
-        fresh = path.stat().st_mtime >= since - 1.0  # 1 s: coarse file-system clocks
+        st = path.stat()
     except OSError:
-        fresh = False
-    return (
-        f"summary: {path}"
-        if fresh
-        else f"summary: not written ({path.name}: see the warning above)"
-    )
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def summary_note(path: Path, before: tuple[int, int] | None) -> str:
+    """``summary: <path>`` when ``path`` changed since ``before`` (:func:`file_state` taken
+    before the run), else a note that this run could not write it (write_summary warned
+    why): a summary left by an earlier run is not passed off as this one's."""
+    now = file_state(path)
+    if now is not None and now != before:
+        return f"summary: {path}"
+    return f"summary: not written ({path.name}: see the warning above)"
 
 
 def _scalar(v: Any) -> bool:

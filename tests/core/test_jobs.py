@@ -237,17 +237,19 @@ def test_run_removes_dead_runs_temps_and_keeps_live_ones(tmp_path):
 
 def test_summary_note_names_only_a_summary_this_run_wrote(tmp_path: Path) -> None:
     """The CLIs' last line points at summary.csv only when this run wrote it: a full disk
-    leaves an earlier run's file in place, which must not pass for this run's."""
-    import time
-
-    from wsipipe.jobs import summary_note
+    leaves an earlier run's file in place, which must not pass for this run's. No clocks
+    are compared (an NFS server's may differ from the node's)."""
+    from wsipipe.fileio import atomic_write_text
+    from wsipipe.jobs import file_state, summary_note
 
     path = tmp_path / "summary.csv"
-    started = time.time()
-    assert (
-        summary_note(path, started) == "summary: not written (summary.csv: see the warning above)"
-    )
-    path.write_text("slide_id,state\n")
-    assert summary_note(path, started) == f"summary: {path}"
-    os.utime(path, (started - 3600, started - 3600))  # an earlier run's summary
-    assert summary_note(path, started).startswith("summary: not written")
+    missing = "summary: not written (summary.csv: see the warning above)"
+    assert file_state(path) is None
+    assert summary_note(path, None) == missing  # never written
+    atomic_write_text(path, "slide_id,state\n")
+    assert summary_note(path, None) == f"summary: {path}"  # written by this run
+    before = file_state(path)  # an earlier run's summary
+    assert summary_note(path, before) == missing  # this run could not replace it
+    os.utime(path, ns=(0, 0))  # even with a clock far in the past
+    atomic_write_text(path, "slide_id,state\n")
+    assert summary_note(path, before) == f"summary: {path}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +27,7 @@ def heatmap_command(
 
     from wsipipe.config import build_config, load_yaml
     from wsipipe.heatmap.run import run_heatmaps
+    from wsipipe.jobs import file_state
 
     yaml_data = load_yaml(config) if config else None
     cfg = build_config(HeatmapConfig, yaml_data, overrides, source=str(config or "options"))
@@ -41,14 +41,14 @@ def heatmap_command(
         def advance(o: Any) -> None:
             progress.update(task, advance=1, description=f"{o.slide_id}: {o.state}")
 
-        started = time.time()
+        before = file_state(Path(cfg.out) / "summary.csv")  # to tell whether this run rewrote it
         outcomes = run_heatmaps(cfg, overwrite, advance)
-    print_outcomes(outcomes, Path(cfg.out), started)
+    print_outcomes(outcomes, Path(cfg.out), before)
     if any(o.state == "failed" for o in outcomes):
         raise typer.Exit(1)
 
 
-def print_outcomes(outcomes: list[Any], out_dir: Path, started: float) -> None:
+def print_outcomes(outcomes: list[Any], out_dir: Path, before: tuple[int, int] | None) -> None:
     """Summary table, then where the overlays and tables are."""
     import json
 
@@ -100,5 +100,5 @@ def print_outcomes(outcomes: list[Any], out_dir: Path, started: float) -> None:
         )
     con.print(
         f"{counts_line(outcomes)}; predictions: {out_dir / 'predictions.csv'}; "
-        f"{summary_note(out_dir / 'summary.csv', started)}"
+        f"{summary_note(out_dir / 'summary.csv', before)}"
     )

@@ -404,16 +404,16 @@ def optimizer_step(
         last = gi == len(groups) - 1
         sync = contextlib.nullcontext() if last or not run.dist.enabled else run.ddp.no_sync()  # type: ignore[operator]
         with sync:
-            if cfg.instance_loss > 0:  # and the MIL constraints on the tiles' logits (b, M)
-                logits, inst = run.ddp(x, mask, aux, aux_mask, amp_dtype=run.st.amp_dtype,
-                                       with_instances=True)  # fmt: skip
+            # logits (b, C); with instance_loss also the selected tiles' logits (b, M)
+            out = run.ddp(x, mask, aux, aux_mask, amp_dtype=run.st.amp_dtype,
+                          with_instances=cfg.instance_loss > 0)  # fmt: skip
+            logits, inst = out if isinstance(out, tuple) else (out, None)
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            if inst is not None:  # the MIL constraints on the tiles (padding masked out)
                 real = torch.ones_like(inst, dtype=torch.bool) if mask is None else mask
-                slide_loss = F.cross_entropy(logits, y, reduction="sum")
                 tile_loss = instance_mil_loss(inst, real.to(inst.device), y > 0)
-                loss = (slide_loss + cfg.instance_loss * tile_loss) / len(batch)
-            else:
-                logits = run.ddp(x, mask, aux, aux_mask, amp_dtype=run.st.amp_dtype)  # (b, C)
-                loss = F.cross_entropy(logits, y, reduction="sum") / len(batch)
+                loss = loss + cfg.instance_loss * tile_loss
+            loss = loss / len(batch)
             (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         loss_sum += float(loss.detach()) * len(batch)
         correct += float((logits.detach().argmax(dim=1) == y).sum())
