@@ -2,7 +2,7 @@
 features of a cohort of REAL H&E texture, beside label-shuffled controls.
 
     python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--n-slides 64]
-        [--only IPS,ABMIL] [--set FIELD=VALUE ...]
+        [--cohort-seed 2] [--only IPS,ABMIL] [--set FIELD=VALUE ...]
 
 The cohort is generated (``wsipipe synth --texture real``: normal skin from the real Aperio
 slide CMU-1-Small-Region, squamous carcinoma foci from the real TCGA slide, CAMELYON-like
@@ -100,7 +100,8 @@ def evaluate(
 
 
 def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
-            only: str = "", extra: dict[str, Any] | None = None) -> list[Row]:  # fmt: skip
+            only: str = "", extra: dict[str, Any] | None = None,
+            cohort_seed: int = 2) -> list[Row]:  # fmt: skip
     import torch
 
     from wsipipe.train.config import load_train_config
@@ -108,7 +109,7 @@ def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    labels, tiles, annotations = build_cohort(root, n_slides)
+    labels, tiles, annotations = build_cohort(root, n_slides, cohort_seed)
     slides = held_out_slides(labels)
     rows = [Row(BENCH, f"real-texture cohort ({n_slides} slides, 256 px at 0.5 um/px)",
                 "generate + tile", time.perf_counter() - t0, "s")]  # fmt: skip
@@ -157,6 +158,7 @@ def main() -> None:
     ap.add_argument("--finetune", action="store_true", help="add end-to-end fine-tuning rows")
     ap.add_argument("--out", default="", help="work folder (kept; default: a temporary one)")
     ap.add_argument("--n-slides", type=int, default=64, help="cohort size (3/4 train)")
+    ap.add_argument("--cohort-seed", type=int, default=2, help="seed of the generated cohort")
     ap.add_argument("--only", default="", help="run names, comma-separated (IPS,ABMIL shuffled)")
     ap.add_argument(
         "--set",
@@ -174,10 +176,14 @@ def main() -> None:
             ap.error(f"--set {item!r}: write FIELD=VALUE, e.g. instance_loss=1")
         extra[field.strip()] = yaml.safe_load(value)
     if args.out:
-        rows = run_all(Path(args.out), seeds, args.finetune, args.n_slides, args.only, extra)
+        rows = run_all(
+            Path(args.out), seeds, args.finetune, args.n_slides, args.only, extra, args.cohort_seed
+        )
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_all(Path(tmp), seeds, args.finetune, args.n_slides, args.only, extra)
+            rows = run_all(
+                Path(tmp), seeds, args.finetune, args.n_slides, args.only, extra, args.cohort_seed
+            )
     print(format_table(rows))
 
 
