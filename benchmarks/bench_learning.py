@@ -121,7 +121,9 @@ def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
         if picked and name not in picked:
             continue
         for seed in seeds:
-            out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"
+            # --set values name the run folder: runs with other settings never reuse it
+            tag = "".join(f"-{k}={v}" for k, v in sorted((extra or {}).items()))
+            out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}{tag}-s{seed}"
             cfg = load_train_config("features-offline", {
                 "labels": str(labels), "stores": str(tiles), "out": str(out), "seed": seed,
                 "progress": False, "tensorboard": False, **overrides, **(extra or {})})  # fmt: skip

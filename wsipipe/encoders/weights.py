@@ -263,11 +263,11 @@ KeyMap = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
 
 
 def _effnet_lite(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    from wsipipe.encoders import effnet_lite0
+    from wsipipe.encoders import effnet_lite
 
-    if not effnet_lite0.is_reference_layout(state):
+    if not effnet_lite.is_reference_layout(state):
         return state  # already timm's layout
-    return effnet_lite0.map_reference_state(state, effnet_lite0.block_layout(model))
+    return effnet_lite.map_reference_state(state, effnet_lite.block_layout(model))
 
 
 def _hf_dinov2(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
@@ -284,9 +284,10 @@ def entry_weights_path(entry: EncoderEntry, weights: str | Path | None) -> Path:
     if weights is not None:
         return local_weights(entry.name, weights, entry.weight_files)
     if entry.weights_from == "package":
-        from wsipipe.encoders import effnet_lite0
+        from wsipipe.encoders import effnet_lite
 
-        return effnet_lite0.package_weights_path(entry.name)
+        assert entry.package is not None  # validated by the entry
+        return effnet_lite.package_weights_path(entry.name, entry.package)
     if entry.weights_from == "hub":
         assert entry.hub_repo is not None  # validated by the entry
         return hub_weights(entry.name, entry.hub_repo, entry.weight_files, entry.gated,

