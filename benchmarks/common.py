@@ -72,3 +72,21 @@ def replace_section(path: Path, heading: str, section: str) -> None:
     else:
         sections.append(new)
     path.write_text(head.rstrip() + "\n\n" + "\n".join(c.rstrip() + "\n" for c in sections))
+
+
+def timed_process(
+    cmd: list[str], cwd: Path | str, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """(wall s, CPU s of the process and its children) of one command; raises on failure
+    with the end of its output."""
+    import time
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu

@@ -140,3 +140,26 @@ def test_qc_of_a_real_pen_thumbnail(tmp_path: Path) -> None:
     assert np.all(out == PEN_COLOR, axis=-1).sum() > 20
     save_png(tmp_path / "qc.png", out)
     assert Image.open(tmp_path / "qc.png").size == (rgba.shape[1], rgba.shape[0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tile_outlines_are_each_square_drawn_one_by_one(seed: int) -> None:
+    """The vectorised outlines equal a per-tile drawing, tiles off the image included."""
+    from wsipipe.tile.qc import _tile_bounds, _tile_outlines
+
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(20, 200, 2))
+    tiles = rng.uniform(-30, max(h, w) + 30, (int(rng.integers(1, 120)), 2))
+    size = float(rng.uniform(0.5, 30))
+    want = np.zeros((h, w), dtype=bool)
+    for x0, y0, x1, y1 in zip(*_tile_bounds(tiles, size), strict=True):
+        xa, xb, ya, yb = max(x0, 0), min(x1, w - 1), max(y0, 0), min(y1, h - 1)
+        for y in (y0, y1):
+            if 0 <= y < h and xa <= xb:
+                want[y, xa : xb + 1] = True
+        for x in (x0, x1):
+            if 0 <= x < w and ya <= yb:
+                want[ya : yb + 1, x] = True
+    got = _tile_outlines(tiles, size, h, w)
+    assert got.any()
+    assert np.array_equal(got, want)

@@ -48,11 +48,13 @@ def tissue_fractions(
     """
     if coords.size == 0:
         return np.zeros(0, dtype=np.float32)
-    m = mask.astype(np.float64)
-    h, w = m.shape
-    # Summed-area table with a zero border: sat[i, j] = sum of m[:i, :j].
-    sat = np.zeros((h + 1, w + 1), dtype=np.float64)
-    sat[1:, 1:] = m.cumsum(0).cumsum(1)
+    h, w = mask.shape
+    # Summed-area table with a zero border: sat[i, j] = sum of mask[:i, :j]; integer counts
+    # (exact, as float64 sums of 0/1 are, at half the memory traffic of float64)
+    acc = np.int32 if h * w < 2**31 else np.int64
+    sat = np.zeros((h + 1, w + 1), dtype=acc)
+    np.cumsum(mask.astype(bool, copy=False), axis=0, dtype=acc, out=sat[1:, 1:])
+    np.cumsum(sat[1:, 1:], axis=1, out=sat[1:, 1:])
 
     x0 = coords[:, 0] / mask_downsample
     y0 = coords[:, 1] / mask_downsample

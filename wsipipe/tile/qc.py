@@ -128,26 +128,31 @@ def _tile_outlines(tiles: np.ndarray, size: float, h: int, w: int) -> np.ndarray
     """Bool (H, W): 1 px outline of each square [x, x + size) x [y, y + size), rounded to
     whole pixels and clipped to the image."""
     x0, y0, x1, y1 = _tile_bounds(tiles, size)
-    lines = np.zeros((h + 1, w + 1), dtype=np.int32)  # difference arrays, one per direction
-    cols = np.zeros((h + 1, w + 1), dtype=np.int32)
     out = np.zeros((h, w), dtype=bool)
-
-    # Horizontal edges (rows y0 and y1, columns x0..x1): +1/-1 along each row, cumsum on x.
-    for y in (y0, y1):
-        ok = (y >= 0) & (y < h) & (x1 >= 0) & (x0 < w)
-        ys, xa, xb = y[ok], np.clip(x0[ok], 0, w), np.clip(x1[ok] + 1, 0, w)
-        np.add.at(lines, (ys, xa), 1)
-        np.add.at(lines, (ys, xb), -1)
-    out |= np.cumsum(lines, axis=1)[:h, :w] > 0
-
-    # Vertical edges (columns x0 and x1, rows y0..y1): cumsum on y.
-    for x in (x0, x1):
-        ok = (x >= 0) & (x < w) & (y1 >= 0) & (y0 < h)
-        xs, ya, yb = x[ok], np.clip(y0[ok], 0, h), np.clip(y1[ok] + 1, 0, h)
-        np.add.at(cols, (ya, xs), 1)
-        np.add.at(cols, (yb, xs), -1)
-    out |= np.cumsum(cols, axis=0)[:h, :w] > 0
+    rows, seg = _edge_lines(y0, y1, x0, x1, h, w)  # horizontal edges: rows y0, y1
+    out[rows] |= seg
+    cols, seg = _edge_lines(x0, x1, y0, y1, w, h)  # vertical edges: columns x0, x1
+    out[:, cols] |= seg.T
     return out
+
+
+def _edge_lines(
+    e0: np.ndarray, e1: np.ndarray, s0: np.ndarray, s1: np.ndarray, n: int, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lines (rows, or columns when called transposed) e0 and e1 of each tile, each
+    covering s0..s1 inclusive, clipped to ``n`` lines of ``length`` px: (line numbers (k,),
+    bool (k, length)). A difference array (+1 at s0, -1 after s1) prefix-summed only over the
+    lines that hold an edge: a tile lattice has ~2 per tile row, few of the image's lines."""
+    inside = (s1 >= 0) & (s0 < length)
+    ok0, ok1 = inside & (e0 >= 0) & (e0 < n), inside & (e1 >= 0) & (e1 < n)
+    at_line = np.concatenate([e0[ok0], e1[ok1]])
+    start = np.clip(np.concatenate([s0[ok0], s0[ok1]]), 0, length)
+    stop = np.clip(np.concatenate([s1[ok0], s1[ok1]]) + 1, 0, length)
+    lines, row = np.unique(at_line, return_inverse=True)
+    diff = np.zeros((lines.size, length + 1), dtype=np.int32)
+    np.add.at(diff, (row, start), 1)
+    np.add.at(diff, (row, stop), -1)
+    return lines, np.cumsum(diff, axis=1)[:, :length] > 0
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
