@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -84,6 +85,59 @@ def test_scan_independent_of_chunk_size_h1(n: int, i1: int, i2: int, seed: int) 
     assert torch.equal(a.aux_indices, b.aux_indices)
     assert a.aux_scores is not None and b.aux_scores is not None
     assert torch.allclose(a.aux_scores, b.aux_scores, atol=1e-6)
+
+
+def _reference_scan(
+    enc: torch.nn.Module, agg: torch.nn.Module, x: torch.Tensor, sizes: list[int], m: int, s: int
+) -> tuple[list[int], list[int], torch.Tensor]:
+    """The BRIEF's DBPS written out row by row (lists, no buffers): after every chunk, rank the
+    memory plus the chunk by softmax over those candidates (mean over tokens and heads), keep
+    the top m; the rest, after the auxiliary buffer, ranked over that merged set: keep the top
+    s. Final orders: each buffer re-ranked over itself. -> (selected, auxiliary, aux emb)."""
+    logits = one_shot_logits(enc, agg, x)  # (N, T, H): a tile's logits do not depend on chunks
+    with torch.no_grad():
+        emb = enc(x)
+
+    def ranked(rows: list[int]) -> list[int]:
+        sc = torch.softmax(logits[rows], dim=0).mean(dim=(1, 2))
+        return [rows[j] for j in torch.argsort(sc, descending=True, stable=True).tolist()]
+
+    mem: list[int] = []
+    aux: list[int] = []
+    start = 0
+    for k in sizes:
+        mem += list(range(start, start + k))
+        start += k
+        if len(mem) > m:
+            order = ranked(mem)
+            mem, rest = order[:m], order[m:]
+            aux = ranked(aux + rest)[:s]
+    mem, aux = ranked(mem), ranked(aux) if aux else []
+    return mem, aux, emb[aux]
+
+
+@SETTINGS
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=12),
+    m=st.integers(1, 20),
+    s=st.integers(0, 30),
+    heads=st.sampled_from([2, 4]),
+    seed=st.integers(0, 10**6),
+)
+def test_dbps_multi_head_follows_the_reference_algorithm(
+    sizes: list[int], m: int, s: int, heads: int, seed: int
+) -> None:
+    """H > 1, chunks of varying size: the scans' buffers are exactly the reference's."""
+    enc, agg = tiny_feature_encoder(F), tiny_aggregator(heads=heads, n_token=2)
+    x = _features(sum(sizes), seed)
+    bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    chunks = [(torch.arange(a, b), x[a:b]) for a, b in itertools.pairwise(bounds)]
+    mem, aux, aux_emb = _reference_scan(enc, agg, x, sizes, m, s)
+    res = dbps_scan(enc, agg, iter(chunks), M=m, S=s)
+    assert res.indices.tolist() == mem
+    assert res.aux_indices is not None and res.aux_indices.tolist() == aux
+    assert res.aux_emb is not None and torch.allclose(res.aux_emb, aux_emb, atol=1e-5)
+    assert torch.equal(ips_scan(enc, agg, iter(chunks), M=m).indices, res.indices)
 
 
 def test_h8_overlap_is_reported(record_property: Callable[[str, object], None]) -> None:

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from wsipipe.models._scan import (
     Chunk,
-    candidate_scores,
     check_sizes,
     chunk_logits,
     device_chunks,
@@ -74,73 +73,81 @@ class ScanResult:
         return 0 if self.aux_indices is None else int(self.aux_indices.shape[0])
 
 
-def _rank(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """logits (c, T, H) -> (order (c,) by score desc, stable; scores (c,) in that order)."""
-    sc = candidate_scores(logits)
-    sc, order = torch.sort(sc, descending=True, stable=True)
-    return order, sc
+class _Buffer:
+    """Candidate rows in columns: ``ids`` (r, m) int64 (row 0 tile indices; row 1 the pool
+    slots of their embeddings, DBPS only) and ``lg`` (T*H, m) float32 cached raw logits.
 
+    Columns, not rows: the per-chunk ranking is a softmax over candidates, which along a
+    contiguous dimension costs a fraction of the same softmax across rows of (m, T, H).
+    """
 
-# A buffer is a tuple of row-aligned tensors: (tile indices (m,), logits (m, T, H)) and, when
-# its embeddings are needed later (DBPS with S > 0), embeddings (m, D) as a third member.
-Buffer = tuple[Tensor, ...]
+    __slots__ = ("ids", "lg")
 
+    def __init__(self, ids: Tensor, lg: Tensor) -> None:
+        self.ids, self.lg = ids, lg
 
-def _cat(a: Buffer | None, b: Buffer) -> Buffer:
-    return b if a is None else tuple(torch.cat([x, y]) for x, y in zip(a, b, strict=True))
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[1])
 
+    def cat(self, other: _Buffer | None) -> _Buffer:
+        if other is None:
+            return self
+        return _Buffer(torch.cat([self.ids, other.ids], 1), torch.cat([self.lg, other.lg], 1))
 
-def _take(buf: Buffer, rows: Tensor) -> Buffer:
-    return tuple(x[rows] for x in buf)
+    def take(self, cols: Tensor) -> _Buffer:
+        return _Buffer(self.ids.index_select(1, cols), self.lg.index_select(1, cols))
+
+    def rank(self) -> tuple[Tensor, Tensor]:
+        """(order (m,) by score desc, stable; scores (m,) in that order): softmax over the
+        m candidates of each token and head, mean over tokens and heads."""
+        sc = torch.softmax(self.lg, dim=1).mean(dim=0)
+        sc, order = torch.sort(sc, descending=True, stable=True)
+        return order, sc
+
+    def logits(self, t: int, h: int) -> Tensor:
+        """(m, T, H), contiguous."""
+        return self.lg.t().reshape(-1, t, h)
 
 
 class _EmbeddingPool:
-    """DBPS embeddings in fixed slots, so that re-ranking moves only indices and logits,
-    never (m, D) rows. A new chunk's rows enter the buffers as "pending" slots (-1 - row);
-    after its ranking only the rows that survived (kept in the top M or taken into the top
-    S) are copied into free slots, once. At most M + S slots are ever live."""
+    """DBPS embeddings in fixed slots, so that re-ranking moves only indices, logits and slot
+    numbers, never (m, D) rows. A chunk's rows enter the buffers with provisional slots
+    ``capacity + row``; after its ranking only the rows that survived (kept in the top M or
+    taken into the top S) are copied into the slots the dropped rows gave back, once.
+    At most M + S slots are ever live."""
 
     def __init__(self, M: int, S: int) -> None:
         self.capacity = M + S
         self.emb: Tensor | None = None  # (M + S, D)
+        self.free: Tensor | None = None  # (f,) int64 slots no buffer holds
 
-    @staticmethod
-    def pending(k: int, device: torch.device) -> Tensor:
-        return -1 - torch.arange(k, device=device)
-
-    def settle(self, emb: Tensor, *bufs: Buffer | None) -> tuple[Buffer | None, ...]:
-        """Copy the surviving rows of the current chunk's ``emb`` (k, D) into free slots;
-        return ``bufs`` with their pending slot numbers replaced."""
+    def provisional(self, emb: Tensor) -> Tensor:
+        """The provisional slots (k,) of a new chunk's embeddings ``emb`` (k, D)."""
         if self.emb is None:
             self.emb = emb.new_empty((self.capacity, emb.shape[1]))
-        slot_cols = [b[2] for b in bufs if b is not None]
-        if not slot_cols:
-            return bufs
-        slots = torch.cat(slot_cols)
-        new = slots < 0
-        n_new = int(new.sum())
-        if n_new == 0:
-            return bufs
-        used = torch.zeros(self.capacity, dtype=torch.bool, device=emb.device)
-        used[slots[~new]] = True
-        free = torch.nonzero(~used).view(-1)[:n_new]
-        self.emb.index_copy_(0, free, emb[-1 - slots[new]])
-        slots = slots.clone()
-        slots[new] = free
-        out: list[Buffer | None] = []
-        at = 0
-        for b in bufs:
-            if b is None:
-                out.append(None)
-                continue
-            n = b[2].shape[0]
-            out.append((*b[:2], slots[at : at + n]))
-            at += n
-        return tuple(out)
+            self.free = torch.arange(self.capacity, device=emb.device)
+        return torch.arange(self.capacity, self.capacity + emb.shape[0], device=emb.device)
+
+    def release(self, slots: Tensor) -> None:
+        """Slots of dropped rows: pool slots become free, provisional ones are forgotten."""
+        assert self.free is not None
+        self.free = torch.cat([self.free, slots[slots < self.capacity]])
+
+    def settle(self, emb: Tensor, slots: Tensor) -> None:
+        """Copy the rows of the current chunk's ``emb`` (k, D) that ``slots`` (the buffers'
+        slot numbers, updated in place) still holds provisionally into free slots."""
+        assert self.emb is not None and self.free is not None
+        cols = torch.nonzero(slots >= self.capacity).view(-1)
+        n = cols.shape[0]
+        if n:
+            dest, self.free = self.free[:n], self.free[n:]
+            self.emb.index_copy_(0, dest, emb.index_select(0, slots[cols] - self.capacity))
+            slots.index_put_((cols,), dest)
 
     def rows(self, slots: Tensor) -> Tensor:
         assert self.emb is not None
-        return self.emb[slots]
+        return self.emb.index_select(0, slots)
 
 
 def _scan(
@@ -155,7 +162,7 @@ def _scan(
 ) -> ScanResult:
     """IPS scan (``S is None``) or DBPS scan (``S >= 0``); see the module docstring.
 
-    IPS keeps only tile indices and cached logits (M + I rows of T x H scalars): tiles are
+    IPS keeps only tile indices and cached logits (M + I columns of T x H scalars): tiles are
     re-read for the gradient pass, so no embedding is ever copied. DBPS also keeps the
     embeddings of the M + S buffered tiles and the current chunk (evicted salient tiles may
     become sub-salient ones), each written once into a slot pool (:class:`_EmbeddingPool`);
@@ -163,10 +170,10 @@ def _scan(
     """
     check_sizes(M, S or 0)
     dev = module_device(aggregator, device)
-    dbps = S is not None
+    t, h = aggregator.cfg.n_token, aggregator.cfg.heads
     pool = _EmbeddingPool(M, S) if S else None
-    mem: Buffer | None = None  # memory buffer, m <= M rows (m <= M + k while ranking)
-    aux: Buffer | None = None  # auxiliary buffer (DBPS), s <= S rows
+    mem: _Buffer | None = None  # memory buffer, m <= M columns (m <= M + k while ranking)
+    aux: _Buffer | None = None  # auxiliary buffer (DBPS), s <= S columns
     n_tiles = 0
     with eval_no_grad(encoder, aggregator):
         keys = scan_keys(aggregator, dev)  # (D, T, H), weights are constant during the scan
@@ -175,37 +182,48 @@ def _scan(
             lg = chunk_logits(keys, emb)  # (k, T, H)
             if on_chunk is not None:
                 on_chunk(idx, lg)
-            n_tiles += int(idx.shape[0])
-            new = (idx, lg) if pool is None else (idx, lg, pool.pending(idx.shape[0], dev))
-            mem = _cat(mem, new)  # M + k candidates
-            if mem[0].shape[0] > M:
-                order, _ = _rank(mem[1])  # softmax over the M + k candidates
+            k = int(idx.shape[0])
+            n_tiles += k
+            ids = idx.view(1, k) if pool is None else torch.stack([idx, pool.provisional(emb)])
+            new = _Buffer(ids, lg.view(k, t * h).t())
+            mem = new if mem is None else mem.cat(new)  # M + k candidates
+            if mem.n > M:
+                order, _ = mem.rank()  # softmax over the M + k candidates
                 if pool is not None:
                     # not kept (incl. evicted) merged with the aux buffer; top S of them by
-                    # their cached logits re-normalised over the merged set
-                    cand = _cat(aux, _take(mem, order[M:]))
-                    aux = _take(cand, _rank(cand[1])[0][:S])
-                mem = _take(mem, order[:M])
-            if pool is not None:
-                mem, aux = pool.settle(emb, mem, aux)
+                    # their cached logits re-normalised over the merged set; the rest dropped
+                    rest = mem.take(order[M:])
+                    cand = rest if aux is None else aux.cat(rest)
+                    c_order, _ = cand.rank()
+                    aux = cand.take(c_order[:S])
+                    pool.release(cand.ids[1].index_select(0, c_order[S:]))
+                mem = mem.take(order[:M])
+            if pool is not None:  # the chunk's surviving embeddings into the pool, once
+                m = mem.n
+                ids = mem.ids if aux is None else torch.cat([mem.ids, aux.ids], 1)  # a copy
+                pool.settle(emb, ids[1])
+                mem.ids = ids[:, :m]
+                if aux is not None:
+                    aux.ids = ids[:, m:]
 
-    d = aggregator.cfg.dim
     if mem is None:  # no tiles at all
         empty = torch.empty(0, dtype=torch.int64, device=dev)
-        t, h = aggregator.cfg.n_token, aggregator.cfg.heads
-        mem = (empty, torch.empty(0, t, h, device=dev), empty)
+        mem = _Buffer(empty.view(1, 0), torch.empty(t * h, 0, device=dev))
     # final order and scores: softmax over the selected set itself
-    order, scores = _rank(mem[1])
-    result = ScanResult(indices=mem[0][order], scores=scores, logits=mem[1][order], n_tiles=n_tiles)
-    if dbps:
+    order, scores = mem.rank()
+    mem = mem.take(order)
+    logits = mem.logits(t, h)
+    result = ScanResult(indices=mem.ids[0], scores=scores, logits=logits, n_tiles=n_tiles)
+    if S is not None:
         if aux is None or pool is None:  # N <= M or S == 0: no sub-salient entry at all
-            result.aux_indices, result.aux_logits = mem[0][:0], mem[1][:0]
-            result.aux_emb = torch.empty(0, d, device=dev)
+            result.aux_indices, result.aux_logits = result.indices[:0], logits[:0]
+            result.aux_emb = torch.empty(0, aggregator.cfg.dim, device=dev)
             result.aux_scores = torch.empty(0, device=dev)
         else:
-            a_order, a_scores = _rank(aux[1])
-            result.aux_indices, result.aux_logits = aux[0][a_order], aux[1][a_order]
-            result.aux_emb = pool.rows(aux[2][a_order])
+            a_order, a_scores = aux.rank()
+            aux = aux.take(a_order)
+            result.aux_indices, result.aux_logits = aux.ids[0], aux.logits(t, h)
+            result.aux_emb = pool.rows(aux.ids[1])
             result.aux_scores = a_scores
     return result
 
