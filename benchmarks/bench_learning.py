@@ -2,7 +2,7 @@
 features of a cohort of REAL H&E texture, beside label-shuffled controls.
 
     python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--n-slides 64]
-        [--cohort-seed 2] [--only IPS,ABMIL] [--set FIELD=VALUE ...]
+        [--cohort-seed 2] [--only IPS,ABMIL] [--set FIELD=VALUE ...] [--train-slides 24,48]
 
 The cohort is generated (``wsipipe synth --texture real``: normal skin from the real Aperio
 slide CMU-1-Small-Region, squamous carcinoma foci from the real TCGA slide, CAMELYON-like
@@ -33,7 +33,7 @@ from benchmarks.common import Row, format_table
 
 BENCH = "learning"
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
-RUNS = [  # (name, overrides, shuffled control)
+RUNS: list[tuple[str, dict[str, Any], bool]] = [  # (name, overrides, shuffled control)
     ("IPS", {"method": "ips"}, False),
     ("DBPS", {"method": "dbps"}, False),
     ("ABMIL", {"method": "abmil"}, False),
@@ -70,6 +70,34 @@ def build_cohort(root: Path, n_slides: int = 64, seed: int = 2) -> tuple[Path, P
     return cohort_dir / "labels.csv", tiles, cohort_dir / "annotations"
 
 
+def subsample_training(labels: Path, n: int, seed: int = 0) -> Path:
+    """A labels CSV beside ``labels`` whose train split keeps ``n`` of its slides, stratified
+    by label (each label's share kept) and nested (a smaller ``n`` keeps a subset of a larger
+    one's slides); the test split is unchanged, so that every size is scored on the same
+    held-out slides. The validation slides are carved from the ``n`` as usual."""
+    import csv
+    import random
+
+    rows = list(csv.DictReader(labels.open()))
+    train = [r for r in rows if r["split"] == "train"]
+    if not 2 <= n <= len(train):
+        raise ValueError(f"--train-slides {n}: the cohort has {len(train)} training slides")
+    keep: set[str] = set()
+    by_label: dict[str, list[str]] = {}
+    for r in train:
+        by_label.setdefault(r["label"], []).append(r["slide_id"])
+    rng = random.Random(seed)
+    for _, ids in sorted(by_label.items()):
+        rng.shuffle(ids)
+        keep.update(ids[: max(1, round(n * len(ids) / len(train)))])
+    out = labels.with_name(f"labels_train{n}.csv")
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["split"] != "train" or r["slide_id"] in keep)
+    return out
+
+
 def held_out_slides(labels: Path) -> list[str]:
     import csv
 
@@ -101,11 +129,8 @@ def evaluate(
 
 def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
             only: str = "", extra: dict[str, Any] | None = None,
-            cohort_seed: int = 2) -> list[Row]:  # fmt: skip
+            cohort_seed: int = 2, train_slides: list[int] | None = None) -> list[Row]:  # fmt: skip
     import torch
-
-    from wsipipe.train.config import load_train_config
-    from wsipipe.train.loop import train
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
@@ -117,32 +142,48 @@ def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
     if finetune:
         runs += [(n, o, False) for n, o in FINETUNE]
     picked = [r.strip() for r in only.split(",") if r.strip()]
-    for name, overrides, control in runs:
-        if picked and name not in picked:
-            continue
-        for seed in seeds:
-            # --set values name the run folder: runs with other settings never reuse it
-            tag = "".join(f"-{k}={v}" for k, v in sorted((extra or {}).items()))
-            out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}{tag}-s{seed}"
-            cfg = load_train_config("features-offline", {
-                "labels": str(labels), "stores": str(tiles), "out": str(out), "seed": seed,
-                "progress": False, "tensorboard": False, **overrides, **(extra or {})})  # fmt: skip
-            t1 = time.perf_counter()
-            if not (out / "checkpoints" / "best.pt").exists():
-                train(cfg)
-            secs = time.perf_counter() - t1
-            m = evaluate(out, labels, tiles, annotations, slides)
-            case = f"{name}, seed {seed}"
-            goal = "control: chance expected" if control else "goal >= 0.95"
-            rows += [
-                Row(BENCH, case, "test slide AUC", m["auc"], "", goal),
-                Row(BENCH, case, "test balanced accuracy", m["bacc"], ""),
-                Row(BENCH, case, "tile attention AUC (positive test slides)", m["tile_auc"], ""),
-                Row(BENCH, case, "top min(10, tumour tiles) in tumour", m["topk"], "",
-                    "control" if control else f"goal >= 0.8; {m['n_pos']} positive slides"),
-                Row(BENCH, case, "training time", secs, "s"),
-            ]  # fmt: skip
-            print(format_table(rows[-5:]), file=sys.stderr, flush=True)
+    for n_train in train_slides or [0]:  # 0: the cohort's whole train split
+        for name, overrides, control in runs:
+            if picked and name not in picked:
+                continue
+            rows += _runs(root, name, overrides, control, seeds, n_train, labels, tiles,
+                          annotations, slides, extra or {})  # fmt: skip
+    return rows
+
+
+def _runs(root: Path, name: str, overrides: dict[str, Any], control: bool, seeds: list[int],
+          n_train: int, labels: Path, tiles: Path, annotations: Path, slides: list[str],
+          extra: dict[str, Any]) -> list[Row]:  # fmt: skip
+    from wsipipe.train.config import load_train_config
+    from wsipipe.train.loop import train
+
+    rows: list[Row] = []
+    run_labels = subsample_training(labels, n_train) if n_train else labels
+    for seed in seeds:
+        # --set values (and --train-slides) name the run folder: runs with other settings
+        # never reuse it
+        tag = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
+        tag += f"-n{n_train}" if n_train else ""
+        out = root / "runs" / f"{name.replace(' ', '_').replace(',', '')}{tag}-s{seed}"
+        cfg = load_train_config("features-offline", {
+            "labels": str(run_labels), "stores": str(tiles), "out": str(out), "seed": seed,
+            "progress": False, "tensorboard": False, **overrides, **extra})  # fmt: skip
+        t1 = time.perf_counter()
+        if not (out / "checkpoints" / "best.pt").exists():
+            train(cfg)
+        secs = time.perf_counter() - t1
+        m = evaluate(out, labels, tiles, annotations, slides)
+        case = f"{name}, seed {seed}" + (f", {n_train} train-split slides" if n_train else "")
+        goal = "control: chance expected" if control else "goal >= 0.95"
+        rows += [
+            Row(BENCH, case, "test slide AUC", m["auc"], "", goal),
+            Row(BENCH, case, "test balanced accuracy", m["bacc"], ""),
+            Row(BENCH, case, "tile attention AUC (positive test slides)", m["tile_auc"], ""),
+            Row(BENCH, case, "top min(10, tumour tiles) in tumour", m["topk"], "",
+                "control" if control else f"goal >= 0.8; {m['n_pos']} positive slides"),
+            Row(BENCH, case, "training time", secs, "s"),
+        ]  # fmt: skip
+        print(format_table(rows[-5:]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -163,6 +204,12 @@ def main() -> None:
     ap.add_argument("--cohort-seed", type=int, default=2, help="seed of the generated cohort")
     ap.add_argument("--only", default="", help="run names, comma-separated (IPS,ABMIL shuffled)")
     ap.add_argument(
+        "--train-slides",
+        default="",
+        help="a learning curve: train-split sizes, comma-separated (stratified, nested subsets "
+        "of the cohort's train split; the same test slides), e.g. 24,48,96",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -171,6 +218,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    sizes = [int(n) for n in args.train_slides.split(",") if n.strip()]
     extra = {}
     for item in args.set:
         field, sep, value = item.partition("=")
@@ -179,12 +227,26 @@ def main() -> None:
         extra[field.strip()] = yaml.safe_load(value)
     if args.out:
         rows = run_all(
-            Path(args.out), seeds, args.finetune, args.n_slides, args.only, extra, args.cohort_seed
+            Path(args.out),
+            seeds,
+            args.finetune,
+            args.n_slides,
+            args.only,
+            extra,
+            args.cohort_seed,
+            sizes,
         )
     else:
         with tempfile.TemporaryDirectory() as tmp:
             rows = run_all(
-                Path(tmp), seeds, args.finetune, args.n_slides, args.only, extra, args.cohort_seed
+                Path(tmp),
+                seeds,
+                args.finetune,
+                args.n_slides,
+                args.only,
+                extra,
+                args.cohort_seed,
+                sizes,
             )
     print(format_table(rows))
 
