@@ -1,4 +1,4 @@
-"""ABMIL and mean pooling through the same loop, predict and heatmap as IPS/DBPS; a
+"""ABMIL, mean pooling and TransMIL through the same loop, predict and heatmap as IPS/DBPS; a
 validation split carved when the labels have none; K-fold cross-validation."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _cfg(cohort: tuple[Path, Path], out: Path, **kw: object):
         freeze_bn=True, **kw))  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["abmil", "mean"])
+@pytest.mark.parametrize("method", ["abmil", "mean", "transmil"])
 def test_baselines_learn_in_features_mode(cohort, tmp_path: Path, method: str) -> None:
     recs = train(_cfg(cohort, tmp_path / "run", method=method, epochs=6, lr=3e-3))
     assert recs[-1]["val_auc"] >= 0.9 and recs[-1]["val_loss"] < recs[0]["val_loss"]
@@ -71,6 +71,36 @@ def test_abmil_heatmap_scores_are_its_attention(cohort, tmp_path: Path) -> None:
     assert score.sum() == pytest.approx(1.0, abs=1e-6)
     np.testing.assert_allclose(score, want.numpy(), rtol=1e-3, atol=1e-6)  # CSV: 8 digits
     assert all(r["selected"] == "1" for r in rows)  # ABMIL looks at every tile
+
+
+def test_transmil_heatmap_scores_are_its_class_token_attention(cohort, tmp_path: Path) -> None:
+    """Per head, the softmax over the slide's tiles of the class token's last-layer logits,
+    averaged over heads: computed over the whole slide at once, as the model sees it."""
+    import torch
+
+    from wsipipe.config import build_config
+    from wsipipe.heatmap.config import HeatmapConfig
+    from wsipipe.heatmap.run import run_heatmaps
+    from wsipipe.store.features import open_features
+    from wsipipe.train.inference import load_model
+
+    train(_cfg(cohort, tmp_path / "run", method="transmil", epochs=2, I=16))  # chunks < slide
+    ck = tmp_path / "run" / "checkpoints" / "best.pt"
+    cfg = build_config(HeatmapConfig, None, {
+        "checkpoint": str(ck), "stores": str(cohort[1].parent), "out": str(tmp_path / "heat"),
+        "slides": ["s013"], "workers": 0, "pyramid": False, "device": "cpu",
+        "precision": "fp32"})  # fmt: skip
+    assert [o.state for o in run_heatmaps(cfg)] == ["done"]
+    rows = list(csv.DictReader((tmp_path / "heat" / "scores" / "s013.csv").open()))
+    score = np.array([float(r["score"]) for r in rows])
+    lm = load_model(ck, "cpu")
+    feats = torch.from_numpy(np.array(open_features(
+        next((cohort[1].parent / "features").rglob("s013.h5"))))).float()  # fmt: skip
+    with torch.no_grad():
+        logits = lm.model.aggregator.tile_logits(lm.model.encoder(feats))  # (N, 1, H)
+    want = torch.softmax(logits, dim=0).mean(dim=(1, 2))
+    assert logits.shape[2] > 1 and score.sum() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(score, want.numpy(), rtol=1e-3, atol=1e-6)
 
 
 def test_labels_without_val_split_carve_one(cohort, tmp_path: Path, capsys) -> None:

@@ -16,7 +16,7 @@ from wsipipe.cli_config import bad_value, opt
 from wsipipe.config import Precision, build_config, check_device, load_yaml
 from wsipipe.errors import ConfigError
 
-Method = Literal["ips", "dbps", "abmil", "mean"]
+Method = Literal["ips", "dbps", "abmil", "mean", "transmil"]
 #: methods that stream a slide through a scan and keep M tiles; the others take all tiles
 SCAN_METHODS = ("ips", "dbps")
 Mode = Literal["pixels", "features"]
@@ -50,7 +50,8 @@ class TrainConfig:
     # ---- method -------------------------------------------------------------------------
     method: Method = opt(
         "ips", "ips | dbps (memory-bounded tile selection) | abmil (gated attention MIL) | mean "
-        "(mean pooling); abmil and mean aggregate all tiles, in features mode"
+        "(mean pooling) | transmil (TransMIL); abmil, mean and transmil aggregate all tiles, "
+        "in features mode"
     )  # fmt: skip
     mode: Mode = opt("pixels", "pixels (end to end) | features (frozen `encoder` features, cached)")
     M: int = opt(32, "Memory buffer: tiles with gradients per slide", flag="--M")

@@ -273,22 +273,32 @@ def attention_pass(
     from wsipipe.models import AttentionStream, CrossAttentionAggregator
 
     stream = AttentionStream(n_tiles)
-    if not st.scans:  # ABMIL / mean pooling: every tile's own attention logit (k, 1, 1)
+    if not st.scans:  # ABMIL / mean pooling / TransMIL: each tile's attention logits
         from wsipipe.models._scan import device_chunks, encode, eval_no_grad
 
-        with eval_no_grad(model.encoder, model.aggregator):
+        agg = model.aggregator
+        tile_logits = cast(Callable[[Tensor], Tensor], agg.tile_logits)
+        whole = getattr(agg, "whole_slide_attention", False)  # logits need every tile at once
+        parts: list[tuple[Tensor, Tensor]] = []
+        with eval_no_grad(model.encoder, agg):
             for idx, tiles in device_chunks(chunks, st.device):
                 emb = encode(model.encoder, tiles, st.device, st.amp_dtype)  # (k, D)
-                stream.add(idx, model.aggregator.tile_logits(emb).float())  # type: ignore[operator]
+                if whole:
+                    parts.append((idx, emb))
+                else:  # ABMIL / mean pooling: a tile's own logit (k, 1, 1), chunk by chunk
+                    stream.add(idx, tile_logits(emb).float())
+            if parts:  # TransMIL: the slide's (N, D) embeddings at once, as in training
+                emb = torch.cat([e for _, e in parts])
+                stream.add(torch.cat([i for i, _ in parts]), tile_logits(emb).float())
         if stream.n_tiles == 0:
             raise ConfigError("the slide yielded no tiles; re-run `wsipipe tile`")
-        amap = stream.result(1, 1)
+        amap = stream.result(1, getattr(agg, "attention_heads", 1))
         return AttentionPass(amap, all_tiles(amap.indices.sort().values))
     result = scan_slide(model, chunks, st, on_chunk=stream.add)
     if stream.n_tiles == 0:
         raise ConfigError("the slide yielded no tiles; re-run `wsipipe tile`")
-    agg = cast(CrossAttentionAggregator, model.aggregator).cfg
-    return AttentionPass(stream.result(agg.n_token, agg.heads), result)
+    ca = cast(CrossAttentionAggregator, model.aggregator).cfg
+    return AttentionPass(stream.result(ca.n_token, ca.heads), result)
 
 
 # ---- predictions --------------------------------------------------------------------------

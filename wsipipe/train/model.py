@@ -56,7 +56,8 @@ class SlideModel(nn.Module):
 
 def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> SlideModel:
     """Encoder (a registry / timm backbone + projection to D, or the features encoder) and
-    the aggregator of ``cfg.method`` (cross-attention for IPS / DBPS, ABMIL, mean pooling)."""
+    the aggregator of ``cfg.method`` (cross-attention for IPS / DBPS, ABMIL, mean pooling,
+    TransMIL)."""
     from wsipipe.models import AggregatorConfig, CrossAttentionAggregator, FeatureEncoder, TaskSpec
     from wsipipe.models.mil import GatedAttentionMIL, MeanPoolMIL
 
@@ -82,6 +83,10 @@ def build_model(cfg: TrainConfig, n_classes: int, feature_dim: int = 0) -> Slide
         aggregator = GatedAttentionMIL(cfg.dim, n_classes, TASK, cfg.abmil_dim, cfg.dropout)
     elif cfg.method == "mean":
         aggregator = MeanPoolMIL(cfg.dim, n_classes, TASK, cfg.dropout)
+    elif cfg.method == "transmil":
+        from wsipipe.models.transmil import TransMIL
+
+        aggregator = TransMIL(cfg.dim, n_classes, TASK, cfg.heads, cfg.dropout)
     else:
         agg_cfg = AggregatorConfig(
             dim=cfg.dim,
