@@ -1,5 +1,5 @@
-"""Does wsipipe learn real tissue? IPS, DBPS, ABMIL and mean pooling on frozen pretrained
-features of a cohort of REAL H&E texture, beside label-shuffled controls.
+"""Does wsipipe learn real tissue? IPS, DBPS, ABMIL, mean pooling and TransMIL on frozen
+pretrained features of a cohort of REAL H&E texture, beside label-shuffled controls.
 
     python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--n-slides 64]
         [--cohort-seed 2] [--only IPS,ABMIL] [--set FIELD=VALUE ...] [--train-slides 24,48]
@@ -38,8 +38,10 @@ RUNS: list[tuple[str, dict[str, Any], bool]] = [  # (name, overrides, shuffled c
     ("DBPS", {"method": "dbps"}, False),
     ("ABMIL", {"method": "abmil"}, False),
     ("mean pooling", {"method": "mean"}, False),
+    ("TransMIL", {"method": "transmil"}, False),
     ("IPS shuffled", {"method": "ips", "shuffle_labels": True}, True),
     ("ABMIL shuffled", {"method": "abmil", "shuffle_labels": True}, True),
+    ("TransMIL shuffled", {"method": "transmil", "shuffle_labels": True}, True),
 ]
 FINETUNE = [  # end to end from the same pretrained weights (pixel mode, CPU budget)
     ("IPS fine-tuned", {"method": "ips", "mode": "pixels", "input_px": 128, "M": 8, "I": 32,
