@@ -101,3 +101,20 @@ def test_transmil_learns_a_one_tile_signal() -> None:
 def test_bad_widths_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="multiple of heads"):
         TransMIL(18, 2, "label", heads=4)
+
+
+def _attention_kernels(model: TransMIL, train: bool) -> set[str]:
+    from torch.profiler import profile
+
+    model.train(train)
+    with profile() as prof:
+        model(torch.randn(1, 30, 16))["label"].sum().backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_training_dropout_keeps_the_memory_light_attention_kernel() -> None:
+    """Dropout on the attention weights would send the CPU to the kernel that holds the
+    N x N matrix; training must use the same kernels as evaluation."""
+    model = TransMIL(16, 2, "label", heads=4, dropout=0.25)
+    kernels = _attention_kernels(model, train=True)
+    assert kernels and kernels == _attention_kernels(model, train=False)

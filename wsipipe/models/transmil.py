@@ -7,8 +7,10 @@ first s^2 - N of them, a class token is prepended, then: a self-attention layer;
 it: position information from the neighbourhood); a second self-attention layer; LayerNorm;
 a linear classifier on the class token.
 
-One choice differs from the paper: attention is exact (``scaled_dot_product_attention``,
-whose CPU and CUDA kernels need O(N) memory), not the Nystrom approximation.
+Two choices differ from the paper: attention is exact (``scaled_dot_product_attention``,
+whose CPU and CUDA kernels need O(N) memory), not the Nystrom approximation; and dropout
+acts on each attention layer's output, not on its attention weights (which would make the
+CPU kernel hold the N x N matrix).
 Like the other aggregators, :meth:`forward` returns ``{task: logits (B, C)}``;
 :meth:`tile_logits` gives the class token's attention logits (N, 1, H) in the last layer,
 whose softmax over the slide a heatmap shows. Because they depend on every tile of the
@@ -28,14 +30,19 @@ from wsipipe.models.mil import _check
 
 
 class _SelfAttention(nn.Module):
-    """Pre-norm multi-head self-attention with a residual: x + W_o attn(LN(x))."""
+    """Pre-norm multi-head self-attention with a residual: x + dropout(W_o attn(LN(x))).
+
+    The dropout acts on the output, not on the attention weights: with dropout on the
+    weights, the CPU kernel falls back to materialising the (n, n) attention matrix
+    (6 GB at n = 20k tiles and 4 heads)."""
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads = heads
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, d = x.shape  # -> 3 x (B, H, n, D / H)
@@ -44,9 +51,8 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self._qkv(x)
-        p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, n, D / H)
-        return x + self.out(a.transpose(1, 2).flatten(2))
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, H, n, D / H), O(n) memory
+        return x + self.drop(self.out(a.transpose(1, 2).flatten(2)))
 
     def first_query_logits(self, x: Tensor) -> Tensor:
         """x (1, n, D) -> logits (n, H) of token 0's attention over the n tokens."""
