@@ -1,6 +1,6 @@
 """CUDA paths of the scans (``-m gpu``; skipped without a CUDA device): bf16 autocast in the
 IPS / DBPS scans, and the side-stream host-to-device copy that overlaps the next chunk's
-transfer with the current chunk's compute (``device_chunks``)."""
+transfer with the current chunk's compute (``device_chunks``); TransMIL's attention on CUDA."""
 
 from __future__ import annotations
 
@@ -105,3 +105,26 @@ def test_device_chunks_copies_the_next_chunk_while_this_one_computes() -> None:
         assert torch.equal(tiles.cpu(), src[i][1])  # intact: no reuse of its memory
         del churn
     assert pulled == list(range(len(src)))
+
+
+def test_transmil_on_cuda_matches_the_cpu() -> None:
+    """TransMIL's exact attention on CUDA (its own memory-efficient kernels, train mode with
+    dropout): finite gradients, and in eval mode the CPU's logits and tile attention."""
+    from wsipipe.models.transmil import TransMIL
+
+    torch.manual_seed(0)
+    cpu = TransMIL(32, 2, "label", heads=4, dropout=0.25)
+    gpu = TransMIL(32, 2, "label", heads=4, dropout=0.25).to(CUDA)
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(1, 3000, 32)
+    gpu.train()
+    gpu(x.to(CUDA))["label"].sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
+    cpu.eval()
+    gpu.eval()
+    with torch.no_grad():
+        # TF32 convolutions (cuDNN's default) in the PPEG: agreement to ~1e-3, not 1e-6
+        torch.testing.assert_close(gpu(x.to(CUDA))["label"].cpu(), cpu(x)["label"],
+                                   atol=1e-2, rtol=1e-2)  # fmt: skip
+        torch.testing.assert_close(gpu.tile_logits(x[0].to(CUDA)).cpu(), cpu.tile_logits(x[0]),
+                                   atol=1e-2, rtol=1e-2)  # fmt: skip
