@@ -20,6 +20,7 @@ fraction of the top min(10, tumour tiles) tiles inside tumour, over the positive
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -227,29 +228,10 @@ def main() -> None:
         if not sep:
             ap.error(f"--set {item!r}: write FIELD=VALUE, e.g. instance_loss=1")
         extra[field.strip()] = yaml.safe_load(value)
-    if args.out:
-        rows = run_all(
-            Path(args.out),
-            seeds,
-            args.finetune,
-            args.n_slides,
-            args.only,
-            extra,
-            args.cohort_seed,
-            sizes,
-        )
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = run_all(
-                Path(tmp),
-                seeds,
-                args.finetune,
-                args.n_slides,
-                args.only,
-                extra,
-                args.cohort_seed,
-                sizes,
-            )
+    with contextlib.ExitStack() as stack:  # --out is kept; else a temporary folder
+        root = args.out or stack.enter_context(tempfile.TemporaryDirectory())
+        rows = run_all(Path(root), seeds, args.finetune, args.n_slides, args.only, extra,
+                       args.cohort_seed, sizes)  # fmt: skip
     print(format_table(rows))
 
 

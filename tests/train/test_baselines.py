@@ -43,7 +43,10 @@ def test_baselines_need_features_mode(cohort, tmp_path: Path) -> None:
         load_train_config(None, tiny_overrides(method="abmil", mode="pixels"))
 
 
-def test_abmil_heatmap_scores_are_its_attention(cohort, tmp_path: Path) -> None:
+def _trained_heatmap(cohort, tmp_path: Path, method: str, **kw: object):  # type: ignore[no-untyped-def]
+    """Train ``method`` briefly, write slide s013's heatmap (fp32: compared with an fp32
+    reference) -> (its CSV rows, their scores, the slide's tile logits (N, T, H) recomputed
+    from the checkpoint on all of its features at once)."""
     import torch
 
     from wsipipe.config import build_config
@@ -52,39 +55,7 @@ def test_abmil_heatmap_scores_are_its_attention(cohort, tmp_path: Path) -> None:
     from wsipipe.store.features import open_features
     from wsipipe.train.inference import load_model
 
-    train(_cfg(cohort, tmp_path / "run", method="abmil", epochs=2))
-    ck = tmp_path / "run" / "checkpoints" / "best.pt"
-    # fp32: the scores are compared with an fp32 reference below
-    cfg = build_config(HeatmapConfig, None, {
-        "checkpoint": str(ck), "stores": str(cohort[1].parent), "out": str(tmp_path / "heat"),
-        "slides": ["s013"], "workers": 0, "pyramid": False, "device": "cpu",
-        "precision": "fp32"})  # fmt: skip
-    outcomes = run_heatmaps(cfg)
-    assert [o.state for o in outcomes] == ["done"]
-    rows = list(csv.DictReader((tmp_path / "heat" / "scores" / "s013.csv").open()))
-    score = np.array([float(r["score"]) for r in rows])
-    lm = load_model(ck, "cpu")
-    feats = torch.from_numpy(np.array(open_features(
-        next((cohort[1].parent / "features").rglob("s013.h5"))))).float()  # fmt: skip
-    with torch.no_grad():
-        want = torch.softmax(lm.model.aggregator.tile_logits(lm.model.encoder(feats)).view(-1), 0)
-    assert score.sum() == pytest.approx(1.0, abs=1e-6)
-    np.testing.assert_allclose(score, want.numpy(), rtol=1e-3, atol=1e-6)  # CSV: 8 digits
-    assert all(r["selected"] == "1" for r in rows)  # ABMIL looks at every tile
-
-
-def test_transmil_heatmap_scores_are_its_class_token_attention(cohort, tmp_path: Path) -> None:
-    """Per head, the softmax over the slide's tiles of the class token's last-layer logits,
-    averaged over heads: computed over the whole slide at once, as the model sees it."""
-    import torch
-
-    from wsipipe.config import build_config
-    from wsipipe.heatmap.config import HeatmapConfig
-    from wsipipe.heatmap.run import run_heatmaps
-    from wsipipe.store.features import open_features
-    from wsipipe.train.inference import load_model
-
-    train(_cfg(cohort, tmp_path / "run", method="transmil", epochs=2, I=16))  # chunks < slide
+    train(_cfg(cohort, tmp_path / "run", method=method, epochs=2, **kw))
     ck = tmp_path / "run" / "checkpoints" / "best.pt"
     cfg = build_config(HeatmapConfig, None, {
         "checkpoint": str(ck), "stores": str(cohort[1].parent), "out": str(tmp_path / "heat"),
@@ -97,8 +68,26 @@ def test_transmil_heatmap_scores_are_its_class_token_attention(cohort, tmp_path:
     feats = torch.from_numpy(np.array(open_features(
         next((cohort[1].parent / "features").rglob("s013.h5"))))).float()  # fmt: skip
     with torch.no_grad():
-        logits = lm.model.aggregator.tile_logits(lm.model.encoder(feats))  # (N, 1, H)
-    want = torch.softmax(logits, dim=0).mean(dim=(1, 2))
+        return rows, score, lm.model.aggregator.tile_logits(lm.model.encoder(feats))
+
+
+def test_abmil_heatmap_scores_are_its_attention(cohort, tmp_path: Path) -> None:
+    import torch
+
+    rows, score, logits = _trained_heatmap(cohort, tmp_path, "abmil")
+    want = torch.softmax(logits.view(-1), 0)
+    assert score.sum() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(score, want.numpy(), rtol=1e-3, atol=1e-6)  # CSV: 8 digits
+    assert all(r["selected"] == "1" for r in rows)  # ABMIL looks at every tile
+
+
+def test_transmil_heatmap_scores_are_its_class_token_attention(cohort, tmp_path: Path) -> None:
+    """Per head, the softmax over the slide's tiles of the class token's last-layer logits,
+    averaged over heads: computed over the whole slide at once, as the model sees it."""
+    import torch
+
+    _, score, logits = _trained_heatmap(cohort, tmp_path, "transmil", I=16)  # chunks < slide
+    want = torch.softmax(logits, dim=0).mean(dim=(1, 2))  # logits (N, 1, H)
     assert logits.shape[2] > 1 and score.sum() == pytest.approx(1.0, abs=1e-6)
     np.testing.assert_allclose(score, want.numpy(), rtol=1e-3, atol=1e-6)
 
