@@ -73,7 +73,9 @@ def stream_attention(
     dev = next(aggregator.parameters()).device
     stream = AttentionStream()
     with eval_no_grad(encoder, aggregator):
-        keys = scan_keys(aggregator, dev)  # (D, T, H)
+        keys = scan_keys(aggregator, dev)  # (T*H, D)
+        t, h = aggregator.cfg.n_token, aggregator.cfg.heads
         for idx, tiles in device_chunks(chunks, dev):
-            stream.add(idx, chunk_logits(keys, encode(encoder, tiles, dev, amp_dtype)))
+            lg = chunk_logits(keys, encode(encoder, tiles, dev, amp_dtype))  # (T*H, k)
+            stream.add(idx, lg.t().view(-1, t, h))
     return stream.result(aggregator.cfg.n_token, aggregator.cfg.heads)

@@ -103,18 +103,24 @@ def encode(
 
 
 def scan_keys(aggregator: CrossAttentionAggregator, device: torch.device) -> Tensor:
-    """The aggregator's folded keys U (D, T, H) in float32, computed once per scan."""
+    """The aggregator's folded keys as rows, U^T (T*H, D) float32 contiguous, computed once
+    per scan (the weights are constant during it)."""
     with torch.autocast(device.type, enabled=False):
-        return aggregator.folded_keys().float()
+        u = aggregator.folded_keys().float()  # (D, T, H)
+    return u.reshape(u.shape[0], -1).t().contiguous()
 
 
 def chunk_logits(keys: Tensor, emb: Tensor) -> Tensor:
-    """emb (k, D) float32, keys U (D, T, H) -> raw attention logits (k, T, H), in float32
-    (no autocast) so that the ranking of tiles is not degraded by bf16 rounding."""
-    d, t, h = keys.shape
+    """emb (k, D) float32, keys U^T (T*H, D) -> raw attention logits in columns (T*H, k),
+    float32 (no autocast) so that the ranking of tiles is not degraded by bf16 rounding.
+
+    Columns because the scans rank candidates along that contiguous dimension, and because
+    U^T @ emb^T is ~2x cheaper than emb @ U on the CPU for T*H << k (MKL, one thread: 29 vs
+    54 us for k=500, D=512, T*H=8). ``lg.t().view(k, T, H)`` is the (k, T, H) view.
+    """
     dev = emb.device.type  # leave autocast only where it is on (entering a context costs)
     with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext():
-        return (emb @ keys.reshape(d, t * h)).view(-1, t, h)
+        return keys @ emb.t()
 
 
 def check_sizes(M: int, S: int = 0) -> None:

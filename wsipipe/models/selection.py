@@ -176,16 +176,16 @@ def _scan(
     aux: _Buffer | None = None  # auxiliary buffer (DBPS), s <= S columns
     n_tiles = 0
     with eval_no_grad(encoder, aggregator):
-        keys = scan_keys(aggregator, dev)  # (D, T, H), weights are constant during the scan
+        keys = scan_keys(aggregator, dev)  # (T*H, D), weights are constant during the scan
         for idx, tiles in device_chunks(chunks, dev):
             emb = encode(encoder, tiles, dev, amp_dtype)  # (k, D)
-            lg = chunk_logits(keys, emb)  # (k, T, H)
-            if on_chunk is not None:
-                on_chunk(idx, lg)
+            lg = chunk_logits(keys, emb)  # (T*H, k)
             k = int(idx.shape[0])
+            if on_chunk is not None:
+                on_chunk(idx, lg.t().view(k, t, h))
             n_tiles += k
             ids = idx.view(1, k) if pool is None else torch.stack([idx, pool.provisional(emb)])
-            new = _Buffer(ids, lg.view(k, t * h).t())
+            new = _Buffer(ids, lg)
             mem = new if mem is None else mem.cat(new)  # M + k candidates
             if mem.n > M:
                 order, _ = mem.rank()  # softmax over the M + k candidates
