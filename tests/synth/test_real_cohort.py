@@ -36,9 +36,11 @@ from wsipipe.synth.real import (
     render_real_slide,
 )
 from wsipipe.synth.real_sources import (
+    CMU_1_SMALL_REGION,
     TCGA_CR_7395,
     TextureSource,
     default_sources,
+    parse_source,
     source_mpp,
 )
 
@@ -280,7 +282,7 @@ def test_bad_sources_and_settings(tmp_path: Path, textures: RealTextures) -> Non
     with pytest.raises(ConfigError, match="--real-dir"):
         default_sources(tmp_path)
     png = _solid(tmp_path / "x.png", (200, 100, 150), 64)
-    with pytest.raises(ConfigError, match=r"give TextureSource\(mpp=\.\.\.\)"):
+    with pytest.raises(ConfigError, match=r"or TextureSource\(mpp=\.\.\.\)"):
         source_mpp(TextureSource(png))
     with pytest.raises(MissingMppError, match="no microns-per-pixel"):
         source_mpp(TextureSource(REAL / TCGA_CR_7395))
@@ -320,6 +322,49 @@ def test_cli_synth_texture_real(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "'nope' is not one of" in res.output
     res = CliRunner().invoke(app, ["synth", "--out", str(out), "--real-dir", str(REAL)])
     assert isinstance(res.exception, ConfigError) and "--texture real" in str(res.exception)
+
+
+def test_cli_synth_takes_other_real_tissue(tmp_path: Path) -> None:
+    """--tumour PATH@MPP: the foci are cut from the given image, recorded in cohort.json; a
+    bad spec, or a source too small for the texture pieces, fails in one line naming it and
+    the fix, before anything is written."""
+    from wsipipe.cli import app
+
+    tum = REAL_TILES / "tiatoolbox_target_image.png"  # 1000 x 1000 px carcinoma
+    small = REAL_TILES / "TCGA-AD-6964-01Z-00-DX1_tile_16896_20480.jpg"  # 512 x 512 px
+    if not (tum.exists() and small.exists()):
+        pytest.skip(f"real tiles not found in {REAL_TILES}")
+    out = tmp_path / "c"
+    base = ["synth", "--texture", "real", "--out", str(out), "--real-dir", str(REAL),
+            "--n-slides", "2", "--width", "2048", "--height", "1536", "--workers", "1",
+            "--tumour-fraction", "0.05,0.09"]  # fmt: skip
+    res = CliRunner().invoke(app, [*base, "--tumour", f"{tum}@0.5"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "cohort.json").read_text())
+    assert manifest["sources"] == {"normal": [str(REAL / CMU_1_SMALL_REGION)], "tumour": [str(tum)]}
+    with openslide.OpenSlide(str(out / "slides" / "real_000.svs")) as s:
+        assert s.dimensions == (2048, 1536)
+
+    bad = tmp_path / "bad"
+    for spec, message in (
+        (f"{tum}", "give it as PATH@MPP"),
+        (f"{tum}@x", "'x' after '@' is not a number"),
+        (str(tmp_path / "none.png@0.5"), "no such file"),
+        (f"{small}@0.5", f"{small}: no 560x560 px window (at 0.5 um/px; the region is 512x512"),
+    ):
+        res = CliRunner().invoke(app, [*base[:4], str(bad), "--tumour", spec])
+        assert isinstance(res.exception, ConfigError), res.output
+        assert message in str(res.exception) and "\n" not in str(res.exception)
+        assert not bad.exists()  # nothing written before the sources were read
+    res = CliRunner().invoke(app, ["synth", "--out", str(bad), "--tumour", f"{tum}@0.5"])
+    assert isinstance(res.exception, ConfigError) and "--texture real" in str(res.exception)
+    assert parse_source(f"{tum}@0.25") == TextureSource(tum, mpp=0.25)
+    assert parse_source(str(tum)).mpp is None
+    at = tmp_path / "user@site"  # an '@' in the path itself is not an mpp
+    at.mkdir()
+    (at / "t.png").write_bytes(tum.read_bytes())
+    assert parse_source(str(at / "t.png")) == TextureSource(at / "t.png")
+    assert parse_source(f"{at / 't.png'}@0.5").mpp == 0.5
 
 
 # ---------------------------------------------------------------------------- the full cohort

@@ -56,6 +56,7 @@ __all__ = [
     "default_sources",
     "load_pool",
     "match_appearance",
+    "parse_source",
     "source_mpp",
 ]
 
@@ -126,6 +127,24 @@ class TextureSource:
         return self.path.suffix.lower() in _IMAGE_SUFFIXES
 
 
+def parse_source(spec: str) -> TextureSource:
+    """A source from its command-line spec ``PATH`` or ``PATH@MPP`` (the level-0 microns per
+    pixel: needed for images, which record none; it overrides a slide's own)."""
+    path, sep, mpp = spec.rpartition("@")
+    if not sep or Path(spec).is_file():  # no '@', or one that is part of the file's path
+        path, mpp = spec, ""
+    try:
+        value = float(mpp) if mpp else None
+    except ValueError:
+        raise ConfigError(
+            f"texture source {spec!r}: {mpp!r} after '@' is not a number; write PATH@MPP, "
+            "e.g. tumour.png@0.5"
+        ) from None
+    if not Path(path).is_file():
+        raise ConfigError(f"texture source {path}: no such file; give a slide or image path")
+    return TextureSource(Path(path), mpp=value)
+
+
 def default_sources(real_dir: str | Path | None = None) -> tuple[TextureSource, TextureSource]:
     """(normal, tumour) sources from the shared real data (see the module docstring)."""
     root = Path(real_dir) if real_dir is not None else DEFAULT_REAL_DIR
@@ -175,7 +194,8 @@ def source_mpp(src: TextureSource) -> float:
     slide = _try_slide(src)
     if slide is None:
         raise ConfigError(
-            f"{src.path}: an image records no microns per pixel; give TextureSource(mpp=...)"
+            f"{src.path}: an image records no microns per pixel; give it as PATH@MPP "
+            "(e.g. --tumour tile.png@0.5) or TextureSource(mpp=...)"
         )
     with slide:
         return float(slide.mpp)  # MissingMppError names the fix when the file has none
@@ -244,6 +264,7 @@ class TexturePool:
     mpp: float  # um/px of every region
     regions: tuple[np.ndarray, ...]  # (H, W, 3) uint8 each
     masks: tuple[np.ndarray, ...]  # (H, W) bool tissue, one per region
+    origins: tuple[str, ...] = ()  # the source file of each region, for error messages
 
     def tissue_pixels(self) -> np.ndarray:
         """(N, 3) uint8 of every tissue pixel."""
@@ -255,7 +276,9 @@ class TexturePool:
 
     def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> TexturePool:
         """The same pool with ``fn`` applied to every region (masks unchanged)."""
-        return TexturePool(self.name, self.mpp, tuple(fn(r) for r in self.regions), self.masks)
+        return TexturePool(
+            self.name, self.mpp, tuple(fn(r) for r in self.regions), self.masks, self.origins
+        )
 
 
 def load_pool(name: str, sources: Sequence[TextureSource], work_mpp: float) -> TexturePool:
@@ -265,6 +288,7 @@ def load_pool(name: str, sources: Sequence[TextureSource], work_mpp: float) -> T
         raise ConfigError(f"no {name} texture source given; pass at least one TextureSource")
     regions: list[np.ndarray] = []
     masks: list[np.ndarray] = []
+    origins: list[str] = []
     for src in sources:
         mpp = source_mpp(src)
         if mpp > work_mpp * 1.001:
@@ -274,7 +298,8 @@ def load_pool(name: str, sources: Sequence[TextureSource], work_mpp: float) -> T
         for region in _read_regions(src, mpp, work_mpp):
             regions.append(region)
             masks.append(_tissue_mask(region, work_mpp))
-    return TexturePool(name, work_mpp, tuple(regions), tuple(masks))
+            origins.append(str(src.path))
+    return TexturePool(name, work_mpp, tuple(regions), tuple(masks), tuple(origins))
 
 
 @dataclass(frozen=True)
@@ -336,23 +361,27 @@ class CropSampler:
         cand: list[np.ndarray] = []
         for i, mask in enumerate(pool.masks):
             h, w = mask.shape
-            if h < patch or w < patch:
-                continue
-            sat = np.zeros((h + 1, w + 1), np.int64)
-            sat[1:, 1:] = mask.cumsum(0).cumsum(1)
-            ys = np.arange(0, h - patch + 1, self._LATTICE)
-            xs = np.arange(0, w - patch + 1, self._LATTICE)
-            yy, xx = np.meshgrid(ys, xs, indexing="ij")
-            y1, x1 = yy + patch, xx + patch
-            cover = (sat[y1, x1] - sat[yy, x1] - sat[y1, xx] + sat[yy, xx]) / float(patch * patch)
-            ok = cover >= min_cover
+            ok = np.zeros((0, 0), bool)
+            if h >= patch and w >= patch:
+                sat = np.zeros((h + 1, w + 1), np.int64)
+                sat[1:, 1:] = mask.cumsum(0).cumsum(1)
+                ys = np.arange(0, h - patch + 1, self._LATTICE)
+                xs = np.arange(0, w - patch + 1, self._LATTICE)
+                yy, xx = np.meshgrid(ys, xs, indexing="ij")
+                y1, x1 = yy + patch, xx + patch
+                cover = (sat[y1, x1] - sat[yy, x1] - sat[y1, xx] + sat[yy, xx]) / (patch * patch)
+                ok = cover >= min_cover
+            if not ok.any():  # a source the user gave must never be dropped silently
+                origin = pool.origins[i] if i < len(pool.origins) else f"region {i}"
+                raise ConfigError(
+                    f"{pool.name} texture {origin}: no {patch}x{patch} px window (at "
+                    f"{pool.mpp:g} um/px; the region is {w}x{h} px) is >= {min_cover:.0%} "
+                    "tissue; give a larger tissue region, or a smaller piece_um"
+                )
             cand.append(np.stack([np.full(ok.sum(), i), yy[ok], xx[ok]], axis=1))
         self.candidates = np.concatenate(cand) if cand else np.zeros((0, 3), np.int64)
         if len(self.candidates) == 0:
-            raise ConfigError(
-                f"{pool.name} texture: no {patch}x{patch} px window (at {pool.mpp:g} um/px) "
-                f"is >= {min_cover:.0%} tissue; give larger tissue regions or a smaller patch"
-            )
+            raise ConfigError(f"{pool.name} texture: no source region given")
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """(n, patch, patch, 3) uint8 crops."""
