@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,13 @@ import torch
 from tests.train.synthstores import make_cohort, tiny_overrides
 from wsipipe.errors import ConfigError
 from wsipipe.train.config import TrainConfig, load_train_config
-from wsipipe.train.loop import config_for_resume, independent_labels, train
+from wsipipe.train.loop import (
+    config_for_resume,
+    independent_labels,
+    is_new_best,
+    train,
+    val_key,
+)
 from wsipipe.train.predict import predict
 
 
@@ -89,6 +96,34 @@ def test_independent_labels_carry_no_information() -> None:
     z = independent_labels(y, 2, seed=3)
     for c in (0, 1):
         assert np.bincount(z[y == c], minlength=2).tolist() == [3, 3]
+
+
+def test_best_checkpoint_is_never_an_epoch_of_the_warm_up() -> None:
+    nan = float("nan")
+    assert val_key(0.8, 0.5) == (0.8, 0.5)
+    assert val_key(nan, None) == (-math.inf, math.inf)  # missing / NaN count worst
+    none = (-math.inf, math.inf)
+    # a perfect AUC in the warm-up (2 epochs) is not a best; the first epoch after it is
+    assert not is_new_best(1, 2, (1.0, 0.1), none)
+    assert not is_new_best(2, 2, (1.0, 0.1), none)
+    assert is_new_best(3, 2, (0.5, 2.0), none)
+    assert is_new_best(3, 2.5, (0.5, 2.0), none) is True  # fractional warm-up: 3 > 2.5
+    assert not is_new_best(1, 0, (nan, nan), none)  # NaN AUC and loss: never better
+    # higher AUC wins; a tie goes to the lower loss
+    assert is_new_best(5, 2, (0.9, 3.0), (0.8, 0.1))
+    assert is_new_best(5, 2, (0.8, 0.05), (0.8, 0.1))
+    assert not is_new_best(5, 2, (0.8, 0.1), (0.8, 0.1))
+    assert not is_new_best(5, 2, (0.7, 0.01), (0.8, 0.1))
+
+
+def test_best_checkpoint_comes_after_the_warm_up(cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    """With 2 warm-up epochs of 3, best.pt is epoch 3 whatever the validation says."""
+    out = tmp_path / "run"
+    recs = train(_cfg(cohort, out, epochs=3, warmup_epochs=2.0, lr=3e-3))
+    assert [r["best_val_auc"] for r in recs[:2]] == [None, None]
+    assert recs[2]["best_val_auc"] == recs[2]["val_auc"]
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == 3
 
 
 def test_predict_matches_validation_and_eval_only(

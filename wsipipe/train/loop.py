@@ -452,17 +452,35 @@ def validate(run: Run, epoch: int, prog: RunProgress) -> dict[str, Any]:
     return {f"val_{k}": v for k, v in m.items()} | {"val_s": time.perf_counter() - t0}
 
 
+def val_key(auc: Any, loss: Any) -> tuple[float, float]:
+    """An epoch's validation (AUC, loss), a missing or NaN value counted worst."""
+    score = float(auc) if isinstance(auc, float) and math.isfinite(auc) else -math.inf
+    return score, float(loss) if isinstance(loss, float) and math.isfinite(loss) else math.inf
+
+
+def is_new_best(
+    epoch: int, warmup_epochs: float, key: tuple[float, float], best: tuple[float, float]
+) -> bool:
+    """Whether epoch ``epoch`` (1-based) with validation ``key`` (AUC, loss) beats ``best``:
+    higher AUC, ties broken by lower loss.
+
+    No epoch of the learning-rate warm-up can be the best: on a validation split of a few
+    slides, a barely trained model scores a perfect AUC by luck (benchmarks/RESULTS.md,
+    "Checkpoints of the warm-up").
+    """
+    return epoch > warmup_epochs and (key[0], -key[1]) > (best[0], -best[1])
+
+
 def end_epoch(run: Run, record: dict[str, Any], prog: RunProgress) -> None:
-    """Count the epoch, keep the best checkpoint (val AUC, then loss) and the last one."""
+    """Count the epoch, keep the best checkpoint (:func:`is_new_best`) and the last one.
+    Until the warm-up is over, ``best.pt`` is the latest epoch, so that it always exists."""
     run.epoch += 1
-    auc, loss = record.get("val_auc"), record.get("val_loss")
-    score = auc if isinstance(auc, float) and math.isfinite(auc) else -math.inf
-    loss = loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
-    improved = (score, -loss) > (run.best_auc, -run.best_loss) or not (
-        run.ckpt_dir / "best.pt"
-    ).exists()
+    key = val_key(record.get("val_auc"), record.get("val_loss"))
+    improved = is_new_best(run.epoch, run.cfg.warmup_epochs, key, (run.best_auc, run.best_loss))
     if improved:
-        run.best_auc, run.best_loss = score, loss
+        run.best_auc, run.best_loss = key
+    in_warmup = run.epoch <= run.cfg.warmup_epochs
+    keep = improved or in_warmup or not (run.ckpt_dir / "best.pt").exists()
     record["best_val_auc"] = run.best_auc if math.isfinite(run.best_auc) else None
     record["peak_rss_mb"] = peak_rss_mb()
     if run.device.type == "cuda":
@@ -470,7 +488,7 @@ def end_epoch(run: Run, record: dict[str, Any], prog: RunProgress) -> None:
     if run.log is not None:  # rank 0
         run.log.append(record)
         state = run.state_dict()
-        if improved:
+        if keep:
             save_checkpoint(run.ckpt_dir / "best.pt", state)
             src = run.run_dir / "predictions" / f"val_epoch_{run.epoch:03d}.csv"
             shutil.copyfile(src, run.run_dir / "predictions" / "val_best.csv")
