@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,9 +136,19 @@ def test_cross_validation_writes_one_summary(cohort, tmp_path: Path) -> None:
         r["slide_id"]: r["fold"] for r in csv.DictReader((tmp_path / "cv" / "cv_labels.csv").open())
     }
     assert sorted(set(folds.values())) == ["0", "1", "2"]
+    for k in range(3):  # fold k is held out of both the training and the checkpoint choice
+        run = tmp_path / "cv" / f"fold_{k}"
+        held = {i for i, f in folds.items() if f == str(k)}
+        chosen = {r["slide_id"]: r["split"] for r in csv.DictReader((run / "splits.csv").open())}
+        assert not held & set(chosen) and "val" in chosen.values()
+        assert set(chosen) | held == set(folds)
+        pred = list(csv.DictReader((run / "heldout" / "predictions.csv").open()))
+        assert {r["slide_id"] for r in pred} == held and s["folds"][k]["n"] == len(held)
     mtime = (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
     cross_validate(cfg)  # finished folds are not trained again
     assert (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match=r"--val-fraction 0\.0 carves none"):
+        cross_validate(replace(cfg, out=str(tmp_path / "cv0"), val_fraction=0.0))
 
 
 def test_stores_tiled_otherwise_are_refused_or_warned(cohort, tmp_path: Path, capsys) -> None:

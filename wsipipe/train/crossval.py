@@ -2,13 +2,17 @@
 
 The labelled slides of the training (and validation) split -- never the test split -- are
 assigned to K folds: the CSV's own ``fold`` column when it has one for them, else seeded,
-label-stratified folds (whole patients with a ``patient_id`` column). Run ``k`` validates on
-fold k and trains on the others, in ``<out>/fold_<k>/``, each a complete run (checkpoints,
-metrics, predictions); a finished fold is not trained again, an unfinished one resumes.
+label-stratified folds (whole patients with a ``patient_id`` column). Run ``k`` holds fold k
+out: it trains on the other folds, chooses its checkpoint on a validation split carved from
+them (``--val-fraction``, stratified, whole patients), and only then predicts fold k with
+that checkpoint, so that no held-out prediction has helped choose its own model. Each run is
+complete in ``<out>/fold_<k>/`` (checkpoints, metrics, ``splits.csv``; the held-out
+predictions in ``heldout/``); a finished fold is not trained again, an unfinished one
+resumes.
 
-``<out>/cv_summary.csv`` / ``.json``: per fold the best checkpoint's validation AUC and
-balanced accuracy, their mean +- sd, and on the pooled out-of-fold predictions (every slide
-predicted by the model that did not train on it) the AUC and balanced accuracy with a
+``<out>/cv_summary.csv`` / ``.json``: per fold the AUC and balanced accuracy on its held-out
+fold, their mean +- sd, and on the pooled out-of-fold predictions (every slide predicted by
+the model that neither trained nor was chosen on it) the AUC and balanced accuracy with a
 bootstrap 95 % confidence interval.
 """
 
@@ -50,7 +54,11 @@ def assign_folds(records: list[SlideRecord], k: int, seed: int) -> dict[str, int
     return {r.slide_id: by_key[r.patient or r.slide_id] for r in records}
 
 
-def _cv_labels(cfg: TrainConfig, out: Path) -> tuple[Path, tuple[str, ...], dict[str, int]]:
+HELDOUT = "heldout"  # the split name of fold k in its run's labels
+
+
+def _cv_labels(cfg: TrainConfig, out: Path) -> tuple[list[SlideRecord], tuple[str, ...],
+                                                     dict[str, int]]:  # fmt: skip
     table = read_labels_csv(
         cfg.labels, cfg.label_column, cfg.split_column, cfg.fold_column, cfg.classes
     )
@@ -61,12 +69,29 @@ def _cv_labels(cfg: TrainConfig, out: Path) -> tuple[Path, tuple[str, ...], dict
             f"{cfg.labels}: {len(records)} labelled training slides are too few for "
             f"--folds {cfg.folds}; use fewer folds"
         )
+    if cfg.val_fraction <= 0:
+        raise ConfigError(
+            f"--folds {cfg.folds} chooses each fold's checkpoint on a validation split carved "
+            f"from its training folds; --val-fraction {cfg.val_fraction} carves none: pass "
+            "--val-fraction 0.2"
+        )
     folds = assign_folds(records, cfg.folds, cfg.seed)
     lines = ["slide_id,label,split,fold,patient_id"]
     lines += [f"{r.slide_id},{r.label_name},train,{folds[r.slide_id]},{r.patient}" for r in records]
-    path = out / CV_LABELS
+    atomic_write_text(out / CV_LABELS, "\n".join(lines) + "\n")
+    return records, table.classes, folds
+
+
+def _fold_labels(records: list[SlideRecord], folds: dict[str, int], k: int, out: Path) -> Path:
+    """Fold k's labels: fold k as the ``heldout`` split, the others as ``train`` (no
+    ``val``: the run carves its validation slides from them)."""
+    lines = ["slide_id,label,split,patient_id"]
+    for r in records:
+        split = HELDOUT if folds[r.slide_id] == k else "train"
+        lines.append(f"{r.slide_id},{r.label_name},{split},{r.patient}")
+    path = out / f"cv_labels_fold_{k}.csv"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    return path, table.classes, folds
+    return path
 
 
 def _fold_done(run_dir: Path, epochs: int) -> bool:
@@ -94,21 +119,31 @@ def _fmt(v: float) -> str:
 def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
     """Train the K folds (see the module docstring) and write the summary; returns it."""
     from wsipipe.train.loop import train
+    from wsipipe.train.predict import predict
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    labels, classes, _ = _cv_labels(cfg, out)
+    records, classes, folds = _cv_labels(cfg, out)
     rows: list[dict[str, Any]] = []
     pooled_ids: list[str] = []
     pooled_y: list[np.ndarray] = []
     pooled_p: list[np.ndarray] = []
     for k in range(cfg.folds):
         run_dir = out / f"fold_{k}"
-        fold_cfg = replace(cfg, labels=str(labels), fold=k, folds=0, out=str(run_dir),
-                           classes=classes)  # fmt: skip
+        labels = _fold_labels(records, folds, k, out)
+        fold_cfg = replace(
+            cfg, labels=str(labels), label_column="label", split_column="split",
+            train_split="train", val_split="val", fold=None, folds=0, out=str(run_dir),
+            classes=classes,
+        )  # fmt: skip
         if not _fold_done(run_dir, cfg.epochs):
             train(fold_cfg, resume=(run_dir / "checkpoints" / "last.pt").exists())
-        ids, y, probs = _read_predictions(run_dir / "predictions" / "val_best.csv", classes)
+        held = run_dir / HELDOUT / "predictions.csv"
+        if not held.exists():
+            predict(run_dir / "checkpoints" / "best.pt", run_dir / HELDOUT, cfg.stores,
+                    str(labels), HELDOUT, overrides={"device": cfg.device,
+                                                     "workers": cfg.workers})  # fmt: skip
+        ids, y, probs = _read_predictions(held, classes)
         rows.append({"fold": k, "n": len(ids), "auc": macro_auc(y, probs),
                      "bacc": balanced_accuracy(y, probs.argmax(axis=1))})  # fmt: skip
         pooled_ids += ids
