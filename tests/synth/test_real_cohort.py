@@ -351,9 +351,11 @@ def test_cli_synth_takes_other_real_tissue(tmp_path: Path) -> None:
         (f"{tum}@x", "'x' after '@' is not a number"),
         (str(tmp_path / "none.png@0.5"), "no such file"),
         (f"{small}@0.5", f"{small}: no 560x560 px window (at 0.5 um/px; the region is 512x512"),
+        (f"{REAL_TILES / 'tiles__almost-white-2.png'}@0.5", "tissue pixels at 0.5 um/px"),
+        (str(REAL / TCGA_CR_7395), "recorded in the slide; give it as PATH@MPP"),
     ):
         res = CliRunner().invoke(app, [*base[:4], str(bad), "--tumour", spec])
-        assert isinstance(res.exception, ConfigError), res.output
+        assert isinstance(res.exception, (ConfigError, MissingMppError)), res.output
         assert message in str(res.exception) and "\n" not in str(res.exception)
         assert not bad.exists()  # nothing written before the sources were read
     res = CliRunner().invoke(app, ["synth", "--out", str(bad), "--tumour", f"{tum}@0.5"])

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from wsipipe.errors import ConfigError, SlideOpenError
+from wsipipe.errors import ConfigError, MissingMppError, SlideOpenError
 from wsipipe.synth.appearance import (
     apply_od_gains,
     blur,
@@ -198,7 +198,13 @@ def source_mpp(src: TextureSource) -> float:
             "(e.g. --tumour tile.png@0.5) or TextureSource(mpp=...)"
         )
     with slide:
-        return float(slide.mpp)  # MissingMppError names the fix when the file has none
+        try:
+            return float(slide.mpp)
+        except MissingMppError:  # the reader's fix (--mpp) means the cohort's mpp here
+            raise MissingMppError(
+                f"{src.path}: no microns-per-pixel recorded in the slide; give it as PATH@MPP "
+                "(e.g. --tumour slide.svs@0.25) or TextureSource(mpp=...)"
+            ) from None
 
 
 def _resize(img: np.ndarray, scale: float) -> np.ndarray:
@@ -281,6 +287,9 @@ class TexturePool:
         )
 
 
+_MIN_TISSUE_PX = 100  # fewer tissue pixels than this in a source region: nothing to cut
+
+
 def load_pool(name: str, sources: Sequence[TextureSource], work_mpp: float) -> TexturePool:
     """Read ``sources`` and resample them to ``work_mpp`` (>= every source's mpp), with
     their tissue masks."""
@@ -296,8 +305,15 @@ def load_pool(name: str, sources: Sequence[TextureSource], work_mpp: float) -> T
                 f"{src.path}: source mpp {mpp} is coarser than the working mpp {work_mpp}"
             )
         for region in _read_regions(src, mpp, work_mpp):
+            mask = _tissue_mask(region, work_mpp)
+            if mask.sum() < _MIN_TISSUE_PX:
+                raise ConfigError(
+                    f"{name} texture {src.path}: {int(mask.sum())} tissue pixels at "
+                    f"{work_mpp:g} um/px in a {region.shape[1]}x{region.shape[0]} px region; "
+                    "give a source (or box) with tissue in it"
+                )
             regions.append(region)
-            masks.append(_tissue_mask(region, work_mpp))
+            masks.append(mask)
             origins.append(str(src.path))
     return TexturePool(name, work_mpp, tuple(regions), tuple(masks), tuple(origins))
 
