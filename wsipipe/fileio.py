@@ -12,14 +12,16 @@ fails for want of space raises :class:`~wsipipe.errors.NoSpaceError` naming the 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from wsipipe.errors import ConfigError, NoSpaceError
 
@@ -144,6 +146,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_write_csv(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """A CSV with LF line ends (a field holding a comma or quote is quoted), atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def publish(src: Path, dst: Path) -> Path:

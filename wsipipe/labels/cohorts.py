@@ -13,7 +13,6 @@ the non-test rows and the ``split`` column names fold 0 as ``val``.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 from collections import Counter, defaultdict
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsipipe.errors import ConfigError
-from wsipipe.fileio import atomic_write_text, check_slide_id
+from wsipipe.fileio import atomic_write_csv, check_slide_id
 from wsipipe.labels.splits import assign_splits
 
 SPLITS = ("train", "val", "test")
@@ -72,17 +71,15 @@ def write_labels_csv(rows: Iterable[LabelRow], out: str | Path) -> Path:
     with_fold = any(r.fold is not None for r in rows)
     header = ["slide_id", "label", "split", *(["fold"] if with_fold else []), "patient_id", "path"]
     base = out.resolve().parent
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
+    lines = []
     for r in rows:
         try:
             rel = os.path.relpath(Path(r.path).resolve(), base)
         except ValueError:  # different drive (Windows)
             rel = str(Path(r.path).resolve())
         fold = [("" if r.fold is None else str(r.fold))] if with_fold else []
-        writer.writerow([r.slide_id, r.label, r.split, *fold, r.patient_id, rel])
-    atomic_write_text(out, buf.getvalue())
+        lines.append([r.slide_id, r.label, r.split, *fold, r.patient_id, rel])
+    atomic_write_csv(out, header, lines)
     return out
 
 

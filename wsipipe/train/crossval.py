@@ -19,7 +19,6 @@ bootstrap 95 % confidence interval.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import replace
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from wsipipe.errors import ConfigError
-from wsipipe.fileio import atomic_write_text
+from wsipipe.fileio import atomic_write_csv, atomic_write_text
 from wsipipe.labels.splits import stratified_folds
 from wsipipe.labels.table import SlideRecord, read_labels_csv
 from wsipipe.stats import balanced_accuracy, bootstrap_ci, macro_auc
@@ -76,21 +75,18 @@ def _cv_labels(cfg: TrainConfig, out: Path) -> tuple[list[SlideRecord], tuple[st
             "--val-fraction 0.2"
         )
     folds = assign_folds(records, cfg.folds, cfg.seed)
-    lines = ["slide_id,label,split,fold,patient_id"]
-    lines += [f"{r.slide_id},{r.label_name},train,{folds[r.slide_id]},{r.patient}" for r in records]
-    atomic_write_text(out / CV_LABELS, "\n".join(lines) + "\n")
+    rows = [(r.slide_id, r.label_name, "train", folds[r.slide_id], r.patient) for r in records]
+    atomic_write_csv(out / CV_LABELS, ("slide_id", "label", "split", "fold", "patient_id"), rows)
     return records, table.classes, folds
 
 
 def _fold_labels(records: list[SlideRecord], folds: dict[str, int], k: int, out: Path) -> Path:
     """Fold k's labels: fold k as the ``heldout`` split, the others as ``train`` (no
     ``val``: the run carves its validation slides from them)."""
-    lines = ["slide_id,label,split,patient_id"]
-    for r in records:
-        split = HELDOUT if folds[r.slide_id] == k else "train"
-        lines.append(f"{r.slide_id},{r.label_name},{split},{r.patient}")
+    rows = [(r.slide_id, r.label_name, HELDOUT if folds[r.slide_id] == k else "train", r.patient)
+            for r in records]  # fmt: skip
     path = out / f"cv_labels_fold_{k}.csv"
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_csv(path, ("slide_id", "label", "split", "patient_id"), rows)
     return path
 
 
@@ -169,18 +165,17 @@ def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _write_summary(out: Path, s: dict[str, Any]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["fold", "n", "auc", "balanced_accuracy", "auc_ci95", "balanced_accuracy_ci95"])
-    for r in s["folds"]:
-        w.writerow([r["fold"], r["n"], _fmt(r["auc"]), _fmt(r["bacc"]), "", ""])
-    w.writerow(["mean", "", _fmt(s["auc_mean"]), _fmt(s["bacc_mean"]), "", ""])
-    w.writerow(["sd", "", _fmt(s["auc_sd"]), _fmt(s["bacc_sd"]), "", ""])
+    rows: list[tuple[Any, ...]] = [
+        (r["fold"], r["n"], _fmt(r["auc"]), _fmt(r["bacc"]), "", "") for r in s["folds"]
+    ]
+    rows.append(("mean", "", _fmt(s["auc_mean"]), _fmt(s["bacc_mean"]), "", ""))
+    rows.append(("sd", "", _fmt(s["auc_sd"]), _fmt(s["bacc_sd"]), "", ""))
     lo, hi = s["pooled_auc_ci95"]
     blo, bhi = s["pooled_bacc_ci95"]
-    w.writerow(["pooled", s["pooled_n"], _fmt(s["pooled_auc"]), _fmt(s["pooled_bacc"]),
-                f"{_fmt(lo)}-{_fmt(hi)}", f"{_fmt(blo)}-{_fmt(bhi)}"])  # fmt: skip
-    atomic_write_text(out / "cv_summary.csv", buf.getvalue())
+    rows.append(("pooled", s["pooled_n"], _fmt(s["pooled_auc"]), _fmt(s["pooled_bacc"]),
+                 f"{_fmt(lo)}-{_fmt(hi)}", f"{_fmt(blo)}-{_fmt(bhi)}"))  # fmt: skip
+    header = ("fold", "n", "auc", "balanced_accuracy", "auc_ci95", "balanced_accuracy_ci95")
+    atomic_write_csv(out / "cv_summary.csv", header, rows)
 
     def clean(v: Any) -> Any:
         if isinstance(v, float) and math.isnan(v):
