@@ -147,6 +147,11 @@ def test_cross_validation_writes_one_summary(cohort, tmp_path: Path) -> None:
     mtime = (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
     cross_validate(cfg)  # finished folds are not trained again
     assert (tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    # a fold trained the old way (checkpoint chosen on the held-out fold) is refused
+    saved = tmp_path / "cv" / "fold_1" / "config.yaml"
+    saved.write_text(saved.read_text().replace("fold: null", "fold: 1"))
+    with pytest.raises(ConfigError, match=r"fold_1: this fold was trained with its checkpoint"):
+        cross_validate(cfg)
     with pytest.raises(ConfigError, match=r"--val-fraction 0\.0 carves none"):
         cross_validate(replace(cfg, out=str(tmp_path / "cv0"), val_fraction=0.0))
 

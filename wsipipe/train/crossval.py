@@ -90,6 +90,23 @@ def _fold_labels(records: list[SlideRecord], folds: dict[str, int], k: int, out:
     return path
 
 
+def _check_fold_layout(run_dir: Path, labels: Path) -> None:
+    """Refuse a fold run made otherwise (by an older ``--folds``, which chose the checkpoint
+    on the held-out fold: its predictions of that fold must not be reported)."""
+    from wsipipe.config import load_yaml
+
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    old = load_yaml(saved)
+    if old.get("fold") is not None or Path(str(old.get("labels", ""))).name != labels.name:
+        raise ConfigError(
+            f"{run_dir}: this fold was trained with its checkpoint chosen on the held-out "
+            "fold (an older wsipipe --folds) or on other labels; give a new --out, or remove "
+            f"{run_dir.parent} to run the cross-validation again"
+        )
+
+
 def _fold_done(run_dir: Path, epochs: int) -> bool:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
@@ -132,6 +149,7 @@ def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
             train_split="train", val_split="val", fold=None, folds=0, out=str(run_dir),
             classes=classes,
         )  # fmt: skip
+        _check_fold_layout(run_dir, labels)
         if not _fold_done(run_dir, cfg.epochs):
             train(fold_cfg, resume=(run_dir / "checkpoints" / "last.pt").exists())
         held = run_dir / HELDOUT / "predictions.csv"
