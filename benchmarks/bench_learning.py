@@ -176,6 +176,7 @@ def _runs(root: Path, name: str, overrides: dict[str, Any], control: bool, seeds
           extra: dict[str, Any]) -> list[Row]:  # fmt: skip
     from wsipipe.train.config import load_train_config
     from wsipipe.train.loop import train
+    from wsipipe.train.runs import run_finished
 
     rows: list[Row] = []
     run_labels = subsample_training(labels, n_train) if n_train else labels
@@ -189,8 +190,8 @@ def _runs(root: Path, name: str, overrides: dict[str, Any], control: bool, seeds
             "labels": str(run_labels), "stores": str(tiles), "out": str(out), "seed": seed,
             "progress": False, "tensorboard": False, **overrides, **extra})  # fmt: skip
         t1 = time.perf_counter()
-        if not (out / "checkpoints" / "best.pt").exists():
-            train(cfg)
+        if not run_finished(out, cfg.epochs):  # a killed run resumes, a finished one is kept
+            train(cfg, resume=(out / "checkpoints" / "last.pt").exists())
         secs = time.perf_counter() - t1
         m = evaluate(out, labels, tiles, annotations, slides)
         case = f"{name}, seed {seed}" + (f", {n_train} train-split slides" if n_train else "")

@@ -78,6 +78,13 @@ def test_ips_learns_and_writes_the_run_directory(ips_run: Path) -> None:
     assert order[0]["ranks"] != order[1]["ranks"]  # reshuffled every epoch
 
 
+def test_run_finished_reads_the_last_logged_epoch(ips_run: Path, tmp_path: Path) -> None:
+    from wsipipe.train.runs import run_finished
+
+    assert run_finished(ips_run, 5) and not run_finished(ips_run, 6)
+    assert not run_finished(tmp_path, 1)  # no metrics.jsonl: never trained, or killed early
+
+
 def test_dbps_learns(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     recs = train(_cfg(cohort, tmp_path / "run", method="dbps", epochs=4, lr=3e-3, workers=2))
     last = recs[-1]

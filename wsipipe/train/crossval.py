@@ -27,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from wsipipe.config import load_yaml
 from wsipipe.errors import ConfigError
 from wsipipe.fileio import atomic_write_csv, atomic_write_text
 from wsipipe.labels.splits import stratified_folds
 from wsipipe.labels.table import SlideRecord, read_labels_csv
 from wsipipe.stats import balanced_accuracy, bootstrap_ci, macro_auc
 from wsipipe.train.config import TrainConfig
+from wsipipe.train.runs import run_finished
 
 CV_LABELS = "cv_labels.csv"
 
@@ -93,8 +95,6 @@ def _fold_labels(records: list[SlideRecord], folds: dict[str, int], k: int, out:
 def _check_fold_layout(run_dir: Path, labels: Path) -> None:
     """Refuse a fold run made otherwise (by an older ``--folds``, which chose the checkpoint
     on the held-out fold: its predictions of that fold must not be reported)."""
-    from wsipipe.config import load_yaml
-
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
@@ -105,14 +105,6 @@ def _check_fold_layout(run_dir: Path, labels: Path) -> None:
             "fold (an older wsipipe --folds) or on other labels; give a new --out, or remove "
             f"{run_dir.parent} to run the cross-validation again"
         )
-
-
-def _fold_done(run_dir: Path, epochs: int) -> bool:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return False
-    lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
-    return bool(lines) and int(json.loads(lines[-1]).get("epoch", 0)) >= epochs
 
 
 def _read_predictions(path: Path, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray,
@@ -150,7 +142,7 @@ def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
             classes=classes,
         )  # fmt: skip
         _check_fold_layout(run_dir, labels)
-        if not _fold_done(run_dir, cfg.epochs):
+        if not run_finished(run_dir, cfg.epochs):
             train(fold_cfg, resume=(run_dir / "checkpoints" / "last.pt").exists())
         held = run_dir / HELDOUT / "predictions.csv"
         if not held.exists():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +56,16 @@ def independent_labels(y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
         out[idx] = (np.arange(idx.size) + offset) % n_classes
         offset = (offset + idx.size) % n_classes
     return out
+
+
+def run_finished(run_dir: Path, epochs: int) -> bool:
+    """Whether the run in ``run_dir`` logged its last epoch (``epochs``) to metrics.jsonl: a
+    killed run has ``best.pt`` and ``last.pt`` but is not finished."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return False
+    lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+    return bool(lines) and int(json.loads(lines[-1]).get("epoch", 0)) >= epochs
 
 
 def peak_rss_mb() -> float:
