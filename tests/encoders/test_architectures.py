@@ -109,3 +109,22 @@ def test_cls_mean_pool_grad_checkpointing() -> None:
     enc(x).sum().backward()
     assert enc._timm_ckpt and vit.grad_checkpointing
     assert vit.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_stage_pooling_runs_only_up_to_its_last_stage() -> None:
+    """efficientnet-lite0-s23 pools the stride-8 and stride-16 stages: 40 + 112 features, and
+    in pixel-mode fine-tuning no gradient (and no compute) reaches the later stages or head."""
+    from wsipipe.encoders.pooling import StagePool
+
+    torch.manual_seed(0)
+    enc = create_encoder("efficientnet-lite0-s23", out_dim=8)
+    assert isinstance(enc.backbone, StagePool) and enc.num_features == 152
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    enc(x).sum().backward()
+    cnn = enc.backbone.cnn
+    assert cnn.blocks[4][0].conv_pw.weight.grad is not None  # stage 3 of feature_info
+    assert cnn.blocks[5][0].conv_pw.weight.grad is None and cnn.conv_head.weight.grad is None
+    with pytest.raises(ValueError, match="increasing"):
+        StagePool(cnn, (3, 2))
+    with pytest.raises(ValueError, match="increasing"):
+        StagePool(cnn, (9,))

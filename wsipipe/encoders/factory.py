@@ -162,11 +162,15 @@ def freeze_early_stages(model: nn.Module, k: int, label: str) -> int:
     return n
 
 
-def _pool(model: nn.Module, pooling: str) -> nn.Module:
+def _pool(model: nn.Module, pooling: str, stages: tuple[int, ...]) -> nn.Module:
     if pooling == "cls+mean":
         from wsipipe.encoders.pooling import ClsMeanPool
 
         return ClsMeanPool(model)
+    if pooling == "stages":
+        from wsipipe.encoders.pooling import StagePool
+
+        return StagePool(model, stages)
     return model
 
 
@@ -256,7 +260,7 @@ def create_encoder(
             W.load_strict(model, W.read_state_dict(path, name), name, str(path))
         spec = _plain_spec(name, model)
     freeze_early_stages(model, freeze_stages, name)
-    backbone = _pool(model, spec.pooling)
+    backbone = _pool(model, spec.pooling, entry.stages if entry is not None else ())
     width = int(getattr(backbone, "num_features", spec.embed_dim))
     if width != spec.embed_dim:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""Token pooling for ViT encoders whose authors pool other than with timm's head."""
+"""Poolings other than a timm model's own head: ViT tokens as their authors pool them, and
+intermediate CNN stages."""
 
 from __future__ import annotations
 
@@ -30,3 +31,34 @@ class ClsMeanPool(nn.Module):
         cls = tokens[:, 0]  # (k, D)
         patches = tokens[:, self.num_prefix_tokens :].mean(dim=1)  # (k, D)
         return torch.cat([cls, patches], dim=-1)  # (k, 2 D)
+
+
+class StagePool(nn.Module):
+    """``(k, 3, H, W) -> (k, sum C_i)``: the global averages of chosen intermediate stages'
+    feature maps of a timm CNN, concatenated (its later stages and head are not run).
+
+    ``stages`` index the CNN's ``feature_info`` (for EfficientNet: 0..4 at strides 2..32).
+    Mid-level stages describe texture -- the size, density and staining of nuclei -- more than
+    the object shapes ImageNet's last stage is tuned to.
+    """
+
+    def __init__(self, cnn: nn.Module, stages: tuple[int, ...]) -> None:
+        super().__init__()
+        info = getattr(cnn, "feature_info", None)
+        if not hasattr(cnn, "forward_intermediates") or not isinstance(info, list):
+            raise TypeError("StagePool needs a timm CNN with feature_info, forward_intermediates")
+        ordered = bool(stages) and sorted(set(stages)) == list(stages)
+        if not ordered or not 0 <= stages[0] <= stages[-1] < len(info):
+            raise ValueError(f"StagePool: stages {stages} must be increasing indices < {len(info)}")
+        self.cnn = cnn
+        self.stages = list(stages)
+        self.num_features = sum(int(info[i]["num_chs"]) for i in stages)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.cnn.set_grad_checkpointing(enable)  # type: ignore[operator]
+
+    def forward(self, x: Tensor) -> Tensor:
+        maps = self.cnn.forward_intermediates(  # type: ignore[operator]
+            x, indices=self.stages, intermediates_only=True, stop_early=True
+        )  # each (k, C_i, H_i, W_i)
+        return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=-1)  # (k, sum C_i)

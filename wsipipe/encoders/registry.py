@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from wsipipe.errors import ConfigError
 
-Pooling = Literal["model", "cls", "cls+mean"]
+Pooling = Literal["model", "cls", "cls+mean", "stages"]
 WeightsFrom = Literal["hub", "package", "none"]
 Family = Literal["pathology", "imagenet"]
 
-POOLINGS: tuple[str, ...] = ("model", "cls", "cls+mean")
+POOLINGS: tuple[str, ...] = ("model", "cls", "cls+mean", "stages")
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest")
 # layer classes allowed in timm_kwargs, by the name the registry writes them with
 LAYER_NAMES: tuple[str, ...] = ("SwiGLUPacked", "SiLU", "GELU")
@@ -53,9 +53,10 @@ class EncoderEntry:
         interpolation: resampling the authors use to bring an image to ``input_px``.
         crop_pct: the authors' centre crop (``input_px / resize_px``; 1.0 = no crop).
         mpp: µm/px the model was trained at (None: unknown or mixed magnifications).
-        pooling: ``model`` (the timm model's own pooled output), ``cls`` (class token) or
+        pooling: ``model`` (the timm model's own pooled output), ``cls`` (class token),
             ``cls+mean`` (class token concatenated with the mean of the patch tokens, register
-            tokens excluded).
+            tokens excluded) or ``stages`` (global averages of the CNN stages ``stages``).
+        stages: for ``stages`` pooling, indices into the CNN's ``feature_info``.
         weights_from: ``hub`` (a Hugging Face repo, ``hub_repo``), ``package`` (weights shipped
             in a Python package, ``package``) or ``none``.
         hub_repo: Hugging Face repo id of the weights (for ``hub``).
@@ -83,6 +84,7 @@ class EncoderEntry:
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
     pooling: Pooling = "model"
+    stages: tuple[int, ...] = ()
     weights_from: WeightsFrom = "hub"
     hub_repo: str | None = None
     weight_files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
@@ -116,6 +118,8 @@ class EncoderEntry:
             raise bad("crop_pct", self.crop_pct, "must be in (0, 1]")
         if self.pooling not in POOLINGS:
             raise bad("pooling", self.pooling, f"must be one of {POOLINGS}")
+        if (self.pooling == "stages") != bool(self.stages):
+            raise bad("stages", self.stages, "must be given exactly when pooling='stages'")
         if self.weights_from == "hub" and not (self.hub_repo and "/" in self.hub_repo):
             raise bad("hub_repo", self.hub_repo, "must be an 'org/name' repo for hub weights")
         if self.weights_from == "package" and not self.package:
