@@ -91,9 +91,10 @@ def make_slide_dir(root: Path, ids: tuple[str, ...] = ("a", "b"), pixels: str = 
 
 
 def make_checkpoint(path: Path, method: str = "ips", M: int = 6, I: int = 16, S: int = 5,  # noqa: E741
-                    seed: int = 0, mode: str = "pixels") -> Path:  # fmt: skip
+                    seed: int = 0, mode: str = "pixels", stores: str = "") -> Path:  # fmt: skip
     """A checkpoint of a tiny random model in the training stage's format (``mode``
-    "features": an aggregator over the frozen ENCODER's cached features)."""
+    "features": an aggregator over the frozen ENCODER's cached features; ``stores``: the
+    run's stores, as a training run records them)."""
     import torch
 
     from wsipipe.encoders import create_encoder
@@ -104,7 +105,7 @@ def make_checkpoint(path: Path, method: str = "ips", M: int = 6, I: int = 16, S:
     cfg = TrainConfig(
         encoder=ENCODER, pretrained=False, dim=32, heads=2, dim_head=16, dim_inner=64,
         method=method, M=M, I=I, S=S, device="cpu", workers=0, channels_last=False,
-        batch_size=2, epochs=2, warmup_epochs=0.5, mode=mode,  # type: ignore[arg-type]
+        batch_size=2, epochs=2, warmup_epochs=0.5, mode=mode, stores=stores,  # type: ignore[arg-type]
     )  # fmt: skip
     fdim = create_encoder(ENCODER, pretrained=False).num_features if mode == "features" else 0
     torch.manual_seed(seed)

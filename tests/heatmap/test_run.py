@@ -202,6 +202,18 @@ def test_bad_inputs_are_one_line_config_errors(tmp_path):
     assert math.isfinite(_cfg(tmp_path).alpha)
 
 
+def test_without_stores_the_training_runs_are_used(tmp_path):
+    """As `wsipipe predict`: no --stores -> the stores the checkpoint's run trained on; a
+    checkpoint that recorded none -> the one-line error naming the option."""
+    synth.make_slide_dir(tmp_path, ("g",))
+    synth.make_checkpoint(tmp_path / "ck.pt", stores=str(tmp_path / "tile"))
+    outcomes = run_heatmaps(_cfg(tmp_path, stores="", annotations=""))
+    assert [(o.slide_id, o.state) for o in outcomes] == [("g", "done")]
+    synth.make_checkpoint(tmp_path / "ck.pt")
+    with pytest.raises(ConfigError, match="--stores is not set"):
+        run_heatmaps(_cfg(tmp_path, stores="", annotations="", out=str(tmp_path / "o2")))
+
+
 def test_overlay_resolution_is_clamped_to_a_useful_size():
     from wsipipe.heatmap.outputs import overlay_mpp
 

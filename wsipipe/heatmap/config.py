@@ -27,7 +27,9 @@ class HeatmapConfig:
 
     # ---- inputs / outputs -------------------------------------------------------------
     checkpoint: str = opt("", "Trained checkpoint (a `wsipipe train` run's checkpoints/best.pt)")
-    stores: str = opt("", "`wsipipe tile --out` directory (or its stores/ folder)")
+    stores: str = opt(
+        "", "`wsipipe tile --out` directory (or its stores/ folder)", shown="the training run's"
+    )
     out: str = opt("heatmaps", "Output folder")
     slides: tuple[str, ...] = opt((), "Slide ids to map", shown="all stores")
     annotations: str = opt(

@@ -22,6 +22,7 @@ outputs cost no GPU time. Output layout under ``--out``::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -56,6 +57,7 @@ from wsipipe.train.inference import (
     eval_forward,
     load_model,
     open_pipeline,
+    training_stores,
 )
 
 _ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
@@ -269,6 +271,8 @@ def run_heatmaps(
         raise ConfigError(
             f"--checkpoint {cfg.checkpoint!r}: no such file; pass a run's checkpoints/best.pt"
         )
+    if not cfg.stores:  # as `wsipipe predict`: the stores the model was trained on
+        cfg = dataclasses.replace(cfg, stores=training_stores(ckpt))
     stores_dir = resolve_stores_dir(cfg.stores)
     root = stores_dir.parent if stores_dir.name == "stores" else stores_dir
     tissue_dir = Path(cfg.tissue_dir) if cfg.tissue_dir else root / "tissue"

@@ -61,6 +61,7 @@ __all__ = [
     "predict_slides",
     "scan_slide",
     "tiling_record",
+    "training_stores",
 ]
 
 if TYPE_CHECKING:
@@ -143,6 +144,13 @@ def load_model(
         model, cfg, classes, fdim, ScanSettings.of(cfg, dev), path, int(ckpt.get("epoch", 0)),
         dict(ckpt.get("tiling") or {}),
     )  # fmt: skip
+
+
+def training_stores(checkpoint: str | Path) -> str:
+    """The ``stores`` folder of the run that saved ``checkpoint`` ("" if it recorded none),
+    without building its model: where `heatmap` looks when given no ``--stores`` (`predict`
+    reads it from the model it loads)."""
+    return str(load_checkpoint(Path(checkpoint)).get("config", {}).get("stores") or "")
 
 
 def open_pipeline(
