@@ -34,9 +34,11 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     return labels, tiles, annotations, held_out_slides(labels)
 
 
-def _train_and_evaluate(cohort: Cohort, out: Path, **overrides: Any) -> dict[str, Any]:
+def _train_and_evaluate(
+    cohort: Cohort, out: Path, preset: str = "features-offline", **overrides: Any
+) -> dict[str, Any]:
     labels, tiles, annotations, slides = cohort
-    cfg = load_train_config("features-offline", {
+    cfg = load_train_config(preset, {
         "labels": str(labels), "stores": str(tiles), "out": str(out), "seed": 0,
         "progress": False, "tensorboard": False, "device": "cpu", **overrides})  # fmt: skip
     train(cfg)
@@ -53,6 +55,21 @@ def test_frozen_pretrained_features_learn_real_texture(
     assert m["auc"] >= 0.8, m
     assert m["tile_auc"] >= 0.9, m  # attention ranks tumour tiles above normal ones
     assert m["topk"] >= 0.3, m
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_abmil_on_mid_level_features_learns_real_texture(
+    cohort: Cohort, tmp_path: Path, shuffled: bool
+) -> None:
+    """The features-offline-abmil preset (ABMIL on Lite0's stride-8/16 stage averages,
+    standardised) separates the held-out slides and puts its top tiles in tumour; with the
+    labels shuffled it does neither."""
+    m = _train_and_evaluate(cohort, tmp_path / "abmil", "features-offline-abmil",
+                            shuffle_labels=shuffled)  # fmt: skip
+    if shuffled:
+        assert m["auc"] <= 0.8 and m["topk"] <= 0.3, m
+    else:
+        assert m["auc"] >= 0.9 and m["tile_auc"] >= 0.95 and m["topk"] >= 0.6, m
 
 
 def test_shuffled_labels_stay_at_chance(cohort: Cohort, tmp_path: Path) -> None:
