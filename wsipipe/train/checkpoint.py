@@ -67,13 +67,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``; a missing/corrupt/foreign file is a ConfigError."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load with ``weights_only=True``; a missing/corrupt/foreign file is a ConfigError.
+    ``mmap``: tensors stay memory-mapped, read only when touched (cheap when only the
+    config is wanted)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: checkpoint not found; check --checkpoint / the run directory")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         unsafe, reason = torch_load_failure(exc)
         if unsafe:

@@ -150,7 +150,8 @@ def training_stores(checkpoint: str | Path) -> str:
     """The ``stores`` folder of the run that saved ``checkpoint`` ("" if it recorded none),
     without building its model: where `heatmap` looks when given no ``--stores`` (`predict`
     reads it from the model it loads)."""
-    return str(load_checkpoint(Path(checkpoint)).get("config", {}).get("stores") or "")
+    ckpt = load_checkpoint(Path(checkpoint), mmap=True)  # the weights are not read
+    return str(ckpt.get("config", {}).get("stores") or "")
 
 
 def open_pipeline(
