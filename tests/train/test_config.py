@@ -104,3 +104,28 @@ def test_runs_saved_before_feature_norm_and_instance_loss_keep_their_model(tmp_p
     check_resume_config(old, TrainConfig(), tmp_path / "last.pt")  # no "changed settings"
     with pytest.raises(ConfigError, match="instance_loss"):
         check_resume_config(old, TrainConfig(instance_loss=1.0), tmp_path / "last.pt")
+
+
+def test_a_config_extends_a_preset_or_another_file(tmp_path) -> None:
+    """`extends:` takes the named config and lays the file's own fields over it: the
+    features-offline-abmil preset differs from features-offline in exactly three fields."""
+    import dataclasses
+
+    base = load_train_config("features-offline")
+    abmil = load_train_config("features-offline-abmil")
+    changed = {
+        f.name: getattr(abmil, f.name)
+        for f in dataclasses.fields(base)
+        if getattr(base, f.name) != getattr(abmil, f.name)
+    }
+    assert changed == {"method": "abmil", "encoder": "efficientnet-lite0-s23",
+                       "feature_norm": "standard"}  # fmt: skip
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: features-offline-abmil\nlr: 0.001\n")
+    cfg = load_train_config(mine)
+    assert (cfg.lr, cfg.method, cfg.dim) == (0.001, "abmil", base.dim)  # two levels deep
+    loop_a, loop_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    loop_a.write_text(f"extends: {loop_b}\n")
+    loop_b.write_text(f"extends: {loop_a}\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_train_config(loop_a)

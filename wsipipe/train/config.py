@@ -229,20 +229,31 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def resolve_config_source(config: str | Path | None) -> dict[str, Any]:
-    """YAML mapping of ``config``: an existing file path, or the name of a preset."""
+def resolve_config_source(config: str | Path | None, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """YAML mapping of ``config``: an existing file path, or the name of a preset. A mapping
+    with ``extends: <preset or path>`` is that config with its own fields over it (a preset
+    names only what differs from the one it builds on; so can a user's YAML)."""
     if config is None or str(config) == "":
         return {}
     path = Path(config)
-    if path.exists():
-        return load_yaml(path)
     preset = PRESET_DIR / f"{config}.yaml"
-    if preset.exists():
-        return load_yaml(preset)
-    names = ", ".join(preset_names())
-    raise ConfigError(
-        f"--config {config}: no such file and no such preset; give a YAML path or one of: {names}"
-    )
+    if path.exists():
+        data = load_yaml(path)
+    elif preset.exists():
+        data = load_yaml(preset)
+    else:
+        names = ", ".join(preset_names())
+        raise ConfigError(
+            f"--config {config}: no such file and no such preset; give a YAML path or one of: "
+            f"{names}"
+        )
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if str(base) in (*_seen, str(config)):
+        chain = " -> ".join((*_seen, str(config), str(base)))
+        raise ConfigError(f"--config {config}: `extends` loops ({chain}); remove one of them")
+    return {**resolve_config_source(str(base), (*_seen, str(config))), **data}
 
 
 def load_train_config(
