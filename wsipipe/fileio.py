@@ -148,6 +148,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy the file ``src`` to ``dst`` atomically (temp file, fsync, rename)."""
+    with open(src, "rb") as fh:
+        atomic_write(dst, lambda out: shutil.copyfileobj(fh, out, 1 << 20))
+
+
 def atomic_write_csv(
     path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:

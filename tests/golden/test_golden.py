@@ -3,8 +3,9 @@
 The reference digests were written by ``tests/golden/pipeline.py`` on the code before the
 architecture refactor. Floating-point training and scoring are reproducible run to run on
 one machine kind; on another CPU family the float heatmap outputs differ in the last bits, so
-those entries hold one digest per family checked (``{"any_of": [...]}``: AMD EPYC, Intel
-Sapphire Rapids).
+those entries hold one digest per family checked (``{"any_of": [...]}``: AMD EPYC with
+AVX-512, Intel Sapphire Rapids, AMD EPYC with AVX2 only -- there slide synth_001's float
+outputs differ while its 6-digit predictions.csv row and every PNG / pyramid match).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def test_runs_saved_before_feature_norm_and_instance_loss_keep_their_model(tmp_p
 
 def test_a_config_extends_a_preset_or_another_file(tmp_path) -> None:
     """`extends:` takes the named config and lays the file's own fields over it: the
-    features-offline-abmil preset differs from features-offline in exactly three fields."""
+    features-offline-abmil preset differs from features-offline in exactly four fields."""
     import dataclasses
 
     base = load_train_config("features-offline")
@@ -119,7 +119,7 @@ def test_a_config_extends_a_preset_or_another_file(tmp_path) -> None:
         if getattr(base, f.name) != getattr(abmil, f.name)
     }
     assert changed == {"method": "abmil", "encoder": "efficientnet-lite0-s23",
-                       "feature_norm": "standard"}  # fmt: skip
+                       "feature_norm": "standard", "restarts": 3}  # fmt: skip
     mine = tmp_path / "mine.yaml"
     mine.write_text("extends: features-offline-abmil\nlr: 0.001\n")
     cfg = load_train_config(mine)

@@ -63,7 +63,9 @@ def load_cohort(cfg: TrainConfig) -> Cohort:
     carved = carve and not val
     if carved:  # e.g. CAMELYON16: train and test only
         picked = carve_validation(
-            [(r.slide_id, r.label_name, r.patient) for r in train], cfg.val_fraction, cfg.seed
+            [(r.slide_id, r.label_name, r.patient) for r in train],
+            cfg.val_fraction,
+            cfg.data_seed,
         )
         val = [r for r in train if r.slide_id in picked]
         train = [r for r in train if r.slide_id not in picked]

@@ -118,6 +118,16 @@ class TrainConfig:
     weight_decay: float = opt(0.1, "AdamW weight decay")
     grad_clip: float = opt(1.0, "Max gradient L2 norm (0 = no clipping)")
     seed: int = opt(0, "Random seed")
+    split_seed: int | None = opt(
+        None, "Seed of the data split: the carved validation slides, the folds and the "
+        "control's shuffled labels", shown="--seed",
+    )  # fmt: skip
+    # best of N starts: a small cohort's training can settle on a start that never finds the
+    # signal (it then fits its own training slides badly); benchmarks/RESULTS.md, "Restarts"
+    restarts: int = opt(
+        1, "Train N times from different initial weights (seeds seed .. seed+N-1) on the same "
+        "split and keep the run whose best checkpoint fits its training slides best"
+    )  # fmt: skip
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms (slower)")
     # ---- runtime ------------------------------------------------------------------------
     device: str = opt("auto", "auto | cpu | cuda | cuda:N (auto = cuda if present)")
@@ -144,6 +154,7 @@ class TrainConfig:
             "prefetch": self.prefetch,
             "embed_batch": self.embed_batch,
             "abmil_dim": self.abmil_dim,
+            "restarts": self.restarts,
         }
         for name, value in positive.items():
             if value < 1:
@@ -213,6 +224,11 @@ class TrainConfig:
     def scans(self) -> bool:
         """IPS / DBPS: a slide streams through a scan that keeps M tiles (else: all tiles)."""
         return self.method in SCAN_METHODS
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data split (``split_seed``, else ``seed``)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def n_aux(self) -> int:

@@ -76,7 +76,7 @@ def _cv_labels(cfg: TrainConfig, out: Path) -> tuple[list[SlideRecord], tuple[st
             f"from its training folds; --val-fraction {cfg.val_fraction} carves none: pass "
             "--val-fraction 0.2"
         )
-    folds = assign_folds(records, cfg.folds, cfg.seed)
+    folds = assign_folds(records, cfg.folds, cfg.data_seed)
     rows = [(r.slide_id, r.label_name, "train", folds[r.slide_id], r.patient) for r in records]
     atomic_write_csv(out / CV_LABELS, ("slide_id", "label", "split", "fold", "patient_id"), rows)
     return records, table.classes, folds

@@ -10,7 +10,9 @@ slides at a time, gradients accumulated) and AdamW steps with the warm-up + cosi
 
 Run directory (``--out``): ``config.yaml``, ``checkpoints/{last,best}.pt``,
 ``metrics.{jsonl,csv}``, ``predictions/val_epoch_NNN.csv`` and ``val_best.csv``,
-``train_order.jsonl`` (each rank's slide order per epoch), ``tensorboard/`` when installed.
+``train_order.jsonl`` (each rank's slide order per epoch), ``tensorboard/`` when installed;
+``train_fit.json`` for a restart (:func:`training_fit`). ``--restarts N``: N such runs under
+``restarts/``, the best kept (:mod:`wsipipe.train.restarts`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from wsipipe.train.inference import (
     ScanSettings,
     all_tiles,
     collate,
+    load_model,
     open_pipeline,
     predict_slides,
     scan_slide,
@@ -166,13 +169,45 @@ class Run:
 # ---- set-up ---------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> list[dict[str, Any]]:
-    """Run (or resume) training; returns the per-epoch metric records (rank 0)."""
+def train(cfg: TrainConfig, resume: bool = False, report_fit: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) training; returns the per-epoch metric records (rank 0).
+
+    ``cfg.restarts`` > 1: N runs under ``<out>/restarts/``, the best kept
+    (:mod:`wsipipe.train.restarts`). ``report_fit``: when the epochs are done, also write
+    ``train_fit.json`` (:func:`training_fit`)."""
+    if cfg.restarts > 1:
+        from wsipipe.train.restarts import train_restarts
+
+        return train_restarts(cfg, resume)
     run = setup_run(cfg, resume)
     try:
-        return fit(run)
+        records = fit(run)
+        if report_fit:
+            training_fit(run)
+        return records
     finally:
         run.close()
+
+
+TRAIN_FIT = "train_fit.json"
+
+
+def training_fit(run: Run) -> dict[str, Any]:
+    """How well the run's best checkpoint fits its own training slides: slide metrics (loss,
+    AUC, ...) in eval mode, against the labels it trained on (the shuffled ones in the
+    control); written to ``train_fit.json`` (rank 0) and returned."""
+    best = run.ckpt_dir / "best.pt"
+    lm = load_model(best, device=str(run.device))
+    pred = predict_slides(
+        lm.model, run.pipeline, run.cohort.train, run.labels.tolist(), lm.settings, run.dist
+    )
+    fit = {"checkpoint": best.name, "epoch": lm.epoch, **slide_metrics(pred.labels, pred.probs)}
+    if run.dist.is_main:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in fit.items()}  # fmt: skip
+        atomic_write_text(run.run_dir / TRAIN_FIT, json.dumps(clean, indent=1) + "\n")
+    barrier(run.dist)  # every rank reads it next (restarts)
+    return fit
 
 
 def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
@@ -202,7 +237,7 @@ def setup_run(cfg: TrainConfig, resume: bool = False) -> Run:
     labels = cohort.labels.copy()
     if cfg.shuffle_labels:  # control experiment: break the slide-label association
         tr = np.array(cohort.train)
-        labels[tr] = independent_labels(labels[tr], n_classes, cfg.seed)
+        labels[tr] = independent_labels(labels[tr], n_classes, cfg.data_seed)
     run = Run(cfg, device, dist, cohort, pipeline, feature_dim, model, optimizer, scheduler,
               scaler, st, labels, ddp=model)  # fmt: skip
     if resume:
@@ -509,4 +544,13 @@ def _log_order(run: Run, epoch: int, order: list[int]) -> None:
         atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-__all__ = ["Run", "config_for_resume", "fit", "independent_labels", "setup_run", "train"]
+__all__ = [
+    "TRAIN_FIT",
+    "Run",
+    "config_for_resume",
+    "fit",
+    "independent_labels",
+    "setup_run",
+    "train",
+    "training_fit",
+]
