@@ -118,6 +118,20 @@ def make_cohort(
     return labels, stores
 
 
+def labels_without_val(labels: Path, out: Path) -> Path:
+    """``labels`` rewritten with train and test splits only (its val rows become test), as
+    CAMELYON16's labels come: the run carves its validation slides."""
+    import csv
+
+    rows = list(csv.DictReader(labels.open()))
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slide_id", "label", "split"])
+        for r in rows:
+            w.writerow([r["slide_id"], r["label"], "train" if r["split"] == "train" else "test"])
+    return out
+
+
 def tiny_overrides(**kw: object) -> dict[str, object]:
     """TrainConfig overrides for a fast CPU run with the tiny test encoder."""
     base: dict[str, object] = {

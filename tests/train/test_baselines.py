@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.train.synthstores import make_cohort, tiny_overrides
+from tests.train.synthstores import labels_without_val, make_cohort, tiny_overrides
 from wsipipe.errors import ConfigError
 from wsipipe.train.config import load_train_config
 from wsipipe.train.loop import train
@@ -96,12 +96,7 @@ def test_transmil_heatmap_scores_are_its_class_token_attention(cohort, tmp_path:
 def test_labels_without_val_split_carve_one(cohort, tmp_path: Path, capsys) -> None:
     labels, stores = cohort
     rows = list(csv.DictReader(labels.open()))
-    no_val = tmp_path / "labels.csv"
-    with no_val.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["slide_id", "label", "split"])
-        for r in rows:
-            w.writerow([r["slide_id"], r["label"], "train" if r["split"] == "train" else "test"])
+    no_val = labels_without_val(labels, tmp_path / "labels.csv")
     cfg = load_train_config(None, tiny_overrides(labels=str(no_val), stores=str(stores.parent),
                             out=str(tmp_path / "run"), mode="features", epochs=1, val_fraction=0.25,
                             progress=True))  # fmt: skip

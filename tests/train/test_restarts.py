@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.train.synthstores import make_cohort, tiny_overrides
+from tests.train.synthstores import labels_without_val, make_cohort, tiny_overrides
 from wsipipe.errors import ConfigError
 from wsipipe.train.config import TrainConfig, load_train_config
 from wsipipe.train.loop import train
@@ -24,13 +24,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """12 training slides and no validation split (it is carved), 8 test slides."""
     root = tmp_path_factory.mktemp("cohort")
     labels, stores = make_cohort(root, n_train=12, n_val=8, n_tiles=(30, 60))
-    rows = list(csv.DictReader(labels.open()))
-    no_val = root / "labels_no_val.csv"
-    with no_val.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["slide_id", "label", "split"])
-        for r in rows:
-            w.writerow([r["slide_id"], r["label"], "train" if r["split"] == "train" else "test"])
+    no_val = labels_without_val(labels, root / "labels_no_val.csv")
     return no_val, stores
 
 

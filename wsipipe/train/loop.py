@@ -68,7 +68,7 @@ from wsipipe.train.inference import (
     scan_slide,
     tiling_record,
 )
-from wsipipe.train.metrics import MetricsLog, slide_metrics, write_predictions
+from wsipipe.train.metrics import MetricsLog, json_value, slide_metrics, write_predictions
 from wsipipe.train.model import (
     SlideModel,
     build_model,
@@ -78,6 +78,7 @@ from wsipipe.train.model import (
 )
 from wsipipe.train.progress import RunProgress
 from wsipipe.train.runs import (
+    TRAIN_FIT,
     check_resume_config,
     config_for_resume,
     epoch_line,
@@ -189,9 +190,6 @@ def train(cfg: TrainConfig, resume: bool = False, report_fit: bool = False) -> l
         run.close()
 
 
-TRAIN_FIT = "train_fit.json"
-
-
 def training_fit(run: Run) -> dict[str, Any]:
     """How well the run's best checkpoint fits its own training slides: slide metrics (loss,
     AUC, ...) in eval mode, against the labels it trained on (the shuffled ones in the
@@ -203,8 +201,7 @@ def training_fit(run: Run) -> dict[str, Any]:
     )
     fit = {"checkpoint": best.name, "epoch": lm.epoch, **slide_metrics(pred.labels, pred.probs)}
     if run.dist.is_main:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in fit.items()}  # fmt: skip
+        clean = {k: json_value(v) for k, v in fit.items()}
         atomic_write_text(run.run_dir / TRAIN_FIT, json.dumps(clean, indent=1) + "\n")
     barrier(run.dist)  # every rank reads it next (restarts)
     return fit

@@ -57,7 +57,8 @@ def write_predictions(
     atomic_write_text(path, buf.getvalue())
 
 
-def _json_value(v: Any) -> Any:
+def json_value(v: Any) -> Any:
+    """A metric as JSON can hold it: a NaN or infinite float becomes None."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
@@ -92,7 +93,7 @@ class MetricsLog:
         return True
 
     def append(self, record: Mapping[str, Any]) -> None:
-        rec = {k: _json_value(v) for k, v in record.items()}
+        rec = {k: json_value(v) for k, v in record.items()}
         self.records.append(rec)
         self._flush()
         if self._tb is not None:

@@ -33,7 +33,7 @@ from wsipipe.fileio import atomic_copy, atomic_write_csv
 from wsipipe.train.config import TrainConfig
 from wsipipe.train.distributed import env_dist
 from wsipipe.train.progress import RunProgress
-from wsipipe.train.runs import check_resume_config, run_finished
+from wsipipe.train.runs import TRAIN_FIT, check_resume_config, run_finished
 
 RESTARTS = "restarts"
 #: what the kept restart's run directory contributes to ``<out>``
@@ -43,7 +43,7 @@ KEPT_FILES = (
     "metrics.jsonl",
     "metrics.csv",
     "splits.csv",
-    "train_fit.json",
+    TRAIN_FIT,
 )
 
 
@@ -92,7 +92,7 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _fit_of(run_dir: Path, r: int, seed: int) -> RestartFit:
-    fit = json.loads((run_dir / "train_fit.json").read_text())
+    fit = json.loads((run_dir / TRAIN_FIT).read_text())
     recs = _records(run_dir)
     best_val = recs[-1].get("best_val_auc") if recs else None
     return RestartFit(r, seed, _number(fit.get("loss")), _number(fit.get("auc")), _number(best_val))
@@ -119,7 +119,7 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
 def train_restarts(cfg: TrainConfig, resume: bool = False) -> list[dict[str, Any]]:
     """Train the ``cfg.restarts`` restarts (see the module docstring), keep the best; returns
     the kept run's per-epoch metric records."""
-    from wsipipe.train.loop import TRAIN_FIT, train
+    from wsipipe.train.loop import train
 
     _check_out(cfg, resume)
     out = Path(cfg.out)

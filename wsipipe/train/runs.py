@@ -15,6 +15,9 @@ from wsipipe.config import config_to_dict
 from wsipipe.errors import ConfigError
 from wsipipe.train.config import TrainConfig
 
+#: a run's fit of its own training slides (``loop.training_fit``; what restarts compare)
+TRAIN_FIT = "train_fit.json"
+
 #: fields that may change when resuming (they do not change what is computed)
 RESUMABLE_CHANGES = frozenset(
     {
